@@ -1,0 +1,39 @@
+"""Shared test fixtures: the original implementation's stored inputs and outputs (tests/fixtures/)."""
+
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def fsdd_fixture():
+    return load_file(FIXTURES / "fsdd_tiny.io.safetensors")
+
+
+@pytest.fixture(scope="session")
+def dit_fixture():
+    return load_file(FIXTURES / "dit1d_tiny.io.safetensors")
+
+
+@pytest.fixture(scope="session")
+def dit_original_state_dict():
+    return load_file(FIXTURES / "dit1d_tiny.original.safetensors")
+
+
+@pytest.fixture(scope="session")
+def tokenizer_fixture():
+    return load_file(FIXTURES / "tokenizer_tiny.io.safetensors")
+
+
+@pytest.fixture(scope="session")
+def tokenizer_original_state_dict():
+    return load_file(FIXTURES / "tokenizer_tiny.original.safetensors")

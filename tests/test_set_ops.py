@@ -1,0 +1,232 @@
+"""Set operations against the original implementation's fixtures, invariants and second computations."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokenset_diffusers.set_ops import (
+    counts_to_tokens,
+    discretized_gaussian,
+    filter_probs,
+    greedy_adjust,
+    quantize_to_sum,
+    sample_categorical,
+    sample_fixed_sum_noise,
+    tokens_to_counts,
+)
+
+
+M = 16  # num_tokens of the fixtures
+C = 64  # codebook_size of the fixtures
+
+
+def test_tokens_to_counts_counts_every_token(fsdd_fixture):
+    tokens = fsdd_fixture["fill.tokens"]
+    counts = tokens_to_counts(tokens, C)
+    assert counts.dtype == torch.long and counts.shape == (4, C)
+    assert (counts.sum(-1) == M).all()
+    # A second computation: bincount per row.
+    expected = torch.stack([torch.bincount(row, minlength=C) for row in tokens])
+    assert torch.equal(counts, expected)
+
+
+def test_round_trip_tokens_counts_tokens_is_sorting():
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 32, (5, 12), generator=generator)
+    counts = tokens_to_counts(tokens, 32)
+    assert torch.equal(counts_to_tokens(counts, 12), tokens.sort(-1).values)
+
+
+def test_counts_to_tokens_matches_original_fill_rule(fsdd_fixture):
+    tokens = counts_to_tokens(fsdd_fixture["fill.counts"], M)
+    assert torch.equal(tokens, fsdd_fixture["fill.tokens"])
+    # The same on the (B, C) layout.
+    assert torch.equal(counts_to_tokens(fsdd_fixture["fill.counts"][..., 0], M), fsdd_fixture["fill.tokens"])
+
+
+def test_counts_to_tokens_truncates_largest_ids_when_sum_exceeds():
+    counts = torch.zeros(1, 8, dtype=torch.long)
+    counts[0, 1], counts[0, 5] = 3, 3
+    assert counts_to_tokens(counts, 4).tolist() == [[1, 1, 1, 5]]
+
+
+@pytest.mark.parametrize(
+    "bad_ids", [torch.tensor([[0, 64]]), torch.tensor([[-1, 2]]), torch.tensor([0, 1]), torch.tensor([[0.0, 1.0]])]
+)
+def test_tokens_to_counts_rejects_bad_ids(bad_ids):
+    with pytest.raises(ValueError, match="token_ids"):
+        tokens_to_counts(bad_ids, C)
+
+
+def test_counts_to_tokens_rejects_nan_and_bad_shape():
+    with pytest.raises(ValueError, match="NaN"):
+        counts_to_tokens(torch.full((1, 4), float("nan")), 2)
+    with pytest.raises(ValueError, match="counts"):
+        counts_to_tokens(torch.ones(4), 2)
+
+
+def test_quantize_to_sum_matches_original(fsdd_fixture):
+    output = quantize_to_sum(fsdd_fixture["quantize.input"], M)
+    assert torch.equal(output, fsdd_fixture["quantize.output"])
+
+
+def test_quantize_to_sum_handles_excess():
+    values = torch.tensor([[3.2, 2.9, 0.5, 4.0]])  # floors sum to 9
+    output = quantize_to_sum(values, 7)
+    assert output.sum().item() == 7 and (output >= 0).all()
+
+
+def test_sample_fixed_sum_noise_is_a_random_set():
+    noise = sample_fixed_sum_noise(64, C, M, generator=torch.Generator().manual_seed(0))
+    assert noise.shape == (64, C) and noise.dtype == torch.long
+    assert (noise.sum(-1) == M).all() and set(noise.unique().tolist()) == {0, 1}
+    # Uniform over positions: every position is chosen with probability M / C.
+    frequency = sample_fixed_sum_noise(4000, C, M, generator=torch.Generator().manual_seed(1)).float().mean(0)
+    assert (frequency - M / C).abs().max() < 5 * (M / C * (1 - M / C) / 4000) ** 0.5
+
+
+def test_sample_fixed_sum_noise_generator_list_matches_single_rows():
+    batch = sample_fixed_sum_noise(2, C, M, generator=[torch.Generator().manual_seed(s) for s in (3, 4)])
+    rows = [sample_fixed_sum_noise(1, C, M, generator=torch.Generator().manual_seed(s)) for s in (3, 4)]
+    assert torch.equal(batch, torch.cat(rows))
+    with pytest.raises(ValueError, match="generator"):
+        sample_fixed_sum_noise(3, C, M, generator=[torch.Generator()])
+    with pytest.raises(ValueError, match="num_tokens"):
+        sample_fixed_sum_noise(1, 4, 5)
+
+
+def test_discretized_gaussian_matches_original(fsdd_fixture):
+    t = fsdd_fixture["train.t"][:, None]
+    data, noise = fsdd_fixture["train.data"].float(), fsdd_fixture["train.noise"].float()
+    pdf = discretized_gaussian(t * data + (1 - t) * noise, (noise - data).abs() / 4 + 1e-6, M)
+    torch.testing.assert_close(pdf, fsdd_fixture["train.pdf"], atol=1e-6, rtol=0)
+
+
+def test_discretized_gaussian_second_computation_and_tiny_std():
+    mean, std = torch.tensor([[2.3, 0.0]]), torch.tensor([[0.7, 1e-6]])
+    k = torch.arange(6.0)
+    direct = torch.exp(-((k - 2.3) ** 2) / (2 * 0.7**2))
+    torch.testing.assert_close(discretized_gaussian(mean, std, 6)[0, 0], direct / direct.sum())
+    # A tiny std far from every integer: the limit, a point mass on the nearest value, not NaN.
+    pdf = discretized_gaussian(torch.tensor([[2.3]]), torch.tensor([[1e-7]]), 6)
+    assert torch.equal(pdf[0, 0], torch.eye(6)[2])
+
+
+def test_filter_probs_matches_original(fsdd_fixture):
+    probs = fsdd_fixture["greedy.probs"]
+    torch.testing.assert_close(filter_probs(probs, top_p=0.8), fsdd_fixture["filter.top_p0.8"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(filter_probs(probs, top_k=2), fsdd_fixture["filter.top_k2"], atol=1e-6, rtol=0)
+
+
+def test_filter_probs_keeps_top_one_and_crossing_value():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    assert filter_probs(probs, top_p=0.6)[0].nonzero().flatten().tolist() == [0, 1]
+    assert filter_probs(probs, top_p=0.1)[0].tolist() == [1.0, 0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="top_p"):
+        filter_probs(probs, top_p=0.0)
+    with pytest.raises(ValueError, match="top_k"):
+        filter_probs(probs, top_k=5)
+
+
+def test_greedy_adjust_matches_original_including_failures(fsdd_fixture):
+    output = greedy_adjust(fsdd_fixture["greedy.z0"], fsdd_fixture["greedy.probs"], M)
+    assert torch.equal(output, fsdd_fixture["greedy.output"])
+    # The fixture rows other than 2 show the original's one-shot rule failing to restore the sum.
+    assert (output.sum(-1) != M).sum() >= 1
+
+
+def test_greedy_adjust_exact_restores_fixture_rows(fsdd_fixture):
+    output = greedy_adjust(fsdd_fixture["greedy.z0"], fsdd_fixture["greedy.probs"], M, exact=True)
+    assert (output.sum(-1) == M).all() and (output >= 0).all() and (output <= M).all()
+    # Row 2 already sums to M and must not move.
+    assert torch.equal(output[2], fsdd_fixture["greedy.z0"][2])
+
+
+@pytest.mark.parametrize("offset", [-1, 1])
+def test_greedy_adjust_exact_equals_one_shot_for_a_single_move(offset):
+    # With one move to make, both rules take the position whose first move costs the least.
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        probs = torch.rand(1, 32, 9, generator=generator).softmax(-1)
+        sample = sample_categorical(probs, generator=generator)
+        total = int(sample.sum()) + offset
+        exact = greedy_adjust(sample, probs, total, exact=True)
+        assert exact.sum().item() == total
+        assert torch.equal(exact, greedy_adjust(sample, probs, total))
+
+
+def test_greedy_adjust_exact_moves_again_where_it_costs_least():
+    probs = torch.tensor([[[0.1, 0.1, 0.8], [0.9, 0.05, 0.05]]])
+    # Round 1 moves both positions up (the one-shot rule); round 2 picks the cheaper second move.
+    assert greedy_adjust(torch.tensor([[0, 0]]), probs, 3, exact=True).tolist() == [[2, 1]]
+    # Several moves at one position; every position saturates.
+    assert greedy_adjust(torch.tensor([[0, 0]]), torch.full((1, 2, 3), 1 / 3), 4, exact=True).tolist() == [[2, 2]]
+    assert greedy_adjust(torch.tensor([[2, 2, 2]]), torch.full((1, 3, 3), 1 / 3), 0, exact=True).tolist() == [
+        [0, 0, 0]
+    ]
+    # Far from the sum (two rounds are not enough), the remaining moves all go where they cost least.
+    rising = torch.softmax(torch.arange(8.0), -1)
+    probs = torch.stack([rising, rising.flip(-1)])[None]  # position 0 likes large values, position 1 small ones
+    assert greedy_adjust(torch.tensor([[0, 0]]), probs, 9, exact=True).tolist() == [[7, 2]]
+
+
+def test_greedy_adjust_exact_rejects_unreachable_total():
+    with pytest.raises(ValueError, match="total"):
+        greedy_adjust(torch.zeros(1, 3, dtype=torch.long), torch.full((1, 3, 4), 0.25), 10, exact=True)
+    with pytest.raises(ValueError, match="probs"):
+        greedy_adjust(torch.zeros(1, 3, dtype=torch.long), torch.full((1, 4, 4), 0.25), 2)
+
+
+@st.composite
+def adjustment_cases(draw):
+    batch_size = draw(st.integers(1, 4))
+    length = draw(st.integers(1, 12))
+    num_values = draw(st.integers(2, 9))
+    total = draw(st.integers(0, length * (num_values - 1)))
+    kind = draw(st.sampled_from(["random", "one_hot", "flat", "peaked_top", "peaked_zero"]))
+    seed = draw(st.integers(0, 2**16))
+    start = draw(st.sampled_from(["random", "zeros", "max"]))
+    return batch_size, length, num_values, total, kind, seed, start
+
+
+def _probs_of_kind(kind, shape, generator):
+    batch_size, length, num_values = shape
+    if kind == "random":
+        return torch.rand(shape, generator=generator).softmax(-1)
+    if kind == "flat":
+        return torch.full(shape, 1.0 / num_values)
+    index = {
+        "one_hot": torch.randint(0, num_values, (batch_size, length), generator=generator),
+        "peaked_top": torch.full((batch_size, length), num_values - 1),
+        "peaked_zero": torch.zeros(batch_size, length, dtype=torch.long),
+    }[kind]
+    return torch.nn.functional.one_hot(index, num_values).float()
+
+
+@settings(max_examples=300, deadline=None)
+@given(adjustment_cases())
+def test_greedy_adjust_exact_always_reaches_the_sum(case):
+    batch_size, length, num_values, total, kind, seed, start = case
+    generator = torch.Generator().manual_seed(seed)
+    probs = _probs_of_kind(kind, (batch_size, length, num_values), generator)
+    sample = {
+        "random": torch.randint(0, num_values, (batch_size, length), generator=generator),
+        "zeros": torch.zeros(batch_size, length, dtype=torch.long),
+        "max": torch.full((batch_size, length), num_values - 1),
+    }[start]
+    output = greedy_adjust(sample, probs, total, exact=True)
+    assert (output.sum(-1) == total).all()
+    assert (output >= 0).all() and (output <= num_values - 1).all()
+    # Moves go one way only: towards the target.
+    direction = torch.sign(torch.tensor(total) - sample.sum(-1))[:, None]
+    assert ((output - sample) * direction >= 0).all()
+
+
+def test_sample_categorical_frequencies_match_probabilities():
+    probs = torch.tensor([[[0.5, 0.0, 0.2, 0.3], [0.0, 0.0, 1.0, 0.0]]])
+    n = 20000
+    draws = sample_categorical(probs.expand(n, -1, -1), generator=torch.Generator().manual_seed(0))
+    frequency = torch.nn.functional.one_hot(draws, 4).float().mean(0)
+    bound = 5 * (probs * (1 - probs) / n).sqrt() + 1e-9
+    assert ((frequency - probs[0]).abs() <= bound).all()

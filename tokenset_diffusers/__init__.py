@@ -1,0 +1,61 @@
+"""TokenSet ("Tokenize Image as a Set") for diffusers and transformers.
+
+Images become an unordered set of ``num_tokens`` (M) discrete tokens from a codebook of ``codebook_size`` (C)
+entries. A set is written as a count vector of length C that sums to M; a transformer over the C positions
+generates count vectors with Fixed-Sum Discrete Diffusion (FSDD), and the set tokenizer decodes them to images.
+
+Public names are imported lazily, so ``import tokenset_diffusers`` stays cheap.
+"""
+
+import importlib
+from typing import TYPE_CHECKING
+
+
+__version__ = "0.1.0"
+
+_import_structure = {
+    "set_ops": [
+        "counts_to_tokens",
+        "discretized_gaussian",
+        "filter_probs",
+        "greedy_adjust",
+        "quantize_to_sum",
+        "sample_fixed_sum_noise",
+        "tokens_to_counts",
+    ],
+    "scheduling_fsdd": ["FSDDScheduler", "FSDDSchedulerOutput"],
+    "configuration_tokenset_vqvae": ["TokenSetVQVAEConfig"],
+    "modeling_tokenset_vqvae": ["TokenSetVQVAE", "TokenSetVQVAEEncoderOutput", "TokenSetVQVAEOutput"],
+    "image_processing": ["center_crop_arr", "preprocess_images", "postprocess_images"],
+    "transformer_tokenset": ["TokenSetTransformer1DModel", "TRANSFORMER_PRESETS"],
+    "pipeline_tokenset": ["TokenSetPipeline", "TokenSetPipelineOutput"],
+    "bundled": ["bundled_pipeline_path"],
+}
+
+_name_to_module = {name: module for module, names in _import_structure.items() for name in names}
+
+__all__ = sorted(_name_to_module)
+
+
+def __getattr__(name):
+    if name in _name_to_module:
+        module = importlib.import_module(f".{_name_to_module[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .scheduling_fsdd import FSDDScheduler, FSDDSchedulerOutput
+    from .set_ops import (
+        counts_to_tokens,
+        discretized_gaussian,
+        filter_probs,
+        greedy_adjust,
+        quantize_to_sum,
+        sample_fixed_sum_noise,
+        tokens_to_counts,
+    )

@@ -1,0 +1,297 @@
+"""Fixed-Sum Discrete Diffusion (FSDD), the sampler and training noiser of TokenSet, as a diffusers scheduler.
+
+Time follows the released checkpoints: t = 0 is noise (a random token set), t = 1 is data. A sample is a count vector
+`(batch_size, codebook_size)` of non-negative integers summing to `num_tokens`.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Optional, Tuple, Union
+
+import torch
+from diffusers import ConfigMixin, SchedulerMixin
+from diffusers.configuration_utils import register_to_config
+from diffusers.utils import BaseOutput
+
+from .set_ops import GeneratorType, discretized_gaussian, filter_probs, greedy_adjust, sample_categorical
+
+
+# Sampling modes for x0 and x_t; "multinomial" draws from the unfiltered distribution.
+SAMPLING_MODES = ("top_p", "top_k", "multinomial")
+SIGMA_SCHEDULES = ("sigmoid", "constant")
+
+
+@dataclass
+class FSDDSchedulerOutput(BaseOutput):
+    """Output of [`FSDDScheduler.step`].
+
+    Args:
+        prev_sample (`torch.LongTensor` of shape `(batch_size, codebook_size)`):
+            the sample at the next time, to feed the model at the next step.
+        pred_original_sample (`torch.LongTensor` of shape `(batch_size, codebook_size)`):
+            the count vector x0 drawn from the model's prediction at this step.
+    """
+
+    prev_sample: torch.LongTensor
+    pred_original_sample: torch.LongTensor
+
+
+class FSDDScheduler(SchedulerMixin, ConfigMixin):
+    """Fixed-Sum Discrete Diffusion over count vectors.
+
+    Each step draws a clean count vector x0 from the model's per-position distribution over the M+1 count values
+    (optionally top-p / top-k filtered, and moved back to the fixed sum by [`greedy_adjust`] from `adjust_start` on),
+    estimates the noise x1 implied by the current sample, and draws the next sample from a discretised Gaussian
+    between them, whose width shrinks with the sigma schedule; the draw is adjusted back to the sum M.
+
+    The defaults are the released sampling settings of the paper's ImageNet models.
+
+    Args:
+        codebook_size (`int`, defaults to 4096): C, the length of a count vector.
+        num_tokens (`int`, defaults to 128): M, the sum of every count vector.
+        sigma_schedule (`str`, defaults to `"sigmoid"`): `"sigmoid"` or `"constant"`, the factor f(i) on the
+            transition's width at step i of N: `sigmoid(-sigmoid_slope * ((i + 1) / N - sigmoid_midpoint))`, or 1.
+        sigmoid_slope (`float`, defaults to 100.0): see `sigma_schedule` (the original's "sigmoid100_0.8").
+        sigmoid_midpoint (`float`, defaults to 0.8): see `sigma_schedule`.
+        adjust_start (`float`, defaults to 0.65): from this t on, the drawn x0 is adjusted to sum to M (and so is a
+            filtered x_t draw).
+        x0_sampling (`str`, defaults to `"top_p"`): how x0 is drawn: `"top_p"`, `"top_k"` or `"multinomial"`
+            (unfiltered).
+        top_p (`float`, defaults to 0.8): the top-p filter's mass, for x0 and x_t.
+        top_k (`int`, defaults to 2): the top-k filter's k, for x0 and x_t.
+        xt_sampling (`str`, defaults to `"multinomial"`): how x_t is drawn: `"multinomial"`, `"top_p"` or
+            `"top_k"`; a multinomial draw is always adjusted to the sum M, a filtered one from `adjust_start` on.
+        exact_sum (`bool`, defaults to `False`): `False` reproduces the original, whose one-shot adjustment does not
+            always restore the sum. `True` uses the exact adjustment everywhere and adjusts every x_t, so every
+            `prev_sample` and every `add_noise` output sums to M.
+    """
+
+    order = 1
+
+    @register_to_config
+    def __init__(
+        self,
+        codebook_size: int = 4096,
+        num_tokens: int = 128,
+        sigma_schedule: Literal["sigmoid", "constant"] = "sigmoid",
+        sigmoid_slope: float = 100.0,
+        sigmoid_midpoint: float = 0.8,
+        adjust_start: float = 0.65,
+        x0_sampling: Literal["top_p", "top_k", "multinomial"] = "top_p",
+        top_p: float = 0.8,
+        top_k: int = 2,
+        xt_sampling: Literal["multinomial", "top_p", "top_k"] = "multinomial",
+        exact_sum: bool = False,
+    ):
+        if codebook_size < 1 or num_tokens < 1:
+            raise ValueError(
+                f"`codebook_size` and `num_tokens` must be positive, got {codebook_size} and {num_tokens}."
+            )
+        if sigma_schedule not in SIGMA_SCHEDULES:
+            raise ValueError(f"`sigma_schedule` must be one of {SIGMA_SCHEDULES}, got {sigma_schedule!r}.")
+        for name, mode in (("x0_sampling", x0_sampling), ("xt_sampling", xt_sampling)):
+            if mode not in SAMPLING_MODES:
+                raise ValueError(f"`{name}` must be one of {SAMPLING_MODES}, got {mode!r}.")
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"`top_p` must be in (0, 1], got {top_p}.")
+        if not 1 <= top_k <= num_tokens:
+            raise ValueError(f"`top_k` must be in [1, num_tokens={num_tokens}], got {top_k}.")
+        self.num_inference_steps = None
+        self.timesteps = None
+        self._time_grid = None
+
+    # ------------------------------------------------------------------ sampling
+
+    def set_timesteps(self, num_inference_steps: int, device: Optional[Union[str, torch.device]] = None):
+        """Sets the N sampling times `timesteps = [0, 1/N, ..., (N-1)/N]` (t = 0 is noise), in sampling order."""
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
+        self.num_inference_steps = num_inference_steps
+        # The original's grid: linspace(0, 1, N + 1) in float32; step i goes from grid[i] to grid[i + 1].
+        self._time_grid = torch.linspace(0, 1, num_inference_steps + 1, dtype=torch.float32)
+        self.timesteps = self._time_grid[:-1].to(device)
+
+    def step_index_for(self, timestep: Union[float, torch.Tensor]) -> int:
+        """The index i of `timestep` in `timesteps` (raises if it is not one of them)."""
+        if self.num_inference_steps is None:
+            raise ValueError("Call `set_timesteps(num_inference_steps)` before `step` or `transition_probs`.")
+        if isinstance(timestep, torch.Tensor):
+            if timestep.numel() != 1:
+                timestep = timestep.flatten()[0]
+            timestep = float(timestep)
+        index = round(timestep * self.num_inference_steps)
+        if not 0 <= index < self.num_inference_steps or abs(timestep * self.num_inference_steps - index) > 1e-3:
+            raise ValueError(
+                f"`timestep`={timestep} is not one of the {self.num_inference_steps} sampling times i / N set by "
+                "`set_timesteps`."
+            )
+        return index
+
+    def sigma_scale(self, step_index: int) -> float:
+        """The sigma schedule's factor f(i) for step `step_index` of `num_inference_steps`."""
+        if self.config.sigma_schedule == "constant":
+            return 1.0
+        progress = (step_index + 1) / self.num_inference_steps
+        x = -self.config.sigmoid_slope * (progress - self.config.sigmoid_midpoint)
+        return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+    def transition_probs(
+        self,
+        sample: torch.LongTensor,
+        pred_original_sample: torch.LongTensor,
+        timestep: Union[float, torch.Tensor],
+    ) -> torch.FloatTensor:
+        """The distribution that [`step`] draws the next sample from.
+
+        With t = `timestep`, t' the next time, z = `sample` and x0 = `pred_original_sample`:
+        `x1_hat = (z - t x0) / (1 - t)`, `mean = t' x0 + (1 - t') x1_hat`,
+        `std = |x1_hat - x0| / 4 * f(i) + 1e-6`, discretised over the M values k = 0..M-1.
+
+        Returns:
+            `torch.FloatTensor` of shape `(batch_size, codebook_size, num_tokens)`.
+        """
+        self._check_sample("sample", sample)
+        self._check_sample("pred_original_sample", pred_original_sample)
+        index = self.step_index_for(timestep)
+        time = self._time_grid[index].to(sample.device)
+        next_time = self._time_grid[index + 1].to(sample.device)
+        current = sample.float()  # (B, C)
+        original = pred_original_sample.float()  # (B, C)
+        noise_estimate = (current - time * original) / (1 - time)  # (B, C)
+        mean = next_time * original + (1 - next_time) * noise_estimate  # (B, C)
+        std = (noise_estimate - original).abs() / 4 * self.sigma_scale(index) + 1e-6  # (B, C)
+        return discretized_gaussian(mean, std, self.config.num_tokens)  # (B, C, M)
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: Union[float, torch.Tensor],
+        sample: torch.LongTensor,
+        generator: GeneratorType = None,
+        return_dict: bool = True,
+    ) -> Union[FSDDSchedulerOutput, Tuple[torch.LongTensor, torch.LongTensor]]:
+        """One FSDD step from `timestep` to the next sampling time.
+
+        Args:
+            model_output (`torch.Tensor` of shape `(batch_size, codebook_size, num_tokens + 1)`):
+                the model's probabilities over the count values at every position (guidance already applied).
+            timestep (`float` or 0-d `torch.Tensor`): one of `timesteps`.
+            sample (`torch.LongTensor` of shape `(batch_size, codebook_size)`): the current count vectors.
+            generator (`torch.Generator` or a list of them, one per batch row, *optional*).
+            return_dict (`bool`, defaults to `True`): return an [`FSDDSchedulerOutput`] rather than a tuple.
+
+        Returns:
+            [`FSDDSchedulerOutput`] or `(prev_sample, pred_original_sample)`.
+        """
+        config = self.config
+        # The original's one-shot adjustment (and an unadjusted filtered x_t) can leave other sums; only the exact
+        # mode promises, and so requires, the fixed sum.
+        self._check_sample("sample", sample, fixed_sum=config.exact_sum)
+        self._check_probs(model_output, sample)
+        index = self.step_index_for(timestep)
+        adjust = bool(self._time_grid[index] >= config.adjust_start)
+        probs = model_output.float()  # (B, C, M+1)
+
+        # 1. Draw x0 from the (filtered) prediction; adjust it to the sum M late in sampling.
+        original = sample_categorical(self._filter(probs, config.x0_sampling), generator=generator)  # (B, C)
+        if adjust:
+            original = greedy_adjust(original, probs, config.num_tokens, exact=config.exact_sum)
+
+        # 2. Draw the next sample from the discretised Gaussian between the implied noise and x0.
+        transition = self.transition_probs(sample, original, timestep)  # (B, C, M)
+        prev_sample = sample_categorical(self._filter(transition, config.xt_sampling), generator=generator)
+        if config.xt_sampling == "multinomial" or adjust or config.exact_sum:
+            prev_sample = greedy_adjust(prev_sample, transition, config.num_tokens, exact=config.exact_sum)
+
+        if not return_dict:
+            return prev_sample, original
+        return FSDDSchedulerOutput(prev_sample=prev_sample, pred_original_sample=original)
+
+    # ------------------------------------------------------------------ training
+
+    def add_noise(
+        self,
+        original_samples: torch.LongTensor,
+        noise: torch.LongTensor,
+        timesteps: torch.Tensor,
+        generator: GeneratorType = None,
+    ) -> torch.LongTensor:
+        """The training noiser: draws x_t between data x0 = `original_samples` and noise x1 = `noise`.
+
+        `mean = t x0 + (1 - t) x1`, `std = |x1 - x0| / 4 + 1e-6`, discretised over k = 0..M-1, one draw per position,
+        then adjusted to the sum M (one-shot as the original, or exactly with `exact_sum=True`).
+
+        Args:
+            original_samples (`torch.LongTensor` of shape `(batch_size, codebook_size)`): data count vectors.
+            noise (`torch.LongTensor` of shape `(batch_size, codebook_size)`): from [`sample_fixed_sum_noise`].
+            timesteps (`torch.Tensor` of shape `(batch_size,)`): times in (0, 1] (t = 1 is data).
+            generator (`torch.Generator` or a list of them, *optional*).
+
+        Returns:
+            `torch.LongTensor` of shape `(batch_size, codebook_size)`.
+        """
+        self._check_sample("original_samples", original_samples, fixed_sum=True)
+        self._check_sample("noise", noise, fixed_sum=True)
+        if noise.shape != original_samples.shape:
+            raise ValueError(
+                f"`noise` must have the shape of `original_samples` {tuple(original_samples.shape)}, got "
+                f"{tuple(noise.shape)}."
+            )
+        timesteps = torch.as_tensor(timesteps, dtype=torch.float32, device=original_samples.device)
+        if timesteps.shape != (original_samples.shape[0],):
+            raise ValueError(
+                f"`timesteps` must have shape (batch_size,) = ({original_samples.shape[0]},), got "
+                f"{tuple(timesteps.shape)}."
+            )
+        if torch.isnan(timesteps).any() or (timesteps <= 0).any() or (timesteps > 1).any():
+            raise ValueError(f"`timesteps` must lie in (0, 1], got {timesteps.tolist()}.")
+        time = timesteps[:, None]  # (B, 1)
+        data = original_samples.float()  # (B, C)
+        prior = noise.float()  # (B, C)
+        mean = time * data + (1 - time) * prior  # (B, C)
+        std = (prior - data).abs() / 4 + 1e-6  # (B, C)
+        pdf = discretized_gaussian(mean, std, self.config.num_tokens)  # (B, C, M)
+        noisy = sample_categorical(pdf, generator=generator)  # (B, C)
+        return greedy_adjust(noisy, pdf, self.config.num_tokens, exact=self.config.exact_sum)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _filter(self, probs: torch.Tensor, mode: str) -> torch.Tensor:
+        if mode == "top_p":
+            return filter_probs(probs, top_p=self.config.top_p)
+        if mode == "top_k":
+            return filter_probs(probs, top_k=self.config.top_k)
+        return probs
+
+    def _check_sample(self, name: str, sample: torch.Tensor, fixed_sum: bool = False) -> None:
+        config = self.config
+        if not isinstance(sample, torch.Tensor) or sample.ndim != 2 or sample.shape[1] != config.codebook_size:
+            shape = tuple(sample.shape) if isinstance(sample, torch.Tensor) else type(sample).__name__
+            raise ValueError(
+                f"`{name}` must have shape (batch_size, codebook_size={config.codebook_size}), got {shape}."
+            )
+        if sample.is_floating_point() or sample.is_complex():
+            raise ValueError(f"`{name}` must be an integer count tensor, got dtype {sample.dtype}.")
+        if (sample < 0).any() or (sample > config.num_tokens).any():
+            raise ValueError(f"`{name}` must hold counts in [0, num_tokens={config.num_tokens}].")
+        if fixed_sum and (sample.sum(-1) != config.num_tokens).any():
+            raise ValueError(
+                f"`{name}` must be count vectors that sum to num_tokens={config.num_tokens}, got row sums "
+                f"{sample.sum(-1).tolist()}."
+            )
+
+    def _check_probs(self, probs: torch.Tensor, sample: torch.Tensor) -> None:
+        expected = (sample.shape[0], self.config.codebook_size, self.config.num_tokens + 1)
+        if not isinstance(probs, torch.Tensor) or tuple(probs.shape) != expected:
+            shape = tuple(probs.shape) if isinstance(probs, torch.Tensor) else type(probs).__name__
+            raise ValueError(
+                f"`model_output` must be probabilities of shape (batch_size, codebook_size, num_tokens + 1) = "
+                f"{expected}, got {shape}."
+            )
+        if not (probs >= 0).all():  # one pass catches NaN and negative values
+            if torch.isnan(probs).any():
+                raise ValueError("`model_output` contains NaN.")
+            raise ValueError("`model_output` must be probabilities (non-negative); did you pass logits?")
+
+    def __len__(self):
+        return self.num_inference_steps or 0

@@ -1,0 +1,344 @@
+"""Operations on token sets and count vectors.
+
+Glossary used throughout the package:
+
+- *token set*: the multiset of ``num_tokens`` (M) token ids that the set tokenizer gives an image; its order carries
+  no information.
+- *count vector*: ``counts`` of shape ``(batch_size, codebook_size)``, ``counts[b, j]`` = how many of row ``b``'s
+  tokens equal ``j``; every count vector sums to M.
+- ``codebook_size`` (C): the number of codebook entries, i.e. the length of a count vector.
+
+All functions are pure, vectorised over the batch and positions, and take a ``generator`` wherever they draw random
+numbers (a ``torch.Generator`` or a list of them, one per batch row, as in diffusers).
+"""
+
+from typing import List, Optional, Union
+
+import torch
+
+
+GeneratorType = Optional[Union[torch.Generator, List[torch.Generator]]]
+
+__all__ = [
+    "counts_to_tokens",
+    "discretized_gaussian",
+    "filter_probs",
+    "greedy_adjust",
+    "quantize_to_sum",
+    "sample_categorical",
+    "sample_fixed_sum_noise",
+    "tokens_to_counts",
+    "uniform_tensor",
+]
+
+
+def uniform_tensor(
+    shape: tuple,
+    generator: GeneratorType = None,
+    device: Optional[Union[str, torch.device]] = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Draws ``U[0, 1)`` numbers of ``shape`` with one generator or a list of generators (one per row of dim 0).
+
+    With a list, row ``b`` is drawn from ``generator[b]``, so a batch of two equals two batches of one that each get
+    their own generator. Numbers are drawn on the generator's device and moved to ``device``.
+    """
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(
+                f"`generator` is a list of length {len(generator)}, but the batch size is {shape[0]}; pass one "
+                "generator per batch row or a single generator."
+            )
+        rows = [torch.rand((1, *shape[1:]), generator=g, device=g.device, dtype=dtype) for g in generator]
+        return torch.cat(rows).to(device)
+    generator_device = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=generator_device, dtype=dtype).to(device)
+
+
+def _check_counts_2d(name: str, tensor: torch.Tensor) -> None:
+    if not isinstance(tensor, torch.Tensor) or tensor.ndim != 2:
+        shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+        raise ValueError(f"`{name}` must be a tensor of shape (batch_size, codebook_size), got {shape}.")
+
+
+def tokens_to_counts(token_ids: torch.LongTensor, codebook_size: int) -> torch.LongTensor:
+    """The dual transformation: token sets to count vectors.
+
+    Args:
+        token_ids (`torch.LongTensor` of shape `(batch_size, num_tokens)`): token ids in `[0, codebook_size)`.
+        codebook_size (`int`): C, the length of the count vectors.
+
+    Returns:
+        `torch.LongTensor` of shape `(batch_size, codebook_size)`: how often each id occurs in each row; every row
+        sums to `num_tokens`.
+    """
+    if not isinstance(token_ids, torch.Tensor) or token_ids.ndim != 2:
+        shape = tuple(token_ids.shape) if isinstance(token_ids, torch.Tensor) else type(token_ids).__name__
+        raise ValueError(f"`token_ids` must be a tensor of shape (batch_size, num_tokens), got {shape}.")
+    if token_ids.is_floating_point() or token_ids.is_complex():
+        raise ValueError(f"`token_ids` must be an integer tensor, got dtype {token_ids.dtype}.")
+    if token_ids.numel() > 0 and (token_ids.min() < 0 or token_ids.max() >= codebook_size):
+        raise ValueError(
+            f"`token_ids` must lie in [0, {codebook_size}), got values in "
+            f"[{int(token_ids.min())}, {int(token_ids.max())}]."
+        )
+    token_ids = token_ids.long()
+    counts = torch.zeros(token_ids.shape[0], codebook_size, dtype=torch.long, device=token_ids.device)
+    return counts.scatter_add_(1, token_ids, torch.ones_like(token_ids))  # (B, C)
+
+
+def counts_to_tokens(counts: torch.Tensor, num_tokens: int) -> torch.LongTensor:
+    """The inverse dual transformation, with the original's rounding, fill and truncation rule.
+
+    Float counts are zeroed below 1 and rounded (half to even); if the result sums to less than `num_tokens`, the
+    missing tokens go, one each, to the positions with the largest sub-1 leftovers (ties broken by the order of
+    `torch.argsort(descending=True)`, as in the original); the sorted token list is then cut to `num_tokens` entries,
+    so a row that sums to more than M loses its largest token ids.
+
+    Args:
+        counts (`torch.Tensor` of shape `(batch_size, codebook_size)` or `(batch_size, codebook_size, 1)`):
+            integer or float counts.
+        num_tokens (`int`): M, the number of tokens per set.
+
+    Returns:
+        `torch.LongTensor` of shape `(batch_size, num_tokens)`: sorted token ids.
+    """
+    if isinstance(counts, torch.Tensor) and counts.ndim == 3 and counts.shape[-1] == 1:
+        counts = counts[..., 0]
+    _check_counts_2d("counts", counts)
+    if counts.is_floating_point() and torch.isnan(counts).any():
+        raise ValueError("`counts` contains NaN.")
+    remains = counts.clone().float()  # (B, C)
+    rounded = torch.where(counts < 1, torch.zeros_like(counts), counts)
+    rounded = rounded.round().long() if rounded.is_floating_point() else rounded.long()  # (B, C)
+    missing = (num_tokens - rounded.sum(-1)).clamp(min=0)  # (B,)
+    remains[remains >= 1] = 0
+    ranks = _ranks_from_order(torch.argsort(remains, dim=-1, descending=True))  # (B, C)
+    rounded = rounded + (ranks < missing[:, None]).long()  # (B, C)
+    cumulative = rounded.cumsum(-1)  # (B, C)
+    positions = torch.arange(num_tokens, device=counts.device).expand(counts.shape[0], -1).contiguous()  # (B, M)
+    return torch.searchsorted(cumulative, positions, right=True)  # (B, M)
+
+
+def quantize_to_sum(values: torch.Tensor, total: int) -> torch.LongTensor:
+    """Nearest fixed-sum rounding: floor, then +1 at the `total - sum(floor)` positions with the largest fractional
+    parts (the original's `quantize_tensor`). If the floors already exceed `total`, -1 goes to the positions with the
+    smallest fractional parts among those above zero, so the rows always sum to `total` when that is reachable.
+
+    Args:
+        values (`torch.Tensor` of shape `(batch_size, length)`): non-negative real values.
+        total (`int`): the sum every output row must have.
+
+    Returns:
+        `torch.LongTensor` of shape `(batch_size, length)`.
+    """
+    _check_counts_2d("values", values)
+    values = values.float()
+    floors = values.floor()  # (B, L)
+    fractions = values - floors  # (B, L)
+    floors = floors.long()
+    deficit = total - floors.sum(-1)  # (B,)
+    # Ranks of the fractional parts, largest first (ties by torch's sort order, as the original).
+    order = torch.argsort(fractions, dim=-1, descending=True)  # (B, L)
+    ranks = _ranks_from_order(order)
+    add = ranks < deficit[:, None]
+    # Excess: remove from the smallest fractional parts first, skipping zero counts.
+    removable = torch.where(floors > 0, fractions, torch.full_like(fractions, float("inf")))
+    order_remove = torch.argsort(removable, dim=-1)  # (B, L)
+    ranks_remove = _ranks_from_order(order_remove)
+    remove = (ranks_remove < (-deficit)[:, None]) & (floors > 0)
+    return floors + add.long() - remove.long()
+
+
+def _ranks_from_order(order: torch.LongTensor) -> torch.LongTensor:
+    """`ranks[b, order[b, r]] = r`: the position of every element in a sorted order."""
+    arange = torch.arange(order.shape[-1], device=order.device).expand_as(order)
+    return torch.empty_like(order).scatter_(-1, order, arange)
+
+
+def sample_fixed_sum_noise(
+    batch_size: int,
+    codebook_size: int,
+    num_tokens: int,
+    generator: GeneratorType = None,
+    device: Optional[Union[str, torch.device]] = None,
+) -> torch.LongTensor:
+    """The FSDD noise prior of the released models: a uniformly random set of `num_tokens` distinct positions,
+    count 1 each (what the original's `quantize_tensor(U[0,1)^C, M)` amounts to).
+
+    Returns:
+        `torch.LongTensor` of shape `(batch_size, codebook_size)` summing to `num_tokens` in every row.
+    """
+    if not 0 < num_tokens <= codebook_size:
+        raise ValueError(f"`num_tokens` must be in [1, codebook_size={codebook_size}], got {num_tokens}.")
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be at least 1, got {batch_size}.")
+    scores = uniform_tensor((batch_size, codebook_size), generator=generator, device=device)  # (B, C)
+    chosen = scores.topk(num_tokens, dim=-1).indices  # (B, M)
+    noise = torch.zeros(batch_size, codebook_size, dtype=torch.long, device=scores.device)
+    return noise.scatter_(1, chosen, 1)  # (B, C)
+
+
+def discretized_gaussian(mean: torch.Tensor, std: torch.Tensor, num_values: int) -> torch.Tensor:
+    """The discretised Gaussian over k = 0..num_values-1: `pdf_k ∝ exp(-(k - mean)^2 / (2 std^2))`, normalised.
+
+    Computed as a softmax over k, so it stays defined when `std` is tiny compared with the distance of `mean` from
+    every integer (the original divides 0 by 0 there and falls back to another rule; the limit, a point mass on the
+    nearest k, is what comes out here).
+
+    Args:
+        mean (`torch.Tensor` of shape `(batch_size, length)`), std (same shape, positive).
+        num_values (`int`): the number of values k.
+
+    Returns:
+        `torch.FloatTensor` of shape `(batch_size, length, num_values)`; each `[b, j]` row sums to 1.
+    """
+    values = torch.arange(num_values, device=mean.device, dtype=torch.float32)  # (V,)
+    mean = mean.float()[..., None]  # (B, L, 1)
+    std = std.float()[..., None]  # (B, L, 1)
+    log_density = -((values - mean) ** 2) / (2 * std**2)  # (B, L, V)
+    return torch.softmax(log_density, dim=-1)
+
+
+def filter_probs(probs: torch.Tensor, top_p: Optional[float] = None, top_k: Optional[int] = None) -> torch.Tensor:
+    """Top-p / top-k filtering of categorical distributions over the last dimension, renormalised.
+
+    Top-p keeps the sorted probabilities while the cumulative sum *before* them is at most `top_p`, so the most
+    likely value is always kept and so is the first one that crosses `top_p` (the original's rule). Top-k keeps the
+    `top_k` largest. With both, top-k is applied first.
+
+    Args:
+        probs (`torch.Tensor` of shape `(..., num_values)`): probabilities.
+        top_p (`float`, *optional*): in (0, 1].
+        top_k (`int`, *optional*): in [1, num_values].
+
+    Returns:
+        `torch.Tensor` of the same shape, zero outside the kept set, rows summing to 1.
+    """
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"`top_p` must be in (0, 1], got {top_p}.")
+    if top_k is not None and not 1 <= top_k <= probs.shape[-1]:
+        raise ValueError(f"`top_k` must be in [1, {probs.shape[-1]}], got {top_k}.")
+    keep = torch.ones_like(probs, dtype=torch.bool)
+    if top_k is not None:
+        kept_indices = probs.topk(top_k, dim=-1).indices  # (..., k)
+        keep = torch.zeros_like(keep).scatter_(-1, kept_indices, True)
+    if top_p is not None:
+        keep = keep & _top_p_mask(torch.where(keep, probs, torch.zeros_like(probs)), top_p)
+    filtered = torch.where(keep, probs, torch.zeros_like(probs))
+    return filtered / filtered.sum(-1, keepdim=True)
+
+
+def _top_p_mask(probs: torch.Tensor, top_p: float, window: int = 16) -> torch.BoolTensor:
+    """Which values top-p keeps. Looks at the `window` largest values first (a full sort is slow on CPU) and sorts
+    the whole distribution only for the rows that keep their entire window."""
+    num_values = probs.shape[-1]
+    values, indices = probs.topk(min(window, num_values), dim=-1)  # (..., W), descending
+    keep_sorted = values.cumsum(-1) - values <= top_p  # mass before each value
+    keep = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, indices, keep_sorted)  # (..., V)
+    if values.shape[-1] < num_values:
+        wide = keep_sorted[..., -1]  # (...,): rows that may keep more than the window
+        if wide.any():
+            values, indices = probs[wide].sort(dim=-1, descending=True)  # (N, V)
+            keep_sorted = values.cumsum(-1) - values <= top_p
+            keep[wide] = torch.zeros_like(keep_sorted).scatter_(-1, indices, keep_sorted)
+    return keep
+
+
+def sample_categorical(probs: torch.Tensor, generator: GeneratorType = None) -> torch.LongTensor:
+    """Draws one value per row of `probs` (shape `(batch_size, ..., num_values)`) by inverse CDF.
+
+    One uniform number per row, so a list of generators gives each batch row its own stream. Values of
+    probability zero are never drawn. Returns a `torch.LongTensor` of shape `(batch_size, ...)`.
+    """
+    uniform = 1.0 - uniform_tensor(probs.shape[:-1], generator=generator, device=probs.device)  # (B, ...) in (0, 1]
+    cdf = probs.float().cumsum(-1)  # (B, ..., V)
+    threshold = uniform[..., None] * cdf[..., -1:]  # (B, ..., 1)
+    return (cdf < threshold).sum(-1).clamp(max=probs.shape[-1] - 1)
+
+
+def greedy_adjust(sample: torch.LongTensor, probs: torch.Tensor, total: int, exact: bool = False) -> torch.LongTensor:
+    """Moves counts up or down, where they cost the least probability, until the rows sum to `total`.
+
+    `exact=False` is the original one-shot rule (Algorithm 1 of the paper), bit for bit: with
+    `delta = total - sample.sum(-1)`, each of the first `min(|delta|, length)` positions, in descending order of
+    `probs[z ± 1] - probs[z]` (-inf where the move leaves [0, V-1]), moves by one, then the result is clamped to
+    [0, V-1]. Each position moves at most once, so the sum is not always restored.
+
+    `exact=True` always restores the sum when `0 <= total <= length * (V - 1)`: it applies the one-shot rule, and
+    again (re-ranked by the current probability differences) to the rows that still miss the sum; rows that miss it
+    after that get all their remaining moves at once, the ones of largest marginal gain
+    `probs[z ± s] - probs[z ± (s - 1)]` (several per position where that costs least). Where one-shot suffices,
+    as it usually does, the result equals the one-shot rule's.
+
+    Args:
+        sample (`torch.LongTensor` of shape `(batch_size, length)`): values in [0, V-1].
+        probs (`torch.Tensor` of shape `(batch_size, length, V)`): the distribution each value was drawn from.
+        total (`int`): the target row sum.
+        exact (`bool`): see above.
+
+    Returns:
+        `torch.LongTensor` of shape `(batch_size, length)`.
+    """
+    _check_counts_2d("sample", sample)
+    if probs.ndim != 3 or probs.shape[:2] != sample.shape:
+        raise ValueError(
+            f"`probs` must have shape (batch_size, length, num_values) = {tuple(sample.shape)} + (V,), "
+            f"got {tuple(probs.shape)}."
+        )
+    num_values = probs.shape[-1]
+    sample = sample.long()
+    if not exact:
+        return _one_shot_adjust(sample, probs, total)
+    if not 0 <= total <= sample.shape[1] * (num_values - 1):
+        raise ValueError(
+            f"`total` must be in [0, length * (V - 1)] = [0, {sample.shape[1] * (num_values - 1)}] for an exact "
+            f"adjustment, got {total}."
+        )
+    sample = sample.clamp(0, num_values - 1)
+    for _ in range(2):  # the one-shot rule, and once more for what it left
+        missing = sample.sum(-1) != total  # (B,)
+        if not missing.any():
+            return sample
+        sample = sample.clone()
+        sample[missing] = _one_shot_adjust(sample[missing], probs[missing], total)
+    missing = sample.sum(-1) != total
+    if missing.any():
+        sample[missing] = _joint_adjust(sample[missing], probs[missing], total)
+    return sample
+
+
+def _joint_adjust(sample: torch.LongTensor, probs: torch.Tensor, total: int) -> torch.LongTensor:
+    """Chooses all `|delta|` remaining moves at once: the moves with the largest marginal gain
+    `probs[z ± s] - probs[z ± (s - 1)]`, made non-increasing in `s` so that a position's moves come in order."""
+    batch_size, length, num_values = probs.shape
+    delta = total - sample.sum(-1)  # (B,)
+    direction = torch.where(delta < 0, -1, 1)  # (B,)
+    steps = torch.arange(num_values, device=sample.device)  # (V,): s = 0..V-1 moves
+    targets = sample[..., None] + direction[:, None, None] * steps  # (B, L, V)
+    in_range = (targets >= 0) & (targets <= num_values - 1)
+    target_probs = probs.float().gather(-1, targets.clamp(0, num_values - 1))  # (B, L, V)
+    gains = target_probs[..., 1:] - target_probs[..., :-1]  # (B, L, V-1): gain of the s-th move
+    gains = torch.where(in_range[..., 1:], gains, torch.full_like(gains, float("-inf")))
+    gains = gains.cummin(dim=-1).values
+    # A stable sort keeps equal gains of one position in order of s.
+    order = torch.sort(gains.reshape(batch_size, -1), dim=-1, descending=True, stable=True).indices
+    chosen = _ranks_from_order(order) < delta.abs()[:, None]  # (B, L * (V-1))
+    moves = chosen.reshape(batch_size, length, num_values - 1).sum(-1)  # (B, L)
+    return sample + direction[:, None] * moves
+
+
+def _one_shot_adjust(sample: torch.LongTensor, probs: torch.Tensor, total: int) -> torch.LongTensor:
+    num_values = probs.shape[-1]
+    delta = total - sample.sum(-1)  # (B,)
+    current = probs.gather(-1, sample.clamp(0, num_values - 1)[..., None])[..., 0]  # (B, L)
+    lower = probs.gather(-1, (sample - 1).clamp(0, num_values - 1)[..., None])[..., 0]  # (B, L)
+    upper = probs.gather(-1, (sample + 1).clamp(0, num_values - 1)[..., None])[..., 0]  # (B, L)
+    minus_inf = torch.full_like(current, float("-inf"))
+    gain_decrease = torch.where(sample > 0, lower - current, minus_inf)  # (B, L)
+    gain_increase = torch.where(sample < num_values - 1, upper - current, minus_inf)  # (B, L)
+    gain = torch.where((delta < 0)[:, None], gain_decrease, gain_increase)  # (B, L)
+    order = torch.argsort(gain, dim=-1, descending=True)  # (B, L)
+    moved = _ranks_from_order(order) < delta.abs()[:, None]  # (B, L)
+    adjusted = sample + torch.sign(delta)[:, None] * moved.long()
+    return adjusted.clamp(0, num_values - 1)
