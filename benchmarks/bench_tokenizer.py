@@ -1,0 +1,96 @@
+"""Time the set tokenizer (`TokenSetVQVAE`) at the released size: encode and decode, float32 and bfloat16.
+
+Random weights (timing does not depend on them). Prints a table; on CUDA also images/s and peak memory.
+
+    PYTHONPATH=. python benchmarks/bench_tokenizer.py                      # CPU, batch 1 and 2
+    PYTHONPATH=. python benchmarks/bench_tokenizer.py --device cuda --batch_sizes 1 8 32
+"""
+
+import argparse
+import statistics
+import time
+from functools import partial
+
+import torch
+
+from tokenset_diffusers.configuration_tokenset_vqvae import TokenSetVQVAEConfig
+from tokenset_diffusers.modeling_tokenset_vqvae import TokenSetVQVAE
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["float32", "bfloat16"])
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per entry (the median is printed)")
+    parser.add_argument("--warmup", type=int, default=1)
+    return parser.parse_args()
+
+
+def synchronize(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn, device: torch.device, repeats: int, warmup: int) -> float:
+    """Median seconds of `fn()` over `repeats` runs after `warmup` runs."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
+@torch.inference_mode()
+def main():
+    args = parse_args()
+    device = torch.device(args.device)
+    config = TokenSetVQVAEConfig()
+    torch.manual_seed(0)
+    model = TokenSetVQVAE(config).eval().to(device)
+    num_parameters = sum(p.numel() for p in model.parameters())
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"TokenSetVQVAE, released size ({num_parameters:,} parameters), {config.image_size} px, ")
+    print(f"M = {config.num_tokens}, C = {config.codebook_size}; device: {device_name}, torch {torch.__version__}, ")
+    print(f"threads: {torch.get_num_threads()}; median of {args.repeats} runs")
+    header = f"{'dtype':<9} {'batch':>5} {'encode s':>9} {'decode s':>9} {'enc img/s':>10} {'dec img/s':>10}"
+    if device.type == "cuda":
+        header += f" {'peak GiB':>9}"
+    print(header)
+    print("-" * len(header))
+
+    for dtype_name in args.dtypes:
+        model = model.to(DTYPES[dtype_name])
+        for batch_size in args.batch_sizes:
+            generator = torch.Generator(device="cpu").manual_seed(batch_size)
+            pixel_values = (
+                torch.rand(batch_size, 3, config.image_size, config.image_size, generator=generator) * 2 - 1
+            ).to(device)
+            token_ids = model.encode(pixel_values).token_ids
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            try:
+                encode_s = time_call(partial(model.encode, pixel_values), device, args.repeats, args.warmup)
+                decode_s = time_call(partial(model.decode, token_ids), device, args.repeats, args.warmup)
+            except RuntimeError as error:  # e.g. a bf16 kernel missing on this backend
+                print(f"{dtype_name:<9} {batch_size:>5}  not supported here: {str(error).splitlines()[0]}")
+                continue
+            row = (
+                f"{dtype_name:<9} {batch_size:>5} {encode_s:>9.3f} {decode_s:>9.3f} "
+                f"{batch_size / encode_s:>10.2f} {batch_size / decode_s:>10.2f}"
+            )
+            if device.type == "cuda":
+                row += f" {torch.cuda.max_memory_allocated(device) / 2**30:>9.2f}"
+            print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()

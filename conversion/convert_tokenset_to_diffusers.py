@@ -1,0 +1,141 @@
+"""Convert the released TokenSet checkpoints to Hugging Face folders.
+
+    python conversion/convert_tokenset_to_diffusers.py \\
+        --tokenizer_checkpoint set_tokenizer_128_4096.pth \\
+        --generator_checkpoint fsdd_base_128_4096.pth \\
+        --output_dir tokenset-base-imagenet256 [--push_to_hub org/tokenset-base-imagenet256]
+
+With both checkpoints the output is a complete `TokenSetPipeline` folder (`model_index.json`, `image_tokenizer/`,
+`transformer/`, `scheduler/`) with the ImageNet class names and the released sampling defaults (25 steps, guidance
+interval schedule [4, 50, 55]); with one, that component's `save_pretrained` folder (`DIR/image_tokenizer` or
+`DIR/transformer`). Checkpoints are read with `torch.load(weights_only=True)`, only `argparse.Namespace` allow-listed.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tokenizer_conversion import convert_tokenizer  # noqa: E402
+from transformer_conversion import convert_transformer, load_original_generator_checkpoint  # noqa: E402
+
+from tokenset_diffusers import FSDDScheduler, TokenSetPipeline  # noqa: E402
+
+
+RELEASED_GUIDANCE_SCALE = [4.0, 50.0, 55.0]
+IMAGENET_LABELS_REPO = "huggingface/label-files"
+IMAGENET_LABELS_FILE = "imagenet-1k-id2label.json"
+
+
+def load_id2label(source: str | None, num_classes: int) -> dict[int, str] | None:
+    """Class names from a JSON file (`{"0": "tench, Tinca tinca", ...}`), or, for `"hub"`, ImageNet's from the Hub
+    dataset `huggingface/label-files` (1,000 classes only); `None` or `"none"` gives no names."""
+    if source is None or source == "none":
+        return None
+    if source == "hub":
+        if num_classes != 1000:
+            return None
+        from huggingface_hub import hf_hub_download
+
+        source = hf_hub_download(IMAGENET_LABELS_REPO, IMAGENET_LABELS_FILE, repo_type="dataset")
+    id2label = {int(key): value for key, value in json.loads(Path(source).read_text()).items()}
+    if len(id2label) != num_classes:
+        raise ValueError(f"{source} names {len(id2label)} classes, but the generator has {num_classes}.")
+    return id2label
+
+
+def convert(
+    tokenizer_checkpoint: str | None = None,
+    generator_checkpoint: str | None = None,
+    output_dir: str = "tokenset",
+    tokenizer_num_heads: int = 12,
+    generator_num_heads: int | None = None,
+    generator_key: str = "ema",
+    id2label: str | None = "hub",
+) -> Path:
+    """Converts one or both checkpoints and saves them under `output_dir`; returns the folder written."""
+    if tokenizer_checkpoint is None and generator_checkpoint is None:
+        raise ValueError("Pass `tokenizer_checkpoint`, `generator_checkpoint`, or both.")
+    output_dir = Path(output_dir)
+    image_tokenizer = transformer = None
+    if tokenizer_checkpoint is not None:
+        state_dict = load_original_generator_checkpoint(tokenizer_checkpoint)  # a plain state dict
+        image_tokenizer = convert_tokenizer(state_dict, num_attention_heads=tokenizer_num_heads)
+    if generator_checkpoint is not None:
+        state_dict = load_original_generator_checkpoint(generator_checkpoint, key=generator_key)
+        transformer = convert_transformer(state_dict, num_attention_heads=generator_num_heads)
+    if transformer is None:
+        image_tokenizer.save_pretrained(output_dir / "image_tokenizer")
+        return output_dir / "image_tokenizer"
+    if image_tokenizer is None:
+        transformer.save_pretrained(output_dir / "transformer")
+        return output_dir / "transformer"
+    config = transformer.config
+    # The released sampling settings are the scheduler's defaults.
+    scheduler = FSDDScheduler(codebook_size=config.codebook_size, num_tokens=config.num_tokens)
+    pipeline = TokenSetPipeline(
+        image_tokenizer=image_tokenizer,
+        transformer=transformer,
+        scheduler=scheduler,
+        id2label=load_id2label(id2label, config.num_classes),
+        default_guidance_scale=RELEASED_GUIDANCE_SCALE,
+    )
+    pipeline.save_pretrained(output_dir)
+    return output_dir
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokenizer_checkpoint", help="set_tokenizer_128_4096.pth (a plain state dict)")
+    parser.add_argument("--generator_checkpoint", help="fsdd_{small,base}_128_4096.pth (weights under 'ema')")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--tokenizer_num_heads", type=int, default=12, help="attention heads of both ViTs")
+    parser.add_argument(
+        "--generator_num_heads", type=int, default=None, help="default: by width (384 -> 6, 768 -> 12, else width/64)"
+    )
+    parser.add_argument("--generator_key", choices=["ema", "model"], default="ema")
+    parser.add_argument(
+        "--id2label",
+        default="hub",
+        help="class names: a JSON file, 'hub' (ImageNet's from huggingface/label-files) or 'none'",
+    )
+    parser.add_argument("--push_to_hub", metavar="REPO", default=None, help="upload the result to this Hub repo")
+    args = parser.parse_args(argv)
+    if args.tokenizer_checkpoint is None and args.generator_checkpoint is None:
+        parser.error("pass --tokenizer_checkpoint, --generator_checkpoint, or both")
+    for path in (args.tokenizer_checkpoint, args.generator_checkpoint):
+        if path is not None and not Path(path).is_file():
+            parser.error(f"no such checkpoint file: {path}")
+    return args
+
+
+def main(argv=None) -> Path:
+    args = parse_args(argv)
+    folder = convert(
+        tokenizer_checkpoint=args.tokenizer_checkpoint,
+        generator_checkpoint=args.generator_checkpoint,
+        output_dir=args.output_dir,
+        tokenizer_num_heads=args.tokenizer_num_heads,
+        generator_num_heads=args.generator_num_heads,
+        generator_key=args.generator_key,
+        id2label=args.id2label,
+    )
+    print(f"wrote {folder}")
+    if args.push_to_hub:
+        if (folder / "model_index.json").is_file():
+            TokenSetPipeline.from_pretrained(folder).push_to_hub(args.push_to_hub)
+        else:
+            from huggingface_hub import HfApi
+
+            api = HfApi()
+            api.create_repo(args.push_to_hub, exist_ok=True)
+            api.upload_folder(repo_id=args.push_to_hub, folder_path=str(folder))
+        print(f"pushed to https://huggingface.co/{args.push_to_hub}")
+    return folder
+
+
+if __name__ == "__main__":
+    main()
