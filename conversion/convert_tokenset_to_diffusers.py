@@ -23,6 +23,7 @@ from tokenizer_conversion import convert_tokenizer  # noqa: E402
 from transformer_conversion import convert_transformer, load_original_generator_checkpoint  # noqa: E402
 
 from tokenset_diffusers import FSDDScheduler, TokenSetPipeline  # noqa: E402
+from tokenset_diffusers.model_cards import write_model_card  # noqa: E402
 
 
 RELEASED_GUIDANCE_SCALE = [4.0, 50.0, 55.0]
@@ -55,8 +56,10 @@ def convert(
     generator_num_heads: int | None = None,
     generator_key: str = "ema",
     id2label: str | None = "hub",
+    repo_id: str | None = None,
 ) -> Path:
-    """Converts one or both checkpoints and saves them under `output_dir`; returns the folder written."""
+    """Converts one or both checkpoints and saves them, with a model card (README.md), under `output_dir`; returns
+    the folder written. `repo_id` is the Hub id the card's usage snippet names (default: the folder's name)."""
     if tokenizer_checkpoint is None and generator_checkpoint is None:
         raise ValueError("Pass `tokenizer_checkpoint`, `generator_checkpoint`, or both.")
     output_dir = Path(output_dir)
@@ -68,8 +71,14 @@ def convert(
         state_dict = load_original_generator_checkpoint(generator_checkpoint, key=generator_key)
         transformer = convert_transformer(state_dict, num_attention_heads=generator_num_heads)
     if transformer is None:
-        image_tokenizer.save_pretrained(output_dir / "image_tokenizer")
-        return output_dir / "image_tokenizer"
+        folder = output_dir / "image_tokenizer"
+        image_tokenizer.save_pretrained(folder)
+        config = image_tokenizer.config
+        write_model_card(
+            folder, "tokenizer", repo_id=repo_id or folder.name, image_size=config.image_size,
+            codebook_size=config.codebook_size, num_tokens=config.num_tokens,
+        )  # fmt: skip
+        return folder
     if image_tokenizer is None:
         transformer.save_pretrained(output_dir / "transformer")
         return output_dir / "transformer"
@@ -84,6 +93,12 @@ def convert(
         default_guidance_scale=RELEASED_GUIDANCE_SCALE,
     )
     pipeline.save_pretrained(output_dir)
+    if config.codebook_size == 4096 and config.num_tokens == 128 and config.num_classes == 1000:
+        # A released ImageNet model: the card with the paper's numbers and settings.
+        size = {384: "S", 768: "B"}.get(config.num_attention_heads * config.attention_head_dim, "B")
+        write_model_card(output_dir, "converted_pipeline", repo_id=repo_id or output_dir.name, generator_size=size)
+    else:
+        (output_dir / "README.md").write_text(str(pipeline.model_card(repo_id or output_dir.name)))
     return output_dir
 
 
@@ -122,17 +137,15 @@ def main(argv=None) -> Path:
         generator_num_heads=args.generator_num_heads,
         generator_key=args.generator_key,
         id2label=args.id2label,
+        repo_id=args.push_to_hub,
     )
     print(f"wrote {folder}")
-    if args.push_to_hub:
-        if (folder / "model_index.json").is_file():
-            TokenSetPipeline.from_pretrained(folder).push_to_hub(args.push_to_hub)
-        else:
-            from huggingface_hub import HfApi
+    if args.push_to_hub:  # the folder as written, model card included
+        from huggingface_hub import HfApi
 
-            api = HfApi()
-            api.create_repo(args.push_to_hub, exist_ok=True)
-            api.upload_folder(repo_id=args.push_to_hub, folder_path=str(folder))
+        api = HfApi()
+        api.create_repo(args.push_to_hub, exist_ok=True)
+        api.upload_folder(repo_id=args.push_to_hub, folder_path=str(folder), commit_message="Convert TokenSet")
         print(f"pushed to https://huggingface.co/{args.push_to_hub}")
     return folder
 

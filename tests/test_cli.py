@@ -188,3 +188,16 @@ def test_scripts_show_help():
         with pytest.raises(SystemExit) as error:
             script.parse_args(["--help"])
         assert error.value.code == 0
+
+
+def test_conversion_writes_a_model_card(converted_pipeline, original_checkpoints, tmp_path):
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(converted_pipeline / "README.md")
+    assert card.data.license == "mit" and card.data.library_name == "diffusers"
+    folder = convert_script.convert(
+        tokenizer_checkpoint=str(original_checkpoints / "set_tokenizer.pth"), tokenizer_num_heads=4,
+        output_dir=str(tmp_path), repo_id="org/tiny-tokenizer",
+    )  # fmt: skip
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.library_name == "transformers" and "org/tiny-tokenizer" in card.text

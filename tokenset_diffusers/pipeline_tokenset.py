@@ -111,15 +111,21 @@ class TokenSetPipeline(DiffusionPipeline):
     ):
         """Saves the pipeline with a model card (README.md) to a temporary folder and uploads it to `repo_id`.
 
-        `model_card` defaults to a card describing this pipeline (classes, C, M, sampling defaults).
+        `model_card` defaults to the README.md of the folder the pipeline was loaded from (conversion and training
+        write one), else a minimal card describing this pipeline (classes, C, M, sampling defaults).
         """
         import tempfile
 
-        from huggingface_hub import HfApi
+        from huggingface_hub import HfApi, ModelCard
 
         with tempfile.TemporaryDirectory() as folder:
             self.save_pretrained(folder)
-            (model_card or self.model_card(repo_id)).save(os.path.join(folder, "README.md"))
+            if model_card is None:
+                loaded_from = self.config.get("_name_or_path") or ""
+                source = os.path.join(loaded_from, "README.md")
+                use_source = bool(loaded_from) and os.path.isdir(loaded_from) and os.path.isfile(source)
+                model_card = ModelCard.load(source) if use_source else self.model_card(repo_id)
+            model_card.save(os.path.join(folder, "README.md"))
             api = HfApi(token=token)
             api.create_repo(repo_id, private=private, exist_ok=True)
             return api.upload_folder(
