@@ -27,9 +27,23 @@ _import_structure = {
     "configuration_tokenset_vqvae": ["TokenSetVQVAEConfig"],
     "modeling_tokenset_vqvae": ["TokenSetVQVAE", "TokenSetVQVAEEncoderOutput", "TokenSetVQVAEOutput"],
     "image_processing": ["center_crop_arr", "preprocess_images", "postprocess_images"],
-    "transformer_tokenset": ["TokenSetTransformer1DModel", "TRANSFORMER_PRESETS"],
+    "transformer_tokenset": ["TokenSetTransformer1DModel", "TokenSetTransformer1DModelOutput", "TRANSFORMER_PRESETS"],
     "pipeline_tokenset": ["TokenSetPipeline", "TokenSetPipelineOutput"],
     "bundled": ["bundled_pipeline_path"],
+    "metrics": [
+        "FeatureStatistics",
+        "InceptionFeatureExtractor",
+        "extract_features",
+        "frechet_distance",
+        "images_to_uint8",
+        "inception_score",
+        "inception_weights_cached_path",
+        "load_feature_extractor",
+        "load_statistics",
+        "precision_recall",
+        "save_statistics",
+    ],
+    "model_cards": ["render_model_card", "write_model_card", "pipeline_card_fields"],
 }
 
 _name_to_module = {name: module for module, names in _import_structure.items() for name in names}
