@@ -1,0 +1,355 @@
+"""Data for both training stages.
+
+Images come from a Hub dataset (e.g. ImageNet-1k with `image` and `label` columns), a local image folder (ImageNet's
+`train/n01440764/*.JPEG` layout, read by `datasets`' `imagefolder` builder) or a folder written by
+`datasets.save_to_disk`, optionally streamed. Every image gets the ADM centre crop to the model's resolution and is
+scaled to [-1, 1] ([`tokenset_diffusers.preprocess_images`]); the random horizontal flip is applied per batch in the
+training step, drawn from that step's generator ([`random_horizontal_flip`]).
+
+Batches of a map-style dataset come from [`DistributedBatchSampler`]: an endless, reproducible sequence of batches per
+process, where epoch e is a permutation seeded by (seed, e), so a run resumed at step k continues with exactly the
+batches an uninterrupted run would have seen.
+
+Token sets written by `training/pretokenize.py` are read by [`load_pretokenized`] / [`TokenSetExamples`].
+"""
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from itertools import count, islice
+from pathlib import Path
+from typing import Iterator, Literal, Optional
+
+import numpy as np
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, IterableDataset, load_dataset, load_from_disk
+from datasets.distributed import split_dataset_by_node
+
+from tokenset_diffusers.image_processing import preprocess_images
+
+from .common import arg, check_choices, check_positive, derived_seed
+
+
+logger = logging.getLogger(__name__)
+
+PRETOKENIZED_INFO_NAME = "tokenset_pretokenized.json"
+
+
+@dataclass
+class DataArguments:
+    """Where the images come from and how they are loaded."""
+
+    dataset_name: Optional[str] = arg(
+        None,
+        "A Hub dataset id (e.g. `ILSVRC/imagenet-1k`), a local image folder (`<split>/<class>/<image>` or "
+        "`<class>/<image>`) or a folder written by `datasets.save_to_disk`.",
+    )
+    dataset_config_name: Optional[str] = arg(None, "Configuration name of a Hub dataset.")
+    dataset_source: Literal["auto", "hub", "imagefolder", "disk"] = arg(
+        "auto", "How to read `dataset_name`; `auto`: a `save_to_disk` folder, else an image folder, else the Hub."
+    )
+    train_split: str = arg("train", "Split to train on.")
+    eval_split: Optional[str] = arg(None, "Held-out split for evaluation during training (tokenizer stage).")
+    image_column: str = arg("image", "Column holding the images.")
+    label_column: Optional[str] = arg("label", "Column holding integer class labels; None for unlabelled data.")
+    streaming: bool = arg(False, "Stream the dataset instead of reading it whole (for data that does not fit).")
+    shuffle_buffer_size: int = arg(10_000, "Shuffle buffer of a streamed dataset.")
+    max_train_samples: Optional[int] = arg(None, "Use only the first this many training examples.")
+    max_eval_samples: int = arg(1000, "Use only the first this many evaluation examples.")
+    cache_dir: Optional[str] = arg(None, "`datasets` cache folder.")
+    dataloader_num_workers: int = arg(0, "DataLoader worker processes (image decoding and cropping).")
+    pin_memory: bool = arg(True, "Pin DataLoader memory when training on CUDA.")
+
+    def __post_init__(self):
+        check_choices(self)
+        check_positive(self, "shuffle_buffer_size", "max_train_samples", "max_eval_samples")
+        check_positive(self, "dataloader_num_workers", allow_zero=True)
+
+
+# ------------------------------------------------------------------------------------------------------------ loading
+
+
+def resolve_source(data_args: DataArguments) -> str:
+    """`hub`, `imagefolder` or `disk` for `data_args.dataset_name`."""
+    if data_args.dataset_name is None:
+        raise ValueError("`dataset_name` must be set (a Hub dataset id or a local folder), got None.")
+    if data_args.dataset_source != "auto":
+        return data_args.dataset_source
+    path = Path(data_args.dataset_name)
+    if not path.is_dir():
+        return "hub"
+    if (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file():
+        return "disk"
+    return "imagefolder"
+
+
+def load_split(data_args: DataArguments, split: str) -> Dataset | IterableDataset:
+    """One split of the image dataset, streamed if `data_args.streaming`, with its columns checked."""
+    source = resolve_source(data_args)
+    name, streaming = data_args.dataset_name, data_args.streaming
+    if source == "disk":
+        loaded = load_from_disk(name)
+        if isinstance(loaded, DatasetDict):
+            if split not in loaded:
+                raise ValueError(f"Split {split!r} is not in {name}; available splits: {sorted(loaded)}.")
+            dataset = loaded[split]
+        elif split == data_args.train_split:
+            dataset = loaded
+        else:
+            raise ValueError(f"{name} holds a single dataset without splits; it cannot provide split {split!r}.")
+        if streaming:
+            dataset = dataset.to_iterable_dataset(num_shards=min(len(dataset), 64))
+    elif source == "imagefolder":
+        dataset = load_dataset(
+            "imagefolder", data_dir=name, split=split, streaming=streaming, cache_dir=data_args.cache_dir
+        )
+    else:
+        dataset = load_dataset(
+            name, data_args.dataset_config_name, split=split, streaming=streaming, cache_dir=data_args.cache_dir
+        )
+    columns = dataset.column_names if dataset.column_names is not None else list(dataset.features or {})
+    for column in (data_args.image_column, data_args.label_column):
+        if column is not None and column not in columns:
+            raise ValueError(f"Column {column!r} is not in split {split!r} of {name}; its columns are {columns}.")
+    return dataset
+
+
+def class_names(dataset: Dataset | IterableDataset, label_column: Optional[str]) -> Optional[list[str]]:
+    """The names of a `ClassLabel` label column, else None."""
+    if label_column is None or dataset.features is None:
+        return None
+    feature = dataset.features.get(label_column)
+    return list(feature.names) if isinstance(feature, ClassLabel) else None
+
+
+def num_classes_of(dataset: Dataset | IterableDataset, label_column: Optional[str]) -> Optional[int]:
+    """The number of classes: from a `ClassLabel` feature, or max label + 1 of a map-style dataset; None if unknown."""
+    if label_column is None:
+        return 1
+    names = class_names(dataset, label_column)
+    if names is not None:
+        return len(names)
+    if isinstance(dataset, Dataset):
+        return int(max(dataset[label_column])) + 1
+    return None
+
+
+# --------------------------------------------------------------------------------------------------------- examples
+
+
+def process_example(example: dict, image_size: int, image_column: str, label_column: Optional[str]) -> dict:
+    """One raw example -> `{"pixel_values": (3, S, S) float in [-1, 1], "label": int64}` (ADM centre crop)."""
+    pixel_values = preprocess_images(example[image_column], image_size)[0]  # (3, S, S)
+    label = example[label_column] if label_column is not None else 0
+    return {"pixel_values": pixel_values, "label": torch.tensor(label, dtype=torch.long)}
+
+
+class ImageExamples(torch.utils.data.Dataset):
+    """A map-style image dataset as centre-cropped tensors (see [`process_example`])."""
+
+    def __init__(self, dataset: Dataset, image_size: int, image_column: str, label_column: Optional[str]):
+        self.dataset = dataset
+        self.image_size = image_size
+        self.image_column = image_column
+        self.label_column = label_column
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return process_example(self.dataset[int(index)], self.image_size, self.image_column, self.label_column)
+
+
+class StreamingImageExamples(torch.utils.data.IterableDataset):
+    """A streamed image dataset as an endless sequence of centre-cropped tensors, epoch after epoch.
+
+    `dataset` is this process's part of the stream (`split_dataset_by_node`), already shuffled with a buffer; each
+    epoch calls `set_epoch`, which reshuffles it. DataLoader workers share the stream's shards among them.
+    """
+
+    def __init__(self, dataset: IterableDataset, image_size: int, image_column: str, label_column: Optional[str]):
+        self.dataset = dataset
+        self.image_size = image_size
+        self.image_column = image_column
+        self.label_column = label_column
+
+    def __iter__(self) -> Iterator[dict]:
+        for epoch in count():
+            self.dataset.set_epoch(epoch)
+            empty = True
+            for example in self.dataset:
+                empty = False
+                yield process_example(example, self.image_size, self.image_column, self.label_column)
+            if empty:  # this worker has no shard of the stream
+                return
+
+
+def random_horizontal_flip(pixel_values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Flips each image of `pixel_values` (`(batch_size, channels, height, width)`) left-right with probability 1/2."""
+    flip = torch.rand(pixel_values.shape[0], generator=generator, device=generator.device) < 0.5  # (B,)
+    flip = flip.to(pixel_values.device)[:, None, None, None]  # (B, 1, 1, 1)
+    return torch.where(flip, pixel_values.flip(-1), pixel_values)  # (B, C, H, W)
+
+
+# ---------------------------------------------------------------------------------------------------------- batching
+
+
+class DistributedBatchSampler(torch.utils.data.Sampler):
+    """Endless, reproducible training batches of one process.
+
+    Epoch e visits the examples in the order of a permutation seeded by (seed, e). The permutation is cut into global
+    batches of `batch_size * num_processes` examples (an incomplete last one is dropped); process r takes the r-th
+    slice of `batch_size` of each. Batch k of the run (counting across epochs) is therefore fixed by (seed, k, number of
+    processes), and `start_batch` resumes the sequence at batch k.
+
+    Args:
+        num_examples (`int`): size of the dataset.
+        batch_size (`int`): examples per batch of this process.
+        num_processes (`int`), process_index (`int`): the process group.
+        seed (`int`): the run's seed.
+        start_batch (`int`, defaults to 0): the index of the first batch to yield.
+    """
+
+    def __init__(
+        self,
+        num_examples: int,
+        batch_size: int,
+        num_processes: int,
+        process_index: int,
+        seed: int,
+        start_batch: int = 0,
+    ):
+        if batch_size < 1 or num_processes < 1 or not 0 <= process_index < num_processes or start_batch < 0:
+            raise ValueError(
+                f"Invalid batching: batch_size={batch_size}, num_processes={num_processes}, "
+                f"process_index={process_index}, start_batch={start_batch}."
+            )
+        self.batches_per_epoch = num_examples // (batch_size * num_processes)
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"The dataset has {num_examples} examples, fewer than one global batch of "
+                f"{batch_size} x {num_processes} processes; lower `train_batch_size`."
+            )
+        self.num_examples = num_examples
+        self.batch_size = batch_size
+        self.num_processes = num_processes
+        self.process_index = process_index
+        self.seed = seed
+        self.start_batch = start_batch
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(derived_seed(self.seed, "epoch", epoch))
+        return torch.randperm(self.num_examples, generator=generator)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, first = divmod(self.start_batch, self.batches_per_epoch)
+        while True:
+            order = self.epoch_order(epoch)
+            for batch in range(first, self.batches_per_epoch):
+                start = (batch * self.num_processes + self.process_index) * self.batch_size
+                yield order[start : start + self.batch_size].tolist()
+            epoch, first = epoch + 1, 0
+
+
+def build_dataloader(
+    examples: torch.utils.data.Dataset,
+    batch_size: int,
+    accelerator,
+    seed: int,
+    start_batch: int,
+    data_args: DataArguments,
+) -> Iterator[dict]:
+    """An endless iterator over this process's training batches, starting at batch `start_batch`.
+
+    Map-style `examples` use [`DistributedBatchSampler`]; streamed ones ([`StreamingImageExamples`]) are batched in
+    stream order, and resuming skips `start_batch` batches by reading them (exact, but it re-decodes those images).
+    """
+    pin_memory = data_args.pin_memory and accelerator.device.type == "cuda"
+    workers = data_args.dataloader_num_workers
+    if isinstance(examples, torch.utils.data.IterableDataset):
+        loader = torch.utils.data.DataLoader(
+            examples, batch_size=batch_size, num_workers=workers, pin_memory=pin_memory, drop_last=True
+        )
+        return islice(iter(loader), start_batch, None)
+    sampler = DistributedBatchSampler(
+        len(examples), batch_size, accelerator.num_processes, accelerator.process_index, seed, start_batch
+    )
+    loader = torch.utils.data.DataLoader(
+        examples, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0
+    )
+    return iter(loader)
+
+
+def build_train_examples(
+    data_args: DataArguments, image_size: int, accelerator, seed: int
+) -> tuple[torch.utils.data.Dataset, Dataset | IterableDataset]:
+    """The training images as examples for [`build_dataloader`], and the underlying `datasets` split."""
+    dataset = load_split(data_args, data_args.train_split)
+    if not data_args.streaming:
+        if data_args.max_train_samples is not None:
+            dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
+        return ImageExamples(dataset, image_size, data_args.image_column, data_args.label_column), dataset
+    if data_args.max_train_samples is not None:
+        dataset = dataset.take(data_args.max_train_samples)
+    stream = dataset.shuffle(seed=seed, buffer_size=data_args.shuffle_buffer_size)
+    stream = split_dataset_by_node(stream, rank=accelerator.process_index, world_size=accelerator.num_processes)
+    examples = StreamingImageExamples(stream, image_size, data_args.image_column, data_args.label_column)
+    return examples, dataset
+
+
+def build_eval_dataloader(
+    data_args: DataArguments, image_size: int, batch_size: int, accelerator
+) -> Optional[torch.utils.data.DataLoader]:
+    """This process's share of the first `max_eval_samples` examples of `eval_split` (None without `eval_split`)."""
+    if data_args.eval_split is None:
+        return None
+    dataset = load_split(data_args, data_args.eval_split)
+    if data_args.streaming:
+        dataset = Dataset.from_list(list(dataset.take(data_args.max_eval_samples)), features=dataset.features)
+    else:
+        dataset = dataset.select(range(min(data_args.max_eval_samples, len(dataset))))
+    examples = ImageExamples(dataset, image_size, data_args.image_column, data_args.label_column)
+    indices = list(range(accelerator.process_index, len(examples), accelerator.num_processes))
+    return torch.utils.data.DataLoader(
+        torch.utils.data.Subset(examples, indices),
+        batch_size=batch_size,
+        num_workers=data_args.dataloader_num_workers,
+    )
+
+
+# ------------------------------------------------------------------------------------------------------- token sets
+
+
+def load_pretokenized(path: str, split: str) -> tuple[Dataset, dict]:
+    """A split of a `training/pretokenize.py` output folder and its info (`codebook_size`, `num_tokens`, ...)."""
+    info_path = Path(path) / PRETOKENIZED_INFO_NAME
+    if not info_path.is_file():
+        raise ValueError(f"{path} is not a `training/pretokenize.py` output folder (no {PRETOKENIZED_INFO_NAME}).")
+    info = json.loads(info_path.read_text())
+    loaded = load_from_disk(path)
+    if split not in loaded:
+        raise ValueError(f"Split {split!r} is not in {path}; available splits: {sorted(loaded)}.")
+    return loaded[split], info
+
+
+class TokenSetExamples(torch.utils.data.Dataset):
+    """Pre-tokenized examples: `{"token_ids": (2, num_tokens) int64 (the image's and its mirror's), "label": int64}`."""
+
+    def __init__(self, dataset: Dataset, label_column: Optional[str] = "label"):
+        self.dataset = dataset.with_format("numpy")
+        self.label_column = label_column
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        example = self.dataset[int(index)]
+        token_ids = np.stack([example["token_ids"], example["token_ids_flipped"]]).astype(np.int64)  # (2, M)
+        label = int(example[self.label_column]) if self.label_column is not None else 0
+        return {"token_ids": torch.from_numpy(token_ids), "label": torch.tensor(label, dtype=torch.long)}
+
+
+def write_pretokenized_info(path: str, info: dict) -> None:
+    with open(os.path.join(path, PRETOKENIZED_INFO_NAME), "w") as handle:
+        json.dump(info, handle, indent=2)

@@ -1,0 +1,96 @@
+"""The adversarial part of tokenizer training: a PatchGAN discriminator, hinge losses and the VQGAN adaptive weight.
+
+The discriminator is the pix2pix/VQGAN PatchGAN (4x4 convolutions, stride 2 then 1, LeakyReLU 0.2), with GroupNorm
+instead of BatchNorm: its output does not depend on the other images of the batch or on the number of processes, and
+it has no running statistics to keep in sync across processes.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PatchGANDiscriminator(nn.Module):
+    """Scores overlapping patches of an image as real (> 0) or generated (< 0).
+
+    Args:
+        in_channels (`int`, defaults to 3): image channels.
+        base_channels (`int`, defaults to 64): channels of the first layer; doubled per layer up to 8x.
+        num_layers (`int`, defaults to 3): stride-2 layers after the first (the receptive field grows with them).
+        norm_num_groups (`int`, defaults to 32): GroupNorm groups; must divide every layer's channels.
+    """
+
+    def __init__(self, in_channels: int = 3, base_channels: int = 64, num_layers: int = 3, norm_num_groups: int = 32):
+        super().__init__()
+        if num_layers < 1 or base_channels < 1:
+            raise ValueError(f"`num_layers` and `base_channels` must be positive, got {num_layers}, {base_channels}.")
+        widths = [base_channels * min(2**layer, 8) for layer in range(num_layers + 1)]
+        if any(width % norm_num_groups for width in widths[1:]):
+            raise ValueError(f"`norm_num_groups`={norm_num_groups} must divide every layer width {widths[1:]}.")
+        self.num_layers = num_layers
+        self.conv_in = nn.Conv2d(in_channels, widths[0], kernel_size=4, stride=2, padding=1)
+        # Stride 2 for layers 1..num_layers-1, stride 1 for the last, as in pix2pix.
+        self.convs = nn.ModuleList(
+            [
+                nn.Conv2d(widths[i], widths[i + 1], kernel_size=4, stride=2 if i + 1 < num_layers else 1, padding=1)
+                for i in range(num_layers)
+            ]
+        )
+        self.norms = nn.ModuleList([nn.GroupNorm(norm_num_groups, width) for width in widths[1:]])
+        self.activation = nn.LeakyReLU(0.2)
+        self.conv_out = nn.Conv2d(widths[-1], 1, kernel_size=4, stride=1, padding=1)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        # N(0, 0.02) convolutions and N(1, 0.02) norm scales: the pix2pix initialisation.
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.normal_(module.weight, 0.0, 0.02)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.GroupNorm):
+                nn.init.normal_(module.weight, 1.0, 0.02)
+                nn.init.zeros_(module.bias)
+
+    def output_size(self, image_size: int) -> int:
+        """Side of the patch-score map for `image_size` x `image_size` inputs."""
+        size = (image_size + 2 - 4) // 2 + 1
+        for layer in range(self.num_layers):
+            stride = 2 if layer + 1 < self.num_layers else 1
+            size = (size + 2 - 4) // stride + 1
+        return size - 1
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`pixel_values` `(batch_size, in_channels, H, W)` in [-1, 1] -> patch logits `(batch_size, 1, h, w)`."""
+        hidden_states = self.activation(self.conv_in(pixel_values))  # (B, C0, H/2, W/2)
+        for conv, norm in zip(self.convs, self.norms):
+            hidden_states = self.activation(norm(conv(hidden_states)))  # (B, Ci, h, w)
+        return self.conv_out(hidden_states)  # (B, 1, h', w')
+
+
+def hinge_discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """`(mean(relu(1 - D(real))) + mean(relu(1 + D(fake)))) / 2`."""
+    return 0.5 * (F.relu(1.0 - logits_real.float()).mean() + F.relu(1.0 + logits_fake.float()).mean())
+
+
+def hinge_generator_loss(logits_fake: torch.Tensor) -> torch.Tensor:
+    """`-mean(D(fake))`: the generator's side of the hinge GAN."""
+    return -logits_fake.float().mean()
+
+
+def adaptive_generator_weight(
+    reconstruction_loss: torch.Tensor,
+    generator_loss: torch.Tensor,
+    last_layer_weight: torch.Tensor,
+    max_weight: float = 1e4,
+) -> torch.Tensor:
+    """The VQGAN adaptive weight of the GAN loss: `|grad rec| / (|grad gan| + 1e-4)`, both gradients taken w.r.t. the
+    decoder's last layer, clamped to [0, `max_weight`] and detached. It scales the GAN loss so that its gradient at
+    the output layer is as large as the reconstruction loss's.
+
+    Both losses must still hold their graphs (it calls `torch.autograd.grad(..., retain_graph=True)`).
+    """
+    reconstruction_grad = torch.autograd.grad(reconstruction_loss, last_layer_weight, retain_graph=True)[0]
+    generator_grad = torch.autograd.grad(generator_loss, last_layer_weight, retain_graph=True)[0]
+    weight = reconstruction_grad.norm() / (generator_grad.norm() + 1e-4)
+    return weight.clamp(0.0, max_weight).detach()

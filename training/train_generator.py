@@ -1,0 +1,508 @@
+# ruff: noqa: E402
+"""Stage 2: train the FSDD generator (`TokenSetTransformer1DModel`) on the token sets of a trained set tokenizer.
+
+    accelerate launch training/train_generator.py --config training/configs/digits_generator.yaml [--flag value ...]
+
+Data: either a dataset written by `training/pretokenize.py` (`--pretokenized_dataset`; each step picks the token set
+of the image or of its mirror image at random) or images (`--dataset_name`) tokenized on the fly by
+`--tokenizer_name_or_path` after a random flip.
+
+One micro-batch, as the original's training step, with the noising owned by the scheduler:
+
+    counts = tokens_to_counts(token_ids, C)                                   # (B, C), rows sum to M
+    noise = sample_fixed_sum_noise(B, C, M)                                   # M distinct positions, count 1
+    t = rand(B) * (1 - 1e-5) + 1e-5                                           # t = 0 noise, t = 1 data
+    noisy = scheduler.add_noise(counts, noise, t)
+    labels[rand(B) < class_dropout_prob] = num_classes                        # the null class, for guidance
+    loss = cross_entropy(model(noisy, t, labels).logits.transpose(1, 2), counts)
+
+The loss is also logged per bucket of t. The EMA of the weights is saved to `output_dir/transformer`; given a tokenizer,
+`output_dir` also becomes a complete `TokenSetPipeline` folder (tokenizer, EMA transformer, scheduler, class names).
+"""
+
+import contextlib
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+
+if __package__ in (None, ""):  # run as a file: make the repository root importable instead of training/
+    script_dir = str(Path(__file__).resolve().parent)
+    sys.path = [path for path in sys.path if Path(path or ".").resolve() != Path(script_dir)]
+    sys.path.insert(0, str(Path(script_dir).parent))
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from tokenset_diffusers.model_cards import write_model_card
+from tokenset_diffusers.modeling_tokenset_vqvae import TokenSetVQVAE
+from tokenset_diffusers.scheduling_fsdd import FSDDScheduler
+from tokenset_diffusers.set_ops import sample_fixed_sum_noise, tokens_to_counts
+from tokenset_diffusers.transformer_tokenset import TokenSetTransformer1DModel
+from training.common import (
+    ExponentialMovingAverage,
+    MetricWindow,
+    RunArguments,
+    TrainingProgress,
+    arg,
+    build_accelerator,
+    build_lr_scheduler,
+    build_optimizer,
+    check_choices,
+    check_positive,
+    config_path,
+    flat_config,
+    launch_command,
+    parameters_checksum,
+    parse_config,
+    push_folder_to_hub,
+    reduce_metrics,
+    resume_if_requested,
+    save_checkpoint,
+    step_generator,
+    write_run_summary,
+)
+from training.data import (
+    DataArguments,
+    TokenSetExamples,
+    build_dataloader,
+    build_train_examples,
+    class_names,
+    load_pretokenized,
+    num_classes_of,
+    random_horizontal_flip,
+)
+
+
+@dataclass
+class GeneratorModelArguments:
+    """The transformer's architecture, the data it models and the scheduler saved with it. The size defaults are the
+    paper's S model (`TRANSFORMER_PRESETS["S"]`); C, M and the number of classes come from the data when left unset."""
+
+    num_layers: int = arg(12, "Transformer blocks.")
+    num_attention_heads: int = arg(6, "Attention heads.")
+    attention_head_dim: int = arg(64, "Channels per head (width = heads x head_dim).")
+    mlp_ratio: float = arg(4.0, "MLP width as a multiple of the width.")
+    class_dropout_prob: float = arg(0.1, "Probability of replacing a label by the null class (for guidance).")
+    codebook_size: Optional[int] = arg(None, "C; default: the tokenizer's / the pre-tokenized data's.")
+    num_tokens: Optional[int] = arg(None, "M; default: the tokenizer's / the pre-tokenized data's.")
+    num_classes: Optional[int] = arg(None, "Number of classes; default: from the dataset's labels.")
+    tokenizer_name_or_path: Optional[str] = arg(
+        None, "Trained set tokenizer folder: tokenizes images on the fly, and makes the output a full pipeline."
+    )
+    pretokenized_dataset: Optional[str] = arg(None, "Output folder of `training/pretokenize.py` to train on.")
+    scheduler_exact_sum: bool = arg(False, "FSDDScheduler `exact_sum`: also used by `add_noise` during training.")
+    scheduler_sigma_schedule: Literal["sigmoid", "constant"] = arg("sigmoid", "FSDDScheduler `sigma_schedule`.")
+    scheduler_sigmoid_slope: float = arg(100.0, "FSDDScheduler `sigmoid_slope`.")
+    scheduler_sigmoid_midpoint: float = arg(0.8, "FSDDScheduler `sigmoid_midpoint`.")
+    scheduler_adjust_start: float = arg(0.65, "FSDDScheduler `adjust_start`.")
+    scheduler_x0_sampling: Literal["top_p", "top_k", "multinomial"] = arg("top_p", "FSDDScheduler `x0_sampling`.")
+    scheduler_top_p: float = arg(0.8, "FSDDScheduler `top_p`.")
+    scheduler_top_k: int = arg(2, "FSDDScheduler `top_k`.")
+    scheduler_xt_sampling: Literal["multinomial", "top_p", "top_k"] = arg(
+        "multinomial", "FSDDScheduler `xt_sampling`."
+    )
+    default_guidance_scale: Optional[list[float]] = arg(
+        None, "Guidance stored in the saved pipeline: one scale, or an interval schedule such as 4 50 55 (None: 1)."
+    )
+
+    def __post_init__(self):
+        check_choices(self)
+        if self.pretokenized_dataset is None and self.tokenizer_name_or_path is None:
+            raise ValueError(
+                "Set `pretokenized_dataset` (token sets from training/pretokenize.py) or `tokenizer_name_or_path` "
+                "(to tokenize `dataset_name`'s images on the fly); both are None."
+            )
+
+    def build_scheduler(self, codebook_size: int, num_tokens: int) -> FSDDScheduler:
+        return FSDDScheduler(
+            codebook_size=codebook_size,
+            num_tokens=num_tokens,
+            sigma_schedule=self.scheduler_sigma_schedule,
+            sigmoid_slope=self.scheduler_sigmoid_slope,
+            sigmoid_midpoint=self.scheduler_sigmoid_midpoint,
+            adjust_start=self.scheduler_adjust_start,
+            x0_sampling=self.scheduler_x0_sampling,
+            top_p=self.scheduler_top_p,
+            top_k=self.scheduler_top_k,
+            xt_sampling=self.scheduler_xt_sampling,
+            exact_sum=self.scheduler_exact_sum,
+        )
+
+
+@dataclass
+class GeneratorTrainingArguments(RunArguments):
+    """Run settings; the defaults are the paper's ImageNet recipe (the original `train.py`)."""
+
+    output_dir: str = arg("outputs/generator", "Folder for checkpoints, logs, `transformer/` and the pipeline.")
+    max_train_steps: int = arg(400_000, "Optimiser steps.")
+    train_batch_size: int = arg(32, "Token sets per process per micro-batch (the paper: 256 in total).")
+    weight_decay: float = arg(0.01, "AdamW weight decay (the original leaves torch's default, 0.01).")
+    ema_decay: float = arg(0.9999, "EMA decay of the saved weights.")
+    checkpointing_steps: int = arg(10_000, "Save a resumable checkpoint every this many steps.")
+    num_time_buckets: int = arg(4, "Log the loss separately for this many equal intervals of t.")
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_positive(self, "num_time_buckets")
+
+
+@dataclass
+class GeneratorData:
+    """What the data determines: the examples, the sizes C and M, the classes, and the tokenizer if any."""
+
+    examples: torch.utils.data.Dataset
+    codebook_size: int
+    num_tokens: int
+    num_classes: int
+    id2label: Optional[dict[int, str]]
+    tokenizer: Optional[TokenSetVQVAE]
+
+
+@dataclass
+class GeneratorTrainingState:
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: ExponentialMovingAverage
+    progress: TrainingProgress
+    scheduler: FSDDScheduler
+
+
+# ---------------------------------------------------------------------------------------------------------- building
+
+
+def _agree(name: str, configured: Optional[int], found: int, where: str) -> int:
+    if configured is not None and configured != found:
+        raise ValueError(f"`{name}`={configured} disagrees with {where}, which has {name}={found}.")
+    return found
+
+
+def build_data(
+    accelerator: Accelerator,
+    data_args: DataArguments,
+    model_args: GeneratorModelArguments,
+    args: GeneratorTrainingArguments,
+) -> GeneratorData:
+    """Token sets (pre-tokenized) or images (+ the frozen tokenizer), and the sizes they imply."""
+    tokenizer = None
+    if model_args.tokenizer_name_or_path is not None:
+        tokenizer = TokenSetVQVAE.from_pretrained(model_args.tokenizer_name_or_path)
+        tokenizer = tokenizer.to(accelerator.device).eval().requires_grad_(False)
+    if model_args.pretokenized_dataset is not None:
+        where = model_args.pretokenized_dataset
+        dataset, sizes = load_pretokenized(where, data_args.train_split)
+        if data_args.max_train_samples is not None:
+            dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
+        examples, names, num_classes = TokenSetExamples(dataset), class_names(dataset, "label"), sizes["num_classes"]
+        if tokenizer is not None:
+            _agree("codebook_size", tokenizer.config.codebook_size, sizes["codebook_size"], where)
+            _agree("num_tokens", tokenizer.config.num_tokens, sizes["num_tokens"], where)
+    else:
+        where, sizes = model_args.tokenizer_name_or_path, tokenizer.config.to_dict()
+        examples, dataset = build_train_examples(data_args, tokenizer.config.image_size, accelerator, args.seed)
+        names = class_names(dataset, data_args.label_column)
+        num_classes = num_classes_of(dataset, data_args.label_column)
+    if num_classes is not None:
+        num_classes = _agree("num_classes", model_args.num_classes, num_classes, "the dataset's labels")
+    elif model_args.num_classes is not None:
+        num_classes = model_args.num_classes
+    else:
+        raise ValueError("The number of classes is unknown for this (streamed) dataset; set `num_classes`.")
+    return GeneratorData(
+        examples=examples,
+        codebook_size=_agree("codebook_size", model_args.codebook_size, sizes["codebook_size"], where),
+        num_tokens=_agree("num_tokens", model_args.num_tokens, sizes["num_tokens"], where),
+        num_classes=num_classes,
+        id2label=dict(enumerate(names)) if names is not None else None,
+        tokenizer=tokenizer,
+    )
+
+
+def build_training_state(
+    accelerator: Accelerator,
+    model_args: GeneratorModelArguments,
+    args: GeneratorTrainingArguments,
+    data: GeneratorData,
+) -> GeneratorTrainingState:
+    """Transformer, optimiser, schedule, EMA and scheduler, prepared and registered for checkpointing."""
+    model = TokenSetTransformer1DModel(
+        codebook_size=data.codebook_size,
+        num_tokens=data.num_tokens,
+        num_classes=data.num_classes,
+        num_layers=model_args.num_layers,
+        num_attention_heads=model_args.num_attention_heads,
+        attention_head_dim=model_args.attention_head_dim,
+        mlp_ratio=model_args.mlp_ratio,
+        class_dropout_prob=model_args.class_dropout_prob,
+    )
+    if args.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    ema = ExponentialMovingAverage(model, args.ema_decay)
+    ema.shadow.to(accelerator.device)
+    optimizer = build_optimizer(model.parameters(), args)
+    lr_scheduler = build_lr_scheduler(optimizer, args)
+    progress = TrainingProgress()
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(lr_scheduler, ema, progress)
+    scheduler = model_args.build_scheduler(data.codebook_size, data.num_tokens)
+    return GeneratorTrainingState(model, optimizer, lr_scheduler, ema, progress, scheduler)
+
+
+# ---------------------------------------------------------------------------------------------------------- training
+
+
+def batch_token_ids(
+    batch: dict, tokenizer: Optional[TokenSetVQVAE], generator: torch.Generator, accelerator: Accelerator
+) -> torch.LongTensor:
+    """The token sets `(batch_size, num_tokens)` of a batch: a random one of the two stored (image or mirror image)
+    for pre-tokenized data, else the tokenizer's encoding of the randomly flipped images."""
+    if "token_ids" in batch:
+        token_ids = batch["token_ids"].to(accelerator.device)  # (B, 2, M)
+        flip = torch.rand(token_ids.shape[0], generator=generator, device=generator.device) < 0.5  # (B,)
+        rows = torch.arange(token_ids.shape[0], device=token_ids.device)
+        return token_ids[rows, flip.long().to(token_ids.device)]  # (B, M)
+    pixel_values = random_horizontal_flip(batch["pixel_values"].to(accelerator.device), generator)  # (B, 3, H, W)
+    with torch.no_grad(), accelerator.autocast():
+        return tokenizer.encode(pixel_values).token_ids  # (B, M)
+
+
+def fsdd_loss(
+    model: torch.nn.Module,
+    scheduler: FSDDScheduler,
+    counts: torch.LongTensor,
+    class_labels: torch.LongTensor,
+    class_dropout_prob: float,
+    num_classes: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The FSDD training loss of one batch of count vectors.
+
+    Returns the mean cross-entropy over positions and batch (a scalar), the per-example losses `(batch_size,)` and
+    the times `t` `(batch_size,)` they were drawn at.
+    """
+    batch_size, codebook_size = counts.shape
+    num_tokens = scheduler.config.num_tokens
+    device = counts.device
+    # 1. noise from the fixed-sum prior, a time, and the scheduler's noisy sample between them
+    noise = sample_fixed_sum_noise(batch_size, codebook_size, num_tokens, generator=generator, device=device)  # (B, C)
+    timesteps = torch.rand(batch_size, generator=generator, device=generator.device).to(device)  # (B,)
+    timesteps = timesteps * (1 - 1e-5) + 1e-5  # (B,) in (0, 1]
+    noisy = scheduler.add_noise(counts, noise, timesteps, generator=generator)  # (B, C)
+    # 2. label dropout to the null class
+    drop = torch.rand(batch_size, generator=generator, device=generator.device).to(device) < class_dropout_prob
+    class_labels = torch.where(drop, torch.full_like(class_labels, num_classes), class_labels)  # (B,)
+    # 3. cross-entropy over the M + 1 count values at every position
+    logits = model(noisy, timesteps, class_labels).logits  # (B, C, M + 1)
+    per_position = F.cross_entropy(logits.float().transpose(1, 2), counts, reduction="none")  # (B, C)
+    per_example = per_position.mean(-1)  # (B,)
+    return per_example.mean(), per_example.detach(), timesteps
+
+
+def time_bucket_sums(per_example: torch.Tensor, timesteps: torch.Tensor, num_buckets: int) -> torch.Tensor:
+    """`(2, num_buckets)`: the sum of the per-example losses and the number of examples in each interval
+    `[i / num_buckets, (i + 1) / num_buckets)` of t."""
+    buckets = (timesteps * num_buckets).long().clamp(0, num_buckets - 1)  # (B,)
+    sums = torch.zeros(2, num_buckets, device=per_example.device)
+    sums[0].index_add_(0, buckets, per_example.float())
+    sums[1].index_add_(0, buckets, torch.ones_like(per_example, dtype=torch.float32))
+    return sums
+
+
+def train_step(
+    accelerator: Accelerator,
+    state: GeneratorTrainingState,
+    data: GeneratorData,
+    micro_batches: list[dict],
+    model_args: GeneratorModelArguments,
+    args: GeneratorTrainingArguments,
+) -> tuple[dict[str, float], torch.Tensor]:
+    """One optimiser step; returns the metrics (averaged over micro-batches and processes) and the per-bucket loss
+    sums `(2, num_time_buckets)` of this process."""
+    step = state.progress.step
+    state.model.train()
+    total = torch.zeros((), device=accelerator.device)
+    buckets = torch.zeros(2, args.num_time_buckets, device=accelerator.device)
+    for index, batch in enumerate(micro_batches):
+        generator = step_generator(args.seed, accelerator.process_index, step, index, accelerator.device)
+        token_ids = batch_token_ids(batch, data.tokenizer, generator, accelerator)  # (B, M)
+        counts = tokens_to_counts(token_ids, data.codebook_size)  # (B, C)
+        class_labels = batch["label"].to(accelerator.device)  # (B,)
+        sync = index == len(micro_batches) - 1
+        with contextlib.nullcontext() if sync else accelerator.no_sync(state.model):
+            with accelerator.autocast():
+                loss, per_example, timesteps = fsdd_loss(
+                    state.model,
+                    state.scheduler,
+                    counts,
+                    class_labels,
+                    model_args.class_dropout_prob,
+                    data.num_classes,
+                    generator,
+                )
+            accelerator.backward(loss / len(micro_batches))
+        total += loss.detach() / len(micro_batches)
+        buckets += time_bucket_sums(per_example, timesteps, args.num_time_buckets)
+    metrics = {"loss": total}
+    if args.max_grad_norm is not None:
+        metrics["grad_norm"] = accelerator.clip_grad_norm_(state.model.parameters(), args.max_grad_norm)
+    state.optimizer.step()
+    state.lr_scheduler.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    state.ema.update(accelerator.unwrap_model(state.model))
+    metrics = reduce_metrics(accelerator, metrics)
+    metrics["lr"] = state.lr_scheduler.get_last_lr()[0]
+    return metrics, buckets
+
+
+def bucket_metrics(bucket_sums: torch.Tensor) -> dict[str, float]:
+    """`train/loss_t{low}-{high}` for every bucket of t that saw examples."""
+    num_buckets = bucket_sums.shape[1]
+    return {
+        f"train/loss_t{i / num_buckets:.2f}-{(i + 1) / num_buckets:.2f}": (
+            bucket_sums[0, i] / bucket_sums[1, i]
+        ).item()
+        for i in range(num_buckets)
+        if bucket_sums[1, i] > 0
+    }
+
+
+def train(
+    accelerator: Accelerator,
+    state: GeneratorTrainingState,
+    data: GeneratorData,
+    batches,
+    model_args: GeneratorModelArguments,
+    args: GeneratorTrainingArguments,
+) -> tuple[list[dict], dict[str, float]]:
+    """Runs steps until `max_train_steps`, logging and checkpointing; returns the per-step metrics and the last
+    logged per-bucket losses."""
+    history, window, last_buckets = [], MetricWindow(), {}
+    window_buckets = torch.zeros(2, args.num_time_buckets, device=accelerator.device)
+    progress_bar = tqdm(
+        initial=state.progress.step, total=args.max_train_steps, disable=not accelerator.is_local_main_process
+    )
+    while state.progress.step < args.max_train_steps:
+        micro_batches = [next(batches) for _ in range(args.gradient_accumulation_steps)]
+        metrics, buckets = train_step(accelerator, state, data, micro_batches, model_args, args)
+        state.progress.step += 1
+        step = state.progress.step
+        window.add(metrics)
+        window_buckets += buckets
+        progress_bar.update(1)
+        progress_bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+        last = step == args.max_train_steps
+        if step % args.logging_steps == 0 or last:
+            last_buckets = bucket_metrics(accelerator.reduce(window_buckets, reduction="sum"))
+            accelerator.log({**window.pop_means(), **last_buckets}, step=step)
+            window_buckets.zero_()
+        if step % args.checkpointing_steps == 0 or last:
+            save_checkpoint(accelerator, args.output_dir, step, args.checkpoints_total_limit)
+        history.append({"step": step, **metrics})
+    progress_bar.close()
+    return history, last_buckets
+
+
+# ------------------------------------------------------------------------------------------------------------ saving
+
+
+def save_final_outputs(
+    accelerator: Accelerator,
+    state: GeneratorTrainingState,
+    data: GeneratorData,
+    data_args: DataArguments,
+    model_args: GeneratorModelArguments,
+    args: GeneratorTrainingArguments,
+    metrics: dict[str, float],
+    argv: Optional[list[str]],
+) -> None:
+    """Saves the EMA transformer to `output_dir/transformer`; with a tokenizer, `output_dir` becomes a complete
+    `TokenSetPipeline` folder with a model card (pushed to the Hub if asked)."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        from tokenset_diffusers.model_cards import pipeline_card_fields
+        from tokenset_diffusers.pipeline_tokenset import TokenSetPipeline
+
+        output_dir = Path(args.output_dir)
+        transformer = state.ema.shadow
+        transformer.save_pretrained(output_dir / "transformer")
+        if model_args.tokenizer_name_or_path is not None:
+            pipeline = TokenSetPipeline(
+                image_tokenizer=data.tokenizer,
+                transformer=transformer,
+                scheduler=state.scheduler,
+                id2label=data.id2label,
+                default_guidance_scale=model_args.default_guidance_scale,
+            )
+            pipeline.save_pretrained(output_dir)
+            write_model_card(
+                output_dir,
+                "trained_pipeline",
+                repo_id=args.hub_model_id or str(output_dir),
+                dataset=data_args.dataset_name or model_args.pretokenized_dataset,
+                preset=config_path(argv) or "command line",
+                tokenizer_steps=f"see {model_args.tokenizer_name_or_path}",
+                generator_steps=state.progress.step,
+                metrics=metrics,
+                training_commands=[launch_command("training/train_generator.py", argv)],
+                **pipeline_card_fields(pipeline),
+            )
+        if args.push_to_hub:
+            folder = output_dir if model_args.tokenizer_name_or_path is not None else output_dir / "transformer"
+            push_folder_to_hub(str(folder), args.hub_model_id, args.hub_private_repo, "TokenSet generator")
+    accelerator.wait_for_everyone()
+
+
+def parse_args(argv: Optional[list[str]] = None):
+    return parse_config((DataArguments, GeneratorModelArguments, GeneratorTrainingArguments), argv)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    data_args, model_args, args = parse_args(argv)
+    accelerator = build_accelerator(args)
+    set_seed(args.seed)
+    data = build_data(accelerator, data_args, model_args, args)
+    state = build_training_state(accelerator, model_args, args, data)
+    resume_if_requested(accelerator, args, state.progress)
+    start_step = state.progress.step
+    batches = build_dataloader(
+        data.examples,
+        args.train_batch_size,
+        accelerator,
+        args.seed,
+        start_step * args.gradient_accumulation_steps,
+        data_args,
+    )
+    accelerator.init_trackers(
+        args.tracker_project_name or "train_generator", config=flat_config(data_args, model_args, args)
+    )
+
+    history, bucket_losses = train(accelerator, state, data, batches, model_args, args)
+    final_metrics = {"loss": history[-1]["loss"], **bucket_losses} if history else {}
+    save_final_outputs(accelerator, state, data, data_args, model_args, args, final_metrics, argv)
+    write_run_summary(
+        accelerator,
+        args.output_dir,
+        {
+            "start_step": start_step,
+            "final_step": state.progress.step,
+            "history": history,
+            "time_bucket_losses": bucket_losses,
+            "codebook_size": data.codebook_size,
+            "num_tokens": data.num_tokens,
+            "num_classes": data.num_classes,
+            "model_checksum": parameters_checksum(accelerator.unwrap_model(state.model)),
+            "ema_checksum": parameters_checksum(state.ema.shadow),
+            "all_finite": all(math.isfinite(value) for entry in history for value in entry.values()),
+        },
+    )
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main()
