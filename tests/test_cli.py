@@ -1,7 +1,6 @@
 """The conversion script and the command-line entry points, run end to end on tiny folders."""
 
 import argparse
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,25 +8,17 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from script_loading import load_script
 
 from tokenset_diffusers import TokenSetPipeline, TokenSetTransformer1DModel, TokenSetVQVAE
 
 
-ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def _load_script(relative_path: str):
-    path = ROOT / relative_path
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-convert_script = _load_script("conversion/convert_tokenset_to_diffusers.py")
-generate_script = _load_script("pipelines/generate.py")
-reconstruct_script = _load_script("pipelines/reconstruct.py")
+convert_script = load_script("conversion/convert_tokenset_to_diffusers.py")
+generate_script = load_script("pipelines/generate.py")
+reconstruct_script = load_script("pipelines/reconstruct.py")
 
 
 @pytest.fixture(scope="module")

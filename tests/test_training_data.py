@@ -2,6 +2,7 @@
 checkpoint bookkeeping, the discriminator's losses and the digits dataset."""
 
 import dataclasses
+import inspect
 from itertools import islice
 from pathlib import Path
 from types import SimpleNamespace
@@ -352,7 +353,8 @@ def test_digits_dataset_is_sklearn_digits_upscaled():
 def test_digits_presets_fit_the_digits_data():
     _, model_args, _ = parse_tokenizer_args(["--config", str(CONFIGS / "digits_tokenizer.yaml")])
     config = model_args.to_config()
-    assert config.image_size == 32 and 64 <= config.codebook_size <= 256 and 16 <= config.num_tokens <= 32
+    data_image_size = inspect.signature(build_digits_dataset).parameters["image_size"].default
+    assert config.image_size == data_image_size and 64 <= config.codebook_size <= 256 and 16 <= config.num_tokens <= 32
     with open(CONFIGS / "digits_generator.yaml") as handle:
         generator = yaml.safe_load(handle)
     assert generator["tokenizer_name_or_path"].startswith(

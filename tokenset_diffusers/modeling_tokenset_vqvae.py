@@ -61,12 +61,15 @@ class TokenSetVQVAEOutput(ModelOutput):
             `mean((sg(z_e) - z_q) ** 2)` over the l2-normalised vectors; trains the codebook.
         commitment_loss (`torch.FloatTensor` of shape `()`):
             `mean((z_e - sg(z_q)) ** 2)` over the l2-normalised vectors; trains the encoder. Weight it in the trainer.
+        encoder_codes (`torch.FloatTensor` of shape `(batch_size, num_tokens, code_dim)`):
+            The encoder's l2-normalised codes z_e before quantisation, in encoder order (for auxiliary losses).
     """
 
     reconstruction: torch.FloatTensor | None = None
     token_ids: torch.LongTensor | None = None
     codebook_loss: torch.FloatTensor | None = None
     commitment_loss: torch.FloatTensor | None = None
+    encoder_codes: torch.FloatTensor | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -716,12 +719,13 @@ class TokenSetVQVAE(TokenSetVQVAEPreTrainedModel):
         features = self.decoder(z_straight_through)  # (B, z_channels, g, g)
         reconstruction = self.pixel_decoder(features) * 2.0 - 1.0  # (B, 3, H, W)
         if not return_dict:
-            return reconstruction, token_ids, codebook_loss, commitment_loss
+            return reconstruction, token_ids, codebook_loss, commitment_loss, z_e
         return TokenSetVQVAEOutput(
             reconstruction=reconstruction,
             token_ids=token_ids,
             codebook_loss=codebook_loss,
             commitment_loss=commitment_loss,
+            encoder_codes=z_e,
         )
 
 

@@ -1,7 +1,7 @@
 # ruff: noqa: E402
 """Turn scikit-learn's bundled handwritten digits into a small image dataset for quick TokenSet runs.
 
-    python training/prepare_digits.py --output_dir data/digits [--image_size 32 --resample bilinear]
+    python training/prepare_digits.py --output_dir data/digits [--image_size 16 --resample bilinear]
 
 `sklearn.datasets.load_digits` ships 1,797 8x8 images with 17 gray levels (0..16) of the digits 0-9, no download
 needed. Each becomes an RGB image of `image_size` x `image_size` pixels (gray level g -> 255 * g / 16, upscaled with
@@ -37,7 +37,7 @@ RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Ima
 @dataclass
 class DigitsArguments:
     output_dir: Optional[str] = arg(None, "Folder to save the DatasetDict to.")
-    image_size: int = arg(32, "Side of the saved images, in pixels.")
+    image_size: int = arg(16, "Side of the saved images, in pixels (the digits presets train at 16).")
     resample: Literal["nearest", "bilinear", "bicubic"] = arg("bilinear", "Upscaling filter.")
     num_train: int = arg(1500, "Images in the train split; the remaining 297 form the test split.")
     seed: int = arg(0, "Seed of the train/test split.")
@@ -59,7 +59,7 @@ def digit_to_image(gray_levels: np.ndarray, image_size: int, resample: str) -> I
 
 
 def build_digits_dataset(
-    image_size: int = 32, resample: str = "bilinear", num_train: int = 1500, seed: int = 0
+    image_size: int = 16, resample: str = "bilinear", num_train: int = 1500, seed: int = 0
 ) -> DatasetDict:
     """The digits as a `DatasetDict` with `train` (`num_train` images) and `test` splits."""
     from sklearn.datasets import load_digits

@@ -125,6 +125,14 @@ class TokenizerTrainingArguments(RunArguments):
     discriminator_num_layers: int = arg(3, "Stride-2 layers of the PatchGAN discriminator.")
     discriminator_norm_num_groups: int = arg(32, "GroupNorm groups of the discriminator.")
     decoder_only_start_step: Optional[int] = arg(500_000, "Step from which only the decoder trains; None: never.")
+    bootstrap_steps: int = arg(
+        0,
+        "For this many first steps, a linear readout of the encoder's codes (before quantisation) must also "
+        "reconstruct the image. From random weights the ViT decoder starts at the mean image and passes the encoder "
+        "almost no image-specific gradient, so small models can stall there; the readout gives the encoder a direct "
+        "signal (the role TiTok's proxy codes play). 0: off.",
+    )
+    bootstrap_weight: float = arg(1.0, "Weight of the bootstrap readout loss.")
     eval_steps: int = arg(10_000, "Evaluate PSNR / L1 of the EMA model on `eval_split` every this many steps.")
     eval_batch_size: int = arg(32, "Images per process per evaluation batch.")
 
@@ -141,6 +149,8 @@ class TokenizerTrainingArguments(RunArguments):
             "discriminator_weight",
             "discriminator_start_step",
             "decoder_only_start_step",
+            "bootstrap_steps",
+            "bootstrap_weight",
             allow_zero=True,
         )
 
@@ -158,6 +168,7 @@ class TokenizerTrainingState:
     discriminator_optimizer: Optional[torch.optim.Optimizer] = None
     discriminator_lr_scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None
     perceptual: Optional[torch.nn.Module] = None
+    readout: Optional[torch.nn.Module] = None
 
 
 # ---------------------------------------------------------------------------------------------------------- building
@@ -186,11 +197,19 @@ def build_training_state(
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     ema = ExponentialMovingAverage(model, args.ema_decay)
     ema.shadow.to(accelerator.device)
-    optimizer = build_optimizer(model.parameters(), args)
+    config = model.config
+    readout = None
+    if args.bootstrap_steps > 0:  # codes (B, M * code_dim) -> pixels (B, 3 * H * W)
+        readout = torch.nn.Linear(config.num_tokens * config.code_dim, config.num_channels * config.image_size**2)
+    parameters = [*model.parameters(), *(readout.parameters() if readout is not None else [])]
+    optimizer = build_optimizer(parameters, args)
     lr_scheduler = build_lr_scheduler(optimizer, args)
     progress = TrainingProgress()
     state = TokenizerTrainingState(model, optimizer, lr_scheduler, ema, progress)
-    state.model, state.optimizer = accelerator.prepare(model, optimizer)
+    if readout is None:
+        state.model, state.optimizer = accelerator.prepare(model, optimizer)
+    else:
+        state.model, state.readout, state.optimizer = accelerator.prepare(model, readout, optimizer)
     accelerator.register_for_checkpointing(lr_scheduler, ema, progress)
     if args.discriminator_start_step is not None:
         discriminator = PatchGANDiscriminator(
@@ -244,6 +263,7 @@ def tokenizer_losses(
     generator: torch.Generator,
     use_gan: bool,
     args: TokenizerTrainingArguments,
+    use_bootstrap: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The model's loss on one micro-batch and its parts (all scalars), plus the `reconstruction` itself."""
     outputs = state.model(pixel_values, shuffle_tokens=args.shuffle_tokens, generator=generator)
@@ -263,6 +283,11 @@ def tokenizer_losses(
         "commitment_loss": outputs.commitment_loss.detach(),
         "codebook_usage": unique_tokens.index_fill_(0, outputs.token_ids.flatten(), 1.0).mean(),
     }
+    if use_bootstrap:
+        readout = state.readout(outputs.encoder_codes.flatten(1).float()).view_as(pixel_values)  # (B, 3, H, W)
+        bootstrap_loss = F.mse_loss(readout, pixel_values)
+        loss = loss + args.bootstrap_weight * bootstrap_loss
+        losses["bootstrap_loss"] = bootstrap_loss.detach()
     if use_gan:
         # The unwrapped discriminator, frozen: gradients reach the tokenizer only, and DDP sees no forward.
         logits_fake = accelerator.unwrap_model(state.discriminator)(reconstruction)  # (B, 1, h, w)
@@ -310,6 +335,7 @@ def train_step(
     model = accelerator.unwrap_model(state.model)
     use_gan = state.discriminator is not None and step >= args.discriminator_start_step
     decoder_only = args.decoder_only_start_step is not None and step >= args.decoder_only_start_step
+    use_bootstrap = state.readout is not None and step < args.bootstrap_steps
     set_decoder_only(model, decoder_only)
     if use_gan:
         accelerator.unwrap_model(state.discriminator).requires_grad_(False)
@@ -323,7 +349,7 @@ def train_step(
         sync = index == len(micro_batches) - 1
         with contextlib.nullcontext() if sync else accelerator.no_sync(state.model):
             with accelerator.autocast():
-                losses = tokenizer_losses(state, accelerator, pixel_values, generator, use_gan, args)
+                losses = tokenizer_losses(state, accelerator, pixel_values, generator, use_gan, args, use_bootstrap)
             accelerator.backward(losses["loss"] / len(micro_batches))
         reconstruction = losses.pop("reconstruction")
         if use_gan:

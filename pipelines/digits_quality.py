@@ -1,0 +1,184 @@
+"""Quality of a digits pipeline (the bundled model by default), judged independently.
+
+    python pipelines/digits_quality.py [--model FOLDER] [--num_samples_per_class 50] [--output quality.json]
+
+The judge is a plain scikit-learn classifier (an RBF SVM) on the real digits of the held-out split, which neither
+stage saw in training, after the same 32 px -> 8x8 reduction that every image here goes through:
+
+- (a) reconstruction accuracy: the tokenizer's reconstructions of held-out digits, each classified by a judge trained
+  on the other folds of the held-out split (5-fold), so no judge has seen the digit it classifies;
+- (b) generation accuracy: generated samples (`--num_samples_per_class` per class, image i of class c seeded with
+  `seed + 1000 * c + i`) classified as the class they were asked for, by the judge trained on the whole held-out
+  split;
+- (c) the same for the exact fixed-sum sampler and with guidance off, the fraction of generated count vectors that
+  sum to M, and the FID between generated and held-out real digits in the feature space of a small digits
+  classifier (`pipelines/digits_features.py`).
+"""
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import StratifiedKFold
+from sklearn.svm import SVC
+
+from tokenset_diffusers import (
+    FSDDScheduler,
+    TokenSetPipeline,
+    bundled_pipeline_path,
+    frechet_distance,
+    preprocess_images,
+)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(relative_path: str):
+    path = ROOT / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def held_out_digits(image_size: int) -> tuple[list, np.ndarray]:
+    """The held-out (`test`) split of `training/prepare_digits.py`, as the bundled model's training made it."""
+    digits = _load("training/prepare_digits.py").build_digits_dataset(image_size=image_size)["test"]
+    return list(digits["image"]), np.asarray(list(digits["label"]))
+
+
+def to_judge_features(images: torch.Tensor) -> np.ndarray:
+    """`(B, 3, S, S)` images in [-1, 1] -> `(B, 64)`: gray, area-averaged to 8x8, on the digits' 0..16 scale."""
+    gray = (images.float().mean(1, keepdim=True) + 1) / 2  # (B, 1, S, S) in [0, 1]
+    small = torch.nn.functional.adaptive_avg_pool2d(gray.clamp(0, 1), 8)  # (B, 1, 8, 8)
+    return (small.flatten(1) * 16).cpu().numpy()
+
+
+def make_judge() -> SVC:
+    return SVC(gamma=0.001, C=10.0)
+
+
+@torch.no_grad()
+def reconstruction_accuracy(pipeline: TokenSetPipeline, real: torch.Tensor, labels: np.ndarray) -> dict:
+    """(a): 5-fold over the held-out split; also the judge's own accuracy on the real digits."""
+    image_tokenizer = pipeline.image_tokenizer
+    reconstructions = image_tokenizer.decode(image_tokenizer.encode(real).token_ids)
+    real_features, reconstruction_features = to_judge_features(real), to_judge_features(reconstructions)
+    correct_real = correct_reconstruction = 0
+    for train, test in StratifiedKFold(n_splits=5, shuffle=True, random_state=0).split(real_features, labels):
+        judge = make_judge().fit(real_features[train], labels[train])
+        correct_real += (judge.predict(real_features[test]) == labels[test]).sum()
+        correct_reconstruction += (judge.predict(reconstruction_features[test]) == labels[test]).sum()
+    return {
+        "judge_accuracy_on_real": float(correct_real / len(labels)),
+        "reconstruction_accuracy": float(correct_reconstruction / len(labels)),
+    }
+
+
+@torch.no_grad()
+def generate_digits(pipeline: TokenSetPipeline, per_class: int, seed: int, batch_size: int = 100, **kwargs):
+    """`per_class` samples of every class: images (N, 3, S, S) in [-1, 1], their labels and count vectors."""
+    num_classes = pipeline.transformer.config.num_classes
+    labels = [c for c in range(num_classes) for _ in range(per_class)]
+    seeds = [seed + 1000 * c + i for c in range(num_classes) for i in range(per_class)]
+    images, counts = [], []
+    for start in range(0, len(labels), batch_size):
+        generators = [torch.Generator().manual_seed(s) for s in seeds[start : start + batch_size]]
+        output = pipeline(labels[start : start + batch_size], generator=generators, output_type="pt", **kwargs)
+        images.append(output.images * 2 - 1)
+        counts.append(output.counts)
+    return torch.cat(images), np.asarray(labels), torch.cat(counts)
+
+
+def feature_statistics(extractor, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    uint8 = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    features = extractor(uint8)
+    features = (features[0] if isinstance(features, tuple) else features).double().cpu().numpy()
+    return features.mean(0), np.cov(features, rowvar=False)
+
+
+def evaluate(model: str | None, per_class: int = 50, seed: int = 0, num_inference_steps: int = 25) -> dict:
+    pipeline = TokenSetPipeline.from_pretrained(model or bundled_pipeline_path())
+    pipeline.set_progress_bar_config(disable=True)
+    image_size = pipeline.image_tokenizer.config.image_size
+    real_images, real_labels = held_out_digits(image_size)
+    real = preprocess_images(real_images, image_size)  # (N, 3, S, S) in [-1, 1]
+    results = {"model": str(model or "bundled"), "held_out_images": len(real_labels), **reconstruction_accuracy(
+        pipeline, real, real_labels)}  # fmt: skip
+    judge = make_judge().fit(to_judge_features(real), real_labels)
+    extractor = _load("pipelines/digits_features.py").build()
+    real_mu, real_sigma = feature_statistics(extractor, real)
+    exact = FSDDScheduler.from_config(pipeline.scheduler.config, exact_sum=True)
+    variants = {
+        "default": (pipeline.scheduler, {}),
+        "exact_sum": (exact, {}),
+        "guidance_off": (pipeline.scheduler, {"guidance_scale": 1.0}),
+    }
+    default_scheduler = pipeline.scheduler
+    for name, (scheduler, kwargs) in variants.items():
+        pipeline.scheduler = scheduler
+        start = time.perf_counter()
+        images, labels, counts = generate_digits(
+            pipeline, per_class, seed, num_inference_steps=num_inference_steps, **kwargs
+        )
+        mu, sigma = feature_statistics(extractor, images)
+        results[name] = {
+            "samples": len(labels),
+            "generation_accuracy": float((judge.predict(to_judge_features(images)) == labels).mean()),
+            "fraction_sum_is_M": float((counts.sum(-1) == pipeline.scheduler.config.num_tokens).float().mean()),
+            "fid_digits_features": float(frechet_distance(mu, sigma, real_mu, real_sigma)),
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+    pipeline.scheduler = default_scheduler
+    results["settings"] = {
+        "num_inference_steps": num_inference_steps,
+        "default_guidance_scale": pipeline.config.default_guidance_scale,
+        "samples_per_class": per_class,
+        "seed": seed,
+    }
+    return results
+
+
+def markdown_table(results: dict) -> str:
+    rows = [
+        "| sampler | generated digits classified as asked | count vectors summing to M | FID (digits features) |",
+        "|---|---|---|---|",
+    ]
+    for name in ("default", "exact_sum", "guidance_off"):
+        r = results[name]
+        rows.append(
+            f"| {name} | {r['generation_accuracy']:.1%} ({r['samples']} samples) | {r['fraction_sum_is_M']:.1%} | "
+            f"{r['fid_digits_features']:.2f} |"
+        )
+    rows.append(
+        f"\nReconstructions of the {results['held_out_images']} held-out digits classified correctly: "
+        f"{results['reconstruction_accuracy']:.1%} (the judge on the real digits: {results['judge_accuracy_on_real']:.1%})."
+    )
+    return "\n".join(rows)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="a digits pipeline folder (default: the bundled model)")
+    parser.add_argument("--num_samples_per_class", type=int, default=50)
+    parser.add_argument("--num_inference_steps", type=int, default=25)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    if args.num_samples_per_class < 2:
+        parser.error("--num_samples_per_class must be at least 2 (the FID needs a covariance)")
+    results = evaluate(args.model, args.num_samples_per_class, args.seed, args.num_inference_steps)
+    print(markdown_table(results))
+    if args.output:
+        Path(args.output).write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)
