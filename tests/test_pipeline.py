@@ -274,7 +274,9 @@ def test_push_to_hub_uploads_the_saved_pipeline_with_a_model_card(pipeline, monk
         uploaded["repo_id"] = repo_id
 
     def upload_folder(self, repo_id, folder_path, commit_message=None, create_pr=False, **kwargs):
-        uploaded["files"] = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file())
+        uploaded["files"] = sorted(
+            str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file()
+        )
         uploaded["card"] = (Path(folder_path) / "README.md").read_text()
         (tmp_path / "copy").mkdir()
         for name in uploaded["files"]:

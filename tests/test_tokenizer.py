@@ -350,7 +350,7 @@ def test_shuffle_tokens_only_changes_rounding():
     torch.testing.assert_close(shuffled.reconstruction, plain, rtol=0, atol=1e-4)
     torch.testing.assert_close(shuffled.reconstruction, again.reconstruction, rtol=0, atol=0)
     tuple_output = model(pixel_values, return_dict=False)
-    assert len(tuple_output) == 4
+    assert len(tuple_output) == 5  # reconstruction, token_ids, codebook_loss, commitment_loss, encoder_codes
 
 
 def test_random_init_is_sane():

@@ -32,7 +32,7 @@ from training.testing_utils import (
     save_tiny_tokenizer,
     write_yaml,
 )
-from training.train_generator import time_bucket_sums
+from training.train_generator import batch_token_ids, time_bucket_sums
 
 
 MAX_STEPS = 8
@@ -165,3 +165,15 @@ def test_time_buckets_partition_the_batch():
     timesteps = torch.tensor([1e-5, 0.25, 0.49, 0.75, 1.0])  # buckets 0, 1, 1, 3, 3: t = 1 joins the last one
     sums = time_bucket_sums(per_example, timesteps, 4)
     torch.testing.assert_close(sums, torch.tensor([[1.0, 5.0, 0.0, 9.0], [1.0, 2.0, 0.0, 2.0]]))
+
+
+def test_random_flip_picks_stored_mirror_token_sets_only_when_asked():
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    token_ids = torch.stack([torch.zeros(64, 4, dtype=torch.long), torch.ones(64, 4, dtype=torch.long)], dim=1)
+    batch = {"token_ids": token_ids}  # (B, 2, M): the image's token set (zeros) and its mirror's (ones)
+    mixed = batch_token_ids(batch, None, torch.Generator().manual_seed(0), accelerator, random_flip=True)
+    assert 0 < mixed[:, 0].sum() < 64  # some rows took the mirror's token set
+    plain = batch_token_ids(batch, None, torch.Generator().manual_seed(0), accelerator, random_flip=False)
+    assert torch.equal(plain, torch.zeros(64, 4, dtype=torch.long))

@@ -43,6 +43,7 @@ PRESET = {
     "discriminator_num_layers": 1,
     "discriminator_norm_num_groups": 4,
     "decoder_only_start_step": 5,
+    "bootstrap_steps": 3,
     "eval_steps": 4,
     "eval_batch_size": 4,
     "report_to": "none",
@@ -78,6 +79,8 @@ def test_single_process_run_trains_and_saves(single_process_run):
     with_gan = [entry["step"] for entry in summary["history"] if "discriminator_loss" in entry]
     assert with_gan == list(range(3, MAX_STEPS + 1))
     assert all(math.isfinite(entry["adaptive_weight"]) for entry in summary["history"][2:])
+    # The bootstrap readout's loss is part of the first 3 steps only.
+    assert [entry["step"] for entry in summary["history"] if "bootstrap_loss" in entry] == [1, 2, 3]
     # Evaluation of the EMA model on the held-out split every 4 steps.
     evaluated = [entry for entry in summary["history"] if "eval/psnr" in entry]
     assert [entry["step"] for entry in evaluated] == [4, 8]

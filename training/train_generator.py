@@ -144,6 +144,11 @@ class GeneratorTrainingArguments(RunArguments):
     train_batch_size: int = arg(32, "Token sets per process per micro-batch (the paper: 256 in total).")
     weight_decay: float = arg(0.01, "AdamW weight decay (the original leaves torch's default, 0.01).")
     ema_decay: float = arg(0.9999, "EMA decay of the saved weights.")
+    random_flip: bool = arg(
+        True,
+        "Train on the token sets of randomly mirrored images (the paper's augmentation); off for data, such as "
+        "digits, whose mirror images are not examples of their class.",
+    )
     checkpointing_steps: int = arg(10_000, "Save a resumable checkpoint every this many steps.")
     num_time_buckets: int = arg(4, "Log the loss separately for this many equal intervals of t.")
 
@@ -258,16 +263,23 @@ def build_training_state(
 
 
 def batch_token_ids(
-    batch: dict, tokenizer: Optional[TokenSetVQVAE], generator: torch.Generator, accelerator: Accelerator
+    batch: dict,
+    tokenizer: Optional[TokenSetVQVAE],
+    generator: torch.Generator,
+    accelerator: Accelerator,
+    random_flip: bool = True,
 ) -> torch.LongTensor:
     """The token sets `(batch_size, num_tokens)` of a batch: a random one of the two stored (image or mirror image)
     for pre-tokenized data, else the tokenizer's encoding of the randomly flipped images."""
     if "token_ids" in batch:
         token_ids = batch["token_ids"].to(accelerator.device)  # (B, 2, M)
         flip = torch.rand(token_ids.shape[0], generator=generator, device=generator.device) < 0.5  # (B,)
+        flip = flip & random_flip
         rows = torch.arange(token_ids.shape[0], device=token_ids.device)
         return token_ids[rows, flip.long().to(token_ids.device)]  # (B, M)
-    pixel_values = random_horizontal_flip(batch["pixel_values"].to(accelerator.device), generator)  # (B, 3, H, W)
+    pixel_values = batch["pixel_values"].to(accelerator.device)  # (B, 3, H, W)
+    flipped = random_horizontal_flip(pixel_values, generator)  # draws even when unused: the same random stream
+    pixel_values = flipped if random_flip else pixel_values
     with torch.no_grad(), accelerator.autocast():
         return tokenizer.encode(pixel_values).token_ids  # (B, M)
 
@@ -330,7 +342,7 @@ def train_step(
     buckets = torch.zeros(2, args.num_time_buckets, device=accelerator.device)
     for index, batch in enumerate(micro_batches):
         generator = step_generator(args.seed, accelerator.process_index, step, index, accelerator.device)
-        token_ids = batch_token_ids(batch, data.tokenizer, generator, accelerator)  # (B, M)
+        token_ids = batch_token_ids(batch, data.tokenizer, generator, accelerator, args.random_flip)  # (B, M)
         counts = tokens_to_counts(token_ids, data.codebook_size)  # (B, C)
         class_labels = batch["label"].to(accelerator.device)  # (B,)
         sync = index == len(micro_batches) - 1
