@@ -294,3 +294,19 @@ def test_push_to_hub_uploads_the_saved_pipeline_with_a_model_card(pipeline, monk
     assert 'TokenSetPipeline.from_pretrained("tokenset/tiny-upload")' in uploaded["card"]
     # What was uploaded loads.
     assert TokenSetPipeline.from_pretrained(tmp_path / "copy").config.id2label == DIGIT_NAMES
+
+
+def test_sampling_step_never_reads_device_values(pipeline):
+    """A whole denoising step (guided forward + scheduler step) on the meta device, where every data-dependent read
+    raises: the sampling loop never waits for an accelerator (the transformer's value checks run on the CPU only)."""
+    import copy
+
+    transformer = copy.deepcopy(pipeline.transformer).to("meta")
+    meta = TokenSetPipeline(pipeline.image_tokenizer, transformer, _with_scheduler(pipeline).scheduler)
+    meta.scheduler.set_timesteps(4)
+    sample = torch.zeros(2, C, dtype=torch.long, device="meta")
+    labels = torch.zeros(2, dtype=torch.long, device="meta")
+    for t in meta.scheduler.timesteps:
+        probs = meta.guided_probabilities(sample, t, labels, (4.0, 1.0))
+        sample = meta.scheduler.step(probs, t, sample).prev_sample
+    assert sample.shape == (2, C) and sample.device.type == "meta"

@@ -230,3 +230,57 @@ def test_sample_categorical_frequencies_match_probabilities():
     frequency = torch.nn.functional.one_hot(draws, 4).float().mean(0)
     bound = 5 * (probs * (1 - probs) / n).sqrt() + 1e-9
     assert ((frequency - probs[0]).abs() <= bound).all()
+
+
+# ---------------------------------------------------------------- DiscretizedGaussian (no (B, L, V) tensor)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 32, 200])
+def test_discretized_gaussian_object_equals_the_full_tensor(chunk_size):
+    """Probabilities, normaliser and draws of the chunked form == the materialised softmax form, from point masses
+    (std 1e-6, mean between integers) to widths beyond the range, and means outside [0, V - 1]."""
+    from tokenset_diffusers.set_ops import DiscretizedGaussian, discretized_gaussian, sample_categorical
+
+    generator = torch.Generator().manual_seed(0)
+    num_values = 41
+    mean = torch.rand(8, 300, generator=generator) * 60 - 10  # (B, L), some outside [0, V-1]
+    std = torch.exp(torch.rand(8, 300, generator=generator) * 20 - 14)  # 8e-7 .. 400
+    std[0] = 1e-6
+    full = discretized_gaussian(mean, std, num_values)  # (B, L, V)
+    lazy = DiscretizedGaussian(mean, std, num_values, chunk_size=chunk_size)
+    assert lazy.shape == full.shape
+    torch.testing.assert_close(lazy.probs(), full, atol=1e-6, rtol=1e-5)
+    values = torch.randint(-2, num_values + 2, (8, 300), generator=generator)
+    expected = full.gather(-1, values.clamp(0, num_values - 1)[..., None])[..., 0]
+    expected = torch.where((values >= 0) & (values < num_values), expected, torch.zeros_like(expected))
+    torch.testing.assert_close(lazy.prob(values), expected, atol=1e-6, rtol=1e-5)
+    draws = lazy.sample(torch.Generator().manual_seed(5))
+    reference = sample_categorical(full, torch.Generator().manual_seed(5))
+    assert (draws != reference).sum() <= 2  # the same uniform numbers; rounding may move a boundary draw
+    assert draws.min() >= 0 and draws.max() < num_values
+
+
+def test_discretized_gaussian_object_draws_follow_the_distribution():
+    """Frequencies of 200k draws at one (mean, std) against the exact probabilities."""
+    from tokenset_diffusers.set_ops import DiscretizedGaussian, discretized_gaussian
+
+    mean, std = torch.full((1, 200_000), 3.3), torch.full((1, 200_000), 1.7)
+    draws = DiscretizedGaussian(mean, std, 12, chunk_size=5).sample(torch.Generator().manual_seed(0))
+    frequencies = torch.bincount(draws[0], minlength=12).float() / draws.numel()
+    exact = discretized_gaussian(mean[:, :1], std[:, :1], 12)[0, 0]
+    assert (frequencies - exact).abs().max() < 4e-3
+
+
+def test_greedy_adjust_with_the_distribution_object_equals_the_tensor():
+    from tokenset_diffusers.set_ops import DiscretizedGaussian, discretized_gaussian
+
+    generator = torch.Generator().manual_seed(2)
+    mean = torch.rand(16, 50, generator=generator) * 3
+    std = torch.rand(16, 50, generator=generator) + 0.05
+    sample = torch.randint(0, 6, (16, 50), generator=generator)
+    for exact, total in ((False, 60), (True, 60), (True, 0), (True, 200)):
+        lazy = greedy_adjust(sample, DiscretizedGaussian(mean, std, 8), total, exact=exact)
+        full = greedy_adjust(sample, discretized_gaussian(mean, std, 8), total, exact=exact)
+        assert torch.equal(lazy, full)
+        if exact:
+            assert (lazy.sum(-1) == total).all()

@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 
 _import_structure = {
     "set_ops": [
+        "DiscretizedGaussian",
         "counts_to_tokens",
         "discretized_gaussian",
         "filter_probs",
@@ -65,6 +66,7 @@ def __dir__():
 if TYPE_CHECKING:  # pragma: no cover
     from .scheduling_fsdd import FSDDScheduler, FSDDSchedulerOutput
     from .set_ops import (
+        DiscretizedGaussian,
         counts_to_tokens,
         discretized_gaussian,
         filter_probs,

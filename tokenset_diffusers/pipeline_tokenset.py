@@ -241,9 +241,9 @@ class TokenSetPipeline(DiffusionPipeline):
         labels = torch.cat([class_labels, null_labels]).to(device)  # (2B,)
         timesteps = torch.full((2 * batch_size,), t, device=device)  # (2B,)
         logits = self.transformer(model_input, timesteps, labels).logits  # (2B, C, M+1)
-        cond, uncond = logits.float().softmax(-1).chunk(2)  # (B, C, M+1) each
-        probs = (uncond + scale * (cond - uncond)).clamp(min=0)
-        return probs / probs.sum(-1, keepdim=True)
+        cond, uncond = logits.float().softmax(-1).chunk(2)  # (B, C, M+1) each, views
+        probs = torch.lerp(uncond, cond, scale).clamp_(min=0)  # uncond + s (cond - uncond), one new tensor
+        return probs.div_(probs.sum(-1, keepdim=True))
 
     # ------------------------------------------------------------------ generation
 
@@ -299,7 +299,9 @@ class TokenSetPipeline(DiffusionPipeline):
 
         # 1. Start from the noise prior: a random set of M distinct codebook entries.
         sample = sample_fixed_sum_noise(batch_size, codebook_size, num_tokens, generator=generator, device=device)
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        # The times stay on the CPU: reading them (for the guidance interval and the scheduler's step index) then
+        # never waits for the device.
+        self.scheduler.set_timesteps(num_inference_steps)
 
         # 2. Denoise.
         original = sample

@@ -13,7 +13,20 @@ from diffusers import ConfigMixin, SchedulerMixin
 from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 
-from .set_ops import GeneratorType, discretized_gaussian, filter_probs, greedy_adjust, sample_categorical
+from .set_ops import (
+    DiscretizedGaussian,
+    GeneratorType,
+    discretized_gaussian,
+    filter_probs,
+    greedy_adjust,
+    sample_categorical,
+)
+
+
+def _checks_values(tensor: torch.Tensor) -> bool:
+    """Whether to validate the values of `tensor`: on the CPU only, where reading them costs no host-device
+    synchronisation (`step` and `add_noise` never wait for an accelerator). Shapes and dtypes are checked always."""
+    return tensor.device.type == "cpu"
 
 
 # Sampling modes for x0 and x_t; "multinomial" draws from the unfiltered distribution.
@@ -152,15 +165,21 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
         """
         self._check_sample("sample", sample)
         self._check_sample("pred_original_sample", pred_original_sample)
-        index = self.step_index_for(timestep)
-        time = self._time_grid[index].to(sample.device)
-        next_time = self._time_grid[index + 1].to(sample.device)
+        mean, std = self._transition_mean_std(sample, pred_original_sample, self.step_index_for(timestep))
+        return discretized_gaussian(mean, std, self.config.num_tokens)  # (B, C, M)
+
+    def _transition_mean_std(
+        self, sample: torch.LongTensor, pred_original_sample: torch.LongTensor, index: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(mean, std)`, each `(batch_size, codebook_size)`, of the transition at step `index`."""
+        time = self._time_grid[index].item()  # the grid lives on the CPU: no device synchronisation
+        next_time = self._time_grid[index + 1].item()
         current = sample.float()  # (B, C)
         original = pred_original_sample.float()  # (B, C)
         noise_estimate = (current - time * original) / (1 - time)  # (B, C)
         mean = next_time * original + (1 - next_time) * noise_estimate  # (B, C)
         std = (noise_estimate - original).abs() / 4 * self.sigma_scale(index) + 1e-6  # (B, C)
-        return discretized_gaussian(mean, std, self.config.num_tokens)  # (B, C, M)
+        return mean, std
 
     def step(
         self,
@@ -197,9 +216,15 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
         if adjust:
             original = greedy_adjust(original, probs, config.num_tokens, exact=config.exact_sum)
 
-        # 2. Draw the next sample from the discretised Gaussian between the implied noise and x0.
-        transition = self.transition_probs(sample, original, timestep)  # (B, C, M)
-        prev_sample = sample_categorical(self._filter(transition, config.xt_sampling), generator=generator)
+        # 2. Draw the next sample from the discretised Gaussian between the implied noise and x0. An unfiltered draw
+        #    and the adjustment need the distribution only at a few values: it is never materialised as (B, C, M).
+        mean, std = self._transition_mean_std(sample, original, index)  # (B, C) each
+        if config.xt_sampling == "multinomial":
+            transition = DiscretizedGaussian(mean, std, config.num_tokens)
+            prev_sample = transition.sample(generator=generator)  # (B, C)
+        else:
+            transition = discretized_gaussian(mean, std, config.num_tokens)  # (B, C, M): filtering sorts it
+            prev_sample = sample_categorical(self._filter(transition, config.xt_sampling), generator=generator)
         if config.xt_sampling == "multinomial" or adjust or config.exact_sum:
             prev_sample = greedy_adjust(prev_sample, transition, config.num_tokens, exact=config.exact_sum)
 
@@ -243,15 +268,17 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
                 f"`timesteps` must have shape (batch_size,) = ({original_samples.shape[0]},), got "
                 f"{tuple(timesteps.shape)}."
             )
-        if torch.isnan(timesteps).any() or (timesteps <= 0).any() or (timesteps > 1).any():
+        if _checks_values(timesteps) and (
+            torch.isnan(timesteps).any() or (timesteps <= 0).any() or (timesteps > 1).any()
+        ):
             raise ValueError(f"`timesteps` must lie in (0, 1], got {timesteps.tolist()}.")
         time = timesteps[:, None]  # (B, 1)
         data = original_samples.float()  # (B, C)
         prior = noise.float()  # (B, C)
         mean = time * data + (1 - time) * prior  # (B, C)
         std = (prior - data).abs() / 4 + 1e-6  # (B, C)
-        pdf = discretized_gaussian(mean, std, self.config.num_tokens)  # (B, C, M)
-        noisy = sample_categorical(pdf, generator=generator)  # (B, C)
+        pdf = DiscretizedGaussian(mean, std, self.config.num_tokens)  # never materialised as (B, C, M)
+        noisy = pdf.sample(generator=generator)  # (B, C)
         return greedy_adjust(noisy, pdf, self.config.num_tokens, exact=self.config.exact_sum)
 
     # ------------------------------------------------------------------ helpers
@@ -272,6 +299,8 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
             )
         if sample.is_floating_point() or sample.is_complex():
             raise ValueError(f"`{name}` must be an integer count tensor, got dtype {sample.dtype}.")
+        if not _checks_values(sample):
+            return
         if (sample < 0).any() or (sample > config.num_tokens).any():
             raise ValueError(f"`{name}` must hold counts in [0, num_tokens={config.num_tokens}].")
         if fixed_sum and (sample.sum(-1) != config.num_tokens).any():
@@ -288,7 +317,7 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
                 f"`model_output` must be probabilities of shape (batch_size, codebook_size, num_tokens + 1) = "
                 f"{expected}, got {shape}."
             )
-        if not (probs >= 0).all():  # one pass catches NaN and negative values
+        if _checks_values(probs) and not (probs >= 0).all():  # one pass catches NaN and negative values
             if torch.isnan(probs).any():
                 raise ValueError("`model_output` contains NaN.")
             raise ValueError("`model_output` must be probabilities (non-negative); did you pass logits?")

@@ -20,6 +20,7 @@ import torch
 GeneratorType = Optional[Union[torch.Generator, List[torch.Generator]]]
 
 __all__ = [
+    "DiscretizedGaussian",
     "counts_to_tokens",
     "discretized_gaussian",
     "filter_probs",
@@ -77,7 +78,13 @@ def tokens_to_counts(token_ids: torch.LongTensor, codebook_size: int) -> torch.L
         raise ValueError(f"`token_ids` must be a tensor of shape (batch_size, num_tokens), got {shape}.")
     if token_ids.is_floating_point() or token_ids.is_complex():
         raise ValueError(f"`token_ids` must be an integer tensor, got dtype {token_ids.dtype}.")
-    if token_ids.numel() > 0 and (token_ids.min() < 0 or token_ids.max() >= codebook_size):
+    # The range check reads values, so it runs where that needs no host synchronisation (CPU); on an accelerator an
+    # out-of-range id fails in `scatter_add_` instead.
+    if (
+        token_ids.device.type == "cpu"
+        and token_ids.numel() > 0
+        and (token_ids.min() < 0 or token_ids.max() >= codebook_size)
+    ):
         raise ValueError(
             f"`token_ids` must lie in [0, {codebook_size}), got values in "
             f"[{int(token_ids.min())}, {int(token_ids.max())}]."
@@ -200,6 +207,89 @@ def discretized_gaussian(mean: torch.Tensor, std: torch.Tensor, num_values: int)
     return torch.softmax(log_density, dim=-1)
 
 
+class DiscretizedGaussian:
+    """The distribution of [`discretized_gaussian`], without its `(batch_size, length, num_values)` tensor.
+
+    Every quantity is taken relative to the most likely value `mode = clamp(round(mean), 0, V - 1)`, whose log-weight
+    is the maximum, so `weight_k = exp(-((k - mean)^2 - (mode - mean)^2) / (2 std^2))` lies in (0, 1] and the
+    normaliser `Z = sum_k weight_k` in [1, V]. `Z` and the inverse-CDF draw run over the V values in chunks of
+    `chunk_size`: memory is O(batch_size x length x chunk_size), the values are those of the full computation up to
+    float32 rounding, and nothing waits for the device.
+
+    Args:
+        mean (`torch.Tensor` of shape `(batch_size, length)`), std (same shape, positive).
+        num_values (`int`): the number of values k = 0..num_values-1.
+        chunk_size (`int`, defaults to 32): values per chunk.
+    """
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, num_values: int, chunk_size: int = 32):
+        if mean.shape != std.shape or mean.ndim != 2:
+            raise ValueError(
+                f"`mean` and `std` must have the same shape (batch_size, length), got {tuple(mean.shape)} and "
+                f"{tuple(std.shape)}."
+            )
+        self.mean = mean.float()  # (B, L)
+        self.std = std.float()  # (B, L)
+        self.num_values = num_values
+        self.chunk_size = chunk_size
+        self.mode = self.mean.round().clamp(0, num_values - 1)  # (B, L), float
+        self.normalizer = sum(weights.sum(-1) for _, weights in self._chunks())  # (B, L)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((*self.mean.shape, self.num_values))
+
+    @property
+    def ndim(self) -> int:
+        return 3
+
+    def __getitem__(self, rows) -> "DiscretizedGaussian":
+        """The distributions of the batch rows `rows` (any index of dim 0)."""
+        return DiscretizedGaussian(self.mean[rows], self.std[rows], self.num_values, self.chunk_size)
+
+    def _weights(self, values: torch.Tensor) -> torch.Tensor:
+        """`weight_k` for values of shape `(B, L, K)`; (k - m)^2 - (mode - m)^2 is factored for accuracy."""
+        mean, mode, std = self.mean[..., None], self.mode[..., None], self.std[..., None]  # (B, L, 1)
+        return torch.exp(-(values - mode) * (values + mode - 2 * mean) / (2 * std**2))
+
+    def _chunks(self):
+        for start in range(0, self.num_values, self.chunk_size):
+            stop = min(start + self.chunk_size, self.num_values)
+            values = torch.arange(start, stop, device=self.mean.device, dtype=torch.float32)  # (K,)
+            yield start, self._weights(values)  # (B, L, K)
+
+    def prob(self, values: torch.Tensor) -> torch.Tensor:
+        """`pdf[..., values]` for integer `values` of shape `(batch_size, length)` or `(batch_size, length, K)`;
+        0 outside [0, V - 1]."""
+        squeeze = values.ndim == 2
+        values = values[..., None] if squeeze else values
+        inside = (values >= 0) & (values <= self.num_values - 1)
+        probs = self._weights(values.float()) / self.normalizer[..., None]
+        probs = torch.where(inside, probs, torch.zeros_like(probs))
+        return probs[..., 0] if squeeze else probs
+
+    def probs(self) -> torch.Tensor:
+        """The full `(batch_size, length, num_values)` tensor (what [`discretized_gaussian`] returns)."""
+        values = torch.arange(self.num_values, device=self.mean.device)
+        return self.prob(values.expand(*self.mean.shape, -1))
+
+    def sample(self, generator: GeneratorType = None) -> torch.LongTensor:
+        """One draw per position by inverse CDF, with the uniform numbers [`sample_categorical`] would use.
+
+        Returns:
+            `torch.LongTensor` of shape `(batch_size, length)`.
+        """
+        uniform = 1.0 - uniform_tensor(self.mean.shape, generator=generator, device=self.mean.device)  # (0, 1]
+        threshold = uniform * self.normalizer  # (B, L)
+        below = torch.zeros_like(self.mean, dtype=torch.long)  # (B, L): values whose CDF is under the threshold
+        running = torch.zeros_like(self.mean)  # (B, L): the CDF before the chunk (unnormalised)
+        for _, weights in self._chunks():
+            cdf = running[..., None] + weights.cumsum(-1)  # (B, L, K)
+            below += (cdf < threshold[..., None]).sum(-1)
+            running = cdf[..., -1]
+        return below.clamp(max=self.num_values - 1)
+
+
 def filter_probs(probs: torch.Tensor, top_p: Optional[float] = None, top_k: Optional[int] = None) -> torch.Tensor:
     """Top-p / top-k filtering of categorical distributions over the last dimension, renormalised.
 
@@ -230,9 +320,14 @@ def filter_probs(probs: torch.Tensor, top_p: Optional[float] = None, top_k: Opti
 
 
 def _top_p_mask(probs: torch.Tensor, top_p: float, window: int = 16) -> torch.BoolTensor:
-    """Which values top-p keeps. Looks at the `window` largest values first (a full sort is slow on CPU) and sorts
-    the whole distribution only for the rows that keep their entire window."""
+    """Which values top-p keeps. On CPU, looks at the `window` largest values first (a full sort is slow there) and
+    sorts the whole distribution only for the rows that keep their entire window; on an accelerator, sorts every row
+    (fast there, and no host synchronisation)."""
     num_values = probs.shape[-1]
+    if probs.device.type != "cpu":
+        values, indices = probs.sort(dim=-1, descending=True)  # (..., V)
+        keep_sorted = values.cumsum(-1) - values <= top_p
+        return torch.zeros_like(keep_sorted).scatter_(-1, indices, keep_sorted)
     values, indices = probs.topk(min(window, num_values), dim=-1)  # (..., W), descending
     keep_sorted = values.cumsum(-1) - values <= top_p  # mass before each value
     keep = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, indices, keep_sorted)  # (..., V)
@@ -273,7 +368,8 @@ def greedy_adjust(sample: torch.LongTensor, probs: torch.Tensor, total: int, exa
 
     Args:
         sample (`torch.LongTensor` of shape `(batch_size, length)`): values in [0, V-1].
-        probs (`torch.Tensor` of shape `(batch_size, length, V)`): the distribution each value was drawn from.
+        probs (`torch.Tensor` of shape `(batch_size, length, V)` or a [`DiscretizedGaussian`]): the distribution
+            each value was drawn from. The one-shot rule reads it only at `sample` and `sample ± 1`.
         total (`int`): the target row sum.
         exact (`bool`): see above.
 
@@ -296,15 +392,13 @@ def greedy_adjust(sample: torch.LongTensor, probs: torch.Tensor, total: int, exa
             f"adjustment, got {total}."
         )
     sample = sample.clamp(0, num_values - 1)
-    for _ in range(2):  # the one-shot rule, and once more for what it left
-        missing = sample.sum(-1) != total  # (B,)
-        if not missing.any():
-            return sample
-        sample = sample.clone()
-        sample[missing] = _one_shot_adjust(sample[missing], probs[missing], total)
-    missing = sample.sum(-1) != total
-    if missing.any():
-        sample[missing] = _joint_adjust(sample[missing], probs[missing], total)
+    for _ in range(2):  # the one-shot rule, and once more for what it left (a no-op on rows at the sum)
+        sample = _one_shot_adjust(sample, probs, total)
+    missing = sample.sum(-1) != total  # (B,)
+    if missing.any():  # rare; the only host synchronisation here
+        rows = missing.nonzero()[:, 0]
+        full = probs[rows].probs() if isinstance(probs, DiscretizedGaussian) else probs[rows]
+        sample[rows] = _joint_adjust(sample[rows], full, total)
     return sample
 
 
@@ -328,12 +422,19 @@ def _joint_adjust(sample: torch.LongTensor, probs: torch.Tensor, total: int) -> 
     return sample + direction[:, None] * moves
 
 
+def _prob_at(probs: Union[torch.Tensor, DiscretizedGaussian], values: torch.LongTensor) -> torch.Tensor:
+    """`probs[b, j, values[b, j]]` for a probability tensor or a [`DiscretizedGaussian`]; `values` in range."""
+    if isinstance(probs, DiscretizedGaussian):
+        return probs.prob(values)
+    return probs.gather(-1, values[..., None])[..., 0]
+
+
 def _one_shot_adjust(sample: torch.LongTensor, probs: torch.Tensor, total: int) -> torch.LongTensor:
     num_values = probs.shape[-1]
     delta = total - sample.sum(-1)  # (B,)
-    current = probs.gather(-1, sample.clamp(0, num_values - 1)[..., None])[..., 0]  # (B, L)
-    lower = probs.gather(-1, (sample - 1).clamp(0, num_values - 1)[..., None])[..., 0]  # (B, L)
-    upper = probs.gather(-1, (sample + 1).clamp(0, num_values - 1)[..., None])[..., 0]  # (B, L)
+    current = _prob_at(probs, sample.clamp(0, num_values - 1))  # (B, L)
+    lower = _prob_at(probs, (sample - 1).clamp(0, num_values - 1))  # (B, L)
+    upper = _prob_at(probs, (sample + 1).clamp(0, num_values - 1))  # (B, L)
     minus_inf = torch.full_like(current, float("-inf"))
     gain_decrease = torch.where(sample > 0, lower - current, minus_inf)  # (B, L)
     gain_increase = torch.where(sample < num_values - 1, upper - current, minus_inf)  # (B, L)

@@ -54,7 +54,10 @@ class Float32Linear(nn.Linear):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         bias = self.bias.float() if self.bias is not None else None
-        with torch.autocast(device_type=input.device.type, enabled=False):
+        device_type = input.device.type
+        if not torch.amp.is_autocast_available(device_type):  # e.g. "meta": no autocast to turn off
+            return F.linear(input.float(), self.weight.float(), bias)
+        with torch.autocast(device_type=device_type, enabled=False):
             return F.linear(input.float(), self.weight.float(), bias)
 
 
@@ -335,8 +338,10 @@ class TokenSetTransformer1DModel(ModelMixin, ConfigMixin):
         if class_labels.dtype.is_floating_point or class_labels.dtype.is_complex or class_labels.dtype == torch.bool:
             raise ValueError(f"`class_labels` must hold integer class ids, got dtype {class_labels.dtype}.")
 
-        if not torch.compiler.is_compiling():
-            # One host sync for all value checks.
+        if sample.device.type == "cpu" and not torch.compiler.is_compiling():
+            # Value checks read the data, so they run on the CPU only, where that costs no host-device
+            # synchronisation (on an accelerator, the forward never waits for the device; shapes and dtypes are
+            # still checked above).
             bounds = torch.stack(
                 [
                     sample.amin().float(),
