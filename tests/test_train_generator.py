@@ -177,3 +177,28 @@ def test_random_flip_picks_stored_mirror_token_sets_only_when_asked():
     assert 0 < mixed[:, 0].sum() < 64  # some rows took the mirror's token set
     plain = batch_token_ids(batch, None, torch.Generator().manual_seed(0), accelerator, random_flip=False)
     assert torch.equal(plain, torch.zeros(64, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("init_std", [None, 1.0])
+def test_class_embedding_init_std_sets_the_class_table_only(init_std):
+    """`class_embedding_init_std` re-draws the class table (default: DiT's 0.02) and leaves every other weight as the
+    model's own initialisation, with the same seed."""
+    from accelerate import Accelerator
+
+    from training.train_generator import GeneratorData, build_training_state, parse_args
+
+    argv = ["--pretokenized_dataset", "unused", "--report_to", "none", "--use_cpu", "--output_dir", "unused"]
+    argv += [f"--{key}={value}" for key, value in TINY_GENERATOR.items()]
+    if init_std is not None:
+        argv += ["--class_embedding_init_std", str(init_std)]
+    _, model_args, args = parse_args(argv)
+    data = GeneratorData(None, codebook_size=32, num_tokens=8, num_classes=100, id2label=None, tokenizer=None)
+    torch.manual_seed(0)
+    state = build_training_state(Accelerator(cpu=True), model_args, args, data)
+    table = state.model.class_embedder.weight
+    expected_std = 0.02 if init_std is None else init_std
+    assert abs(table.std().item() / expected_std - 1) < 0.1
+    torch.manual_seed(0)
+    reference = TokenSetTransformer1DModel(codebook_size=32, num_tokens=8, num_classes=100, **TINY_GENERATOR)
+    assert torch.equal(state.model.pos_embed, reference.pos_embed)
+    assert torch.equal(state.ema.shadow.class_embedder.weight, table)  # the EMA starts from the re-drawn table

@@ -251,13 +251,15 @@ def setup_logging(accelerator: Accelerator) -> None:
 
 
 def build_optimizer(parameters, args: RunArguments, learning_rate: Optional[float] = None) -> torch.optim.AdamW:
-    """AdamW with the run's settings (`learning_rate` overrides `args.learning_rate`)."""
+    """AdamW with the run's settings (`learning_rate` overrides `args.learning_rate`), fused: one kernel updates
+    every parameter (CUDA and CPU)."""
     return torch.optim.AdamW(
         parameters,
         lr=learning_rate or args.learning_rate,
         betas=(args.adam_beta1, args.adam_beta2),
         eps=args.adam_epsilon,
         weight_decay=args.weight_decay,
+        fused=True,
     )
 
 
@@ -354,14 +356,43 @@ def step_generator(seed: int, process_index: int, step: int, micro_step: int, de
 # ----------------------------------------------------------------------------------------------------------- metrics
 
 
-def reduce_metrics(accelerator: Accelerator, metrics: dict[str, torch.Tensor | float]) -> dict[str, float]:
-    """Averages scalar metrics over the processes (one all-reduce); every process must pass the same keys."""
+def reduce_metrics(accelerator: Accelerator, metrics: dict[str, torch.Tensor | float]) -> dict[str, torch.Tensor]:
+    """Averages scalar metrics over the processes (one all-reduce); every process must pass the same keys.
+
+    Returns 0-d tensors on the device: nothing waits for the device here (see [`PendingMetrics`])."""
     names = sorted(metrics)
     values = torch.stack(
-        [torch.as_tensor(metrics[name], dtype=torch.float32).to(accelerator.device) for name in names]
+        [torch.as_tensor(metrics[name], dtype=torch.float32).to(accelerator.device).reshape(()) for name in names]
     )
     values = accelerator.reduce(values, reduction="mean")
-    return dict(zip(names, values.tolist()))
+    return dict(zip(names, values.unbind(0)))
+
+
+class PendingMetrics:
+    """Per-step metrics kept on the device until the next logging step, then read back to the host at once: one
+    host-device synchronisation per logging interval instead of one per step."""
+
+    def __init__(self):
+        self.pending: list[tuple[int, dict]] = []
+
+    def add(self, step: int, metrics: dict[str, torch.Tensor | float]) -> None:
+        self.pending.append((step, dict(metrics)))
+
+    def flush(self) -> list[dict[str, float]]:
+        """`[{"step": step, **metrics}, ...]` as Python floats, for every step added since the last flush."""
+        tensors = [
+            value.detach().float().reshape(1)
+            for _, metrics in self.pending
+            for value in metrics.values()
+            if torch.is_tensor(value)
+        ]
+        values = iter(torch.cat(tensors).tolist() if tensors else [])  # the one synchronisation
+        entries = []
+        for step, metrics in self.pending:
+            entry = {name: next(values) if torch.is_tensor(value) else value for name, value in metrics.items()}
+            entries.append({"step": step, **entry})
+        self.pending = []
+        return entries
 
 
 class MetricWindow:
@@ -373,6 +404,8 @@ class MetricWindow:
 
     def add(self, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():
+            if name == "step":
+                continue
             self.sums[name] = self.sums.get(name, 0.0) + value
             self.counts[name] = self.counts.get(name, 0) + 1
 

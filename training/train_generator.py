@@ -47,6 +47,7 @@ from tokenset_diffusers.transformer_tokenset import TokenSetTransformer1DModel
 from training.common import (
     ExponentialMovingAverage,
     MetricWindow,
+    PendingMetrics,
     RunArguments,
     TrainingProgress,
     arg,
@@ -149,18 +150,18 @@ class GeneratorTrainingArguments(RunArguments):
         "Train on the token sets of randomly mirrored images (the paper's augmentation); off for data, such as "
         "digits, whose mirror images are not examples of their class.",
     )
-    class_embedding_lr_scale: float = arg(
-        1.0,
-        "Learning rate of the class embedding table as a multiple of `learning_rate` (the paper: 1). On small, "
-        "short runs the class signal starts tiny next to the timestep embedding; a larger rate for the table makes "
-        "the model use the class sooner.",
+    class_embedding_init_std: Optional[float] = arg(
+        None,
+        "Initialise the class embedding table from N(0, std^2) instead of DiT's N(0, 0.02^2). adaLN-Zero starts "
+        "every modulation at zero, so the class reaches the model only through its (tiny) share of the "
+        "conditioning; a table on the scale of the timestep embedding lets short runs use the class from the start.",
     )
     checkpointing_steps: int = arg(10_000, "Save a resumable checkpoint every this many steps.")
     num_time_buckets: int = arg(4, "Log the loss separately for this many equal intervals of t.")
 
     def __post_init__(self):
         super().__post_init__()
-        check_positive(self, "num_time_buckets", "class_embedding_lr_scale")
+        check_positive(self, "num_time_buckets", "class_embedding_init_std")
 
 
 @dataclass
@@ -235,17 +236,6 @@ def build_data(
     )
 
 
-def parameter_groups(model: TokenSetTransformer1DModel, args: GeneratorTrainingArguments) -> list[dict]:
-    """The optimiser's parameter groups: the class embedding table at `class_embedding_lr_scale` times the rate."""
-    class_table = list(model.class_embedder.parameters())
-    class_ids = {id(parameter) for parameter in class_table}
-    rest = [parameter for parameter in model.parameters() if id(parameter) not in class_ids]
-    return [
-        {"params": rest},
-        {"params": class_table, "lr": args.learning_rate * args.class_embedding_lr_scale},
-    ]
-
-
 def build_training_state(
     accelerator: Accelerator,
     model_args: GeneratorModelArguments,
@@ -263,11 +253,13 @@ def build_training_state(
         mlp_ratio=model_args.mlp_ratio,
         class_dropout_prob=model_args.class_dropout_prob,
     )
+    if args.class_embedding_init_std is not None:
+        torch.nn.init.normal_(model.class_embedder.weight, std=args.class_embedding_init_std)
     if args.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     ema = ExponentialMovingAverage(model, args.ema_decay)
     ema.shadow.to(accelerator.device)
-    optimizer = build_optimizer(parameter_groups(model, args), args)
+    optimizer = build_optimizer(model.parameters(), args)
     lr_scheduler = build_lr_scheduler(optimizer, args)
     progress = TrainingProgress()
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -351,8 +343,8 @@ def train_step(
     model_args: GeneratorModelArguments,
     args: GeneratorTrainingArguments,
 ) -> tuple[dict[str, float], torch.Tensor]:
-    """One optimiser step; returns the metrics (averaged over micro-batches and processes) and the per-bucket loss
-    sums `(2, num_time_buckets)` of this process."""
+    """One optimiser step; returns the metrics (averaged over micro-batches and processes; 0-d device tensors, and
+    the learning rate) and the per-bucket loss sums `(2, num_time_buckets)` of this process."""
     step = state.progress.step
     state.model.train()
     total = torch.zeros((), device=accelerator.device)
@@ -411,7 +403,7 @@ def train(
 ) -> tuple[list[dict], dict[str, float]]:
     """Runs steps until `max_train_steps`, logging and checkpointing; returns the per-step metrics and the last
     logged per-bucket losses."""
-    history, window, last_buckets = [], MetricWindow(), {}
+    history, window, pending, last_buckets = [], MetricWindow(), PendingMetrics(), {}
     window_buckets = torch.zeros(2, args.num_time_buckets, device=accelerator.device)
     progress_bar = tqdm(
         initial=state.progress.step, total=args.max_train_steps, disable=not accelerator.is_local_main_process
@@ -421,18 +413,21 @@ def train(
         metrics, buckets = train_step(accelerator, state, data, micro_batches, model_args, args)
         state.progress.step += 1
         step = state.progress.step
-        window.add(metrics)
+        pending.add(step, metrics)  # read back at the next logging step: no per-step host synchronisation
         window_buckets += buckets
         progress_bar.update(1)
-        progress_bar.set_postfix(loss=f"{metrics['loss']:.4f}")
         last = step == args.max_train_steps
         if step % args.logging_steps == 0 or last:
+            entries = pending.flush()
+            for entry in entries:
+                window.add(entry)
+            history.extend(entries)
+            progress_bar.set_postfix(loss=f"{entries[-1]['loss']:.4f}")
             last_buckets = bucket_metrics(accelerator.reduce(window_buckets, reduction="sum"))
             accelerator.log({**window.pop_means(), **last_buckets}, step=step)
             window_buckets.zero_()
         if step % args.checkpointing_steps == 0 or last:
             save_checkpoint(accelerator, args.output_dir, step, args.checkpoints_total_limit)
-        history.append({"step": step, **metrics})
     progress_bar.close()
     return history, last_buckets
 

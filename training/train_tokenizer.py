@@ -37,6 +37,7 @@ from tokenset_diffusers.modeling_tokenset_vqvae import TokenSetVQVAE
 from training.common import (
     ExponentialMovingAverage,
     MetricWindow,
+    PendingMetrics,
     RunArguments,
     TrainingProgress,
     arg,
@@ -400,7 +401,7 @@ def train(
     args: TokenizerTrainingArguments,
 ) -> list[dict]:
     """Runs steps until `max_train_steps`, logging, evaluating and checkpointing; returns the per-step metrics."""
-    history, window = [], MetricWindow()
+    history, window, pending = [], MetricWindow(), PendingMetrics()
     progress_bar = tqdm(
         initial=state.progress.step, total=args.max_train_steps, disable=not accelerator.is_local_main_process
     )
@@ -409,19 +410,25 @@ def train(
         metrics = train_step(accelerator, state, micro_batches, args)
         state.progress.step += 1
         step = state.progress.step
-        window.add(metrics)
         progress_bar.update(1)
-        progress_bar.set_postfix(loss=f"{metrics['loss']:.4f}")
         last = step == args.max_train_steps
+        evaluating = eval_dataloader is not None and (step % args.eval_steps == 0 or last)
+        if evaluating:
+            eval_metrics = evaluate(accelerator, state.ema.shadow, eval_dataloader)
+            metrics.update(eval_metrics)
+        pending.add(step, metrics)  # read back at the next logging step: no per-step host synchronisation
+        if step % args.logging_steps == 0 or last or evaluating:
+            entries = pending.flush()
+            for entry in entries:
+                window.add({name: value for name, value in entry.items() if not name.startswith("eval/")})
+            history.extend(entries)
+            progress_bar.set_postfix(loss=f"{entries[-1]['loss']:.4f}")
         if step % args.logging_steps == 0 or last:
             accelerator.log(window.pop_means(), step=step)
-        if eval_dataloader is not None and (step % args.eval_steps == 0 or last):
-            eval_metrics = evaluate(accelerator, state.ema.shadow, eval_dataloader)
+        if evaluating:
             accelerator.log(eval_metrics, step=step)
-            metrics.update(eval_metrics)
         if step % args.checkpointing_steps == 0 or last:
             save_checkpoint(accelerator, args.output_dir, step, args.checkpoints_total_limit)
-        history.append({"step": step, **metrics})
     progress_bar.close()
     return history
 
