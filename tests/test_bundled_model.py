@@ -37,7 +37,7 @@ def test_bundled_pipeline_describes_the_digits(pipeline):
 
 
 def test_reconstructions_of_held_out_digits_are_recognised(pipeline):
-    """(a) on the whole held-out split; the README reports the same number, the target there is 95%."""
+    """(a) on the whole held-out split, deterministic; the README reports the same 94.6%, short of the 95% target."""
     images, labels = quality.held_out_digits(pipeline.image_tokenizer.config.image_size)
     real = preprocess_images(images, pipeline.image_tokenizer.config.image_size)
     results = quality.reconstruction_accuracy(pipeline, real, labels)
@@ -57,17 +57,9 @@ def generation_accuracy(pipeline):
     return (judge.predict(quality.to_judge_features(generated)) == asked).mean()
 
 
-def test_generated_digits_follow_the_class_better_than_chance(generation_accuracy):
-    assert generation_accuracy >= 0.2, generation_accuracy  # chance is 0.1
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 6's target (90% of samples recognised as their class) is not met: the bundled generator, trained "
-    "for 1,500 CPU steps, has only begun to learn class conditioning (README, 'The bundled model')",
-)
 def test_generated_digits_meet_the_quality_target(generation_accuracy):
-    assert generation_accuracy >= 0.8
+    """(b): the target is 90% (the README: 92.8% on 500 samples); 100 samples of another seed, with a margin."""
+    assert generation_accuracy >= 0.8, generation_accuracy  # chance is 0.1
 
 
 def test_readme_main_job_writes_a_grid_of_every_digit(tmp_path):
