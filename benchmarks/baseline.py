@@ -26,11 +26,18 @@ def baseline_step(
     original = sample_categorical(scheduler._filter(probs, config.x0_sampling), generator=generator)  # (B, C)
     if adjust:
         original = greedy_adjust(original, probs, config.num_tokens, exact=config.exact_sum)
+    return baseline_next_sample(scheduler, sample, original, timestep, generator), original
+
+
+def baseline_next_sample(scheduler: FSDDScheduler, sample, original, timestep, generator=None) -> torch.LongTensor:
+    """The x_t draw of a step and its adjustment, through the materialised (B, C, M) transition."""
+    config = scheduler.config
+    adjust = bool(scheduler._time_grid[scheduler.step_index_for(timestep)] >= config.adjust_start)
     transition = scheduler.transition_probs(sample, original, timestep)  # (B, C, M), materialised
     prev_sample = sample_categorical(scheduler._filter(transition, config.xt_sampling), generator=generator)
     if config.xt_sampling == "multinomial" or adjust or config.exact_sum:
         prev_sample = greedy_adjust(prev_sample, transition, config.num_tokens, exact=config.exact_sum)
-    return prev_sample, original
+    return prev_sample
 
 
 def baseline_guided_probabilities(transformer, sample, timestep, class_labels, scale: float) -> torch.Tensor:

@@ -1,16 +1,23 @@
-"""Times one FSDDScheduler.step and add_noise at the released size (C = 4096, M = 128).
+"""Times one FSDDScheduler.step and add_noise at the released size (C = 4096, M = 128), next to the baseline path
+(`benchmarks/baseline.py`: the full (B, C, M) transition tensor, as the original).
 
 python benchmarks/bench_scheduler.py [--batch_size 8] [--device cpu] [--repeats 5]
 """
 
 import argparse
+import sys
 import time
 from functools import partial
+from pathlib import Path
 
 import torch
 
-from tokenset_diffusers import FSDDScheduler
-from tokenset_diffusers.set_ops import sample_fixed_sum_noise
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.baseline import baseline_step  # noqa: E402
+from tokenset_diffusers import FSDDScheduler  # noqa: E402
+from tokenset_diffusers.set_ops import sample_fixed_sum_noise  # noqa: E402
 
 
 def timed(function, repeats, device):
@@ -45,14 +52,15 @@ def main():
     sample = sample_fixed_sum_noise(batch_size, codebook_size, num_tokens, generator=generator, device=device)
     print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()}")
     print(f"B={batch_size} C={codebook_size} M={num_tokens}")
-    print(f"{'operation':<34}{'ms':>10}")
+    print(f"{'operation':<34}{'ms':>10}{'baseline ms':>14}")
     for exact_sum in (False, True):
         scheduler = FSDDScheduler(codebook_size=codebook_size, num_tokens=num_tokens, exact_sum=exact_sum)
         scheduler.set_timesteps(25)
         for index in (0, 20):
             t = scheduler.timesteps[index]
             seconds = timed(partial(scheduler.step, probs, t, sample, generator=generator), args.repeats, device)
-            print(f"{f'step t={float(t):.2f} exact_sum={exact_sum}':<34}{seconds * 1e3:>10.1f}")
+            baseline = timed(partial(baseline_step, scheduler, probs, t, sample, generator), args.repeats, device)
+            print(f"{f'step t={float(t):.2f} exact_sum={exact_sum}':<34}{seconds * 1e3:>10.1f}{baseline * 1e3:>14.1f}")
         data = sample_fixed_sum_noise(batch_size, codebook_size, num_tokens, generator=generator, device=device)
         t = torch.rand(batch_size, generator=generator, device=device).clamp(min=1e-5)
         seconds = timed(partial(scheduler.add_noise, data, sample, t, generator=generator), args.repeats, device)

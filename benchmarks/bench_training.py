@@ -6,7 +6,9 @@ python benchmarks/bench_training.py [--device cpu|cuda] [--steps 5] [--mixed_pre
 
 Each stage runs the real `train_step` of its script (forward, backward, optimiser step, EMA update; the tokenizer
 with its discriminator on, as in the GAN phase), on random images / token sets of the presets' sizes, so the numbers
-exclude data loading. The generator's C and M come from the tokenizer preset unless its own preset sets them.
+exclude data loading. The FLOPs of a step (matmuls, convolutions, attention; forward and backward) are counted by
+`torch.utils.flop_counter.FlopCounterMode`, and the achieved rate is compared with the same machine's measured dense
+matmul rate (`benchmarks/hardware.py`). The generator's C and M come from the tokenizer preset unless its own preset sets them.
 On the 2-core CPU of this project, the defaults (the digits presets) take about a minute.
 """
 
@@ -18,12 +20,22 @@ from pathlib import Path
 
 import torch
 from accelerate.state import AcceleratorState
+from torch.utils.flop_counter import FlopCounterMode
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.hardware import describe, matmul_tflops  # noqa: E402
 from training import train_generator, train_tokenizer  # noqa: E402
 from training.common import build_accelerator  # noqa: E402
+
+
+def counted_flops(step_function) -> int:
+    """FLOPs of one call of `step_function` (matmuls, convolutions and attention, forward and backward), counted by
+    `torch.utils.flop_counter.FlopCounterMode`."""
+    with FlopCounterMode(display=False) as counter:
+        step_function()
+    return counter.get_total_flops()
 
 
 def timed_steps(step_function, warmup: int, steps: int, device: torch.device) -> float:
@@ -68,10 +80,11 @@ def bench_tokenizer(options, output_dir: str) -> tuple[int, float, dict]:
         state.progress.step += 1
 
     seconds = timed_steps(step, options.warmup, options.steps, accelerator.device)
+    flops = counted_flops(step)
     config = state.ema.shadow.config
     sizes = {"image_size": size, "C": config.codebook_size, "M": config.num_tokens}
     AcceleratorState._reset_state(True)
-    return batch_size, seconds, sizes
+    return batch_size, seconds, flops, sizes
 
 
 def bench_generator(options, output_dir: str, codebook_size: int, num_tokens: int) -> tuple[int, float, dict]:
@@ -94,10 +107,11 @@ def bench_generator(options, output_dir: str, codebook_size: int, num_tokens: in
         state.progress.step += 1
 
     seconds = timed_steps(step, options.warmup, options.steps, accelerator.device)
+    flops = counted_flops(step)
     width = model_args.num_attention_heads * model_args.attention_head_dim
     sizes = {"C": codebook_size, "M": num_tokens, "layers": model_args.num_layers, "width": width}
     AcceleratorState._reset_state(True)
-    return batch_size, seconds, sizes
+    return batch_size, seconds, flops, sizes
 
 
 def main():
@@ -111,19 +125,31 @@ def main():
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--stages", nargs="+", default=["tokenizer", "generator"], choices=["tokenizer", "generator"])
     options = parser.parse_args()
-    print(f"device={options.device} torch={torch.__version__} threads={torch.get_num_threads()}")
-    print(f"{'stage':<12}{'batch':>7}{'s/step':>10}{'images/s':>11}  sizes")
+    device = torch.device(options.device)
+    dtype = torch.bfloat16 if options.mixed_precision == "bf16" else torch.float32
+    peak = matmul_tflops(device, dtype)
+    print(f"{describe(device)}; mixed precision {options.mixed_precision}")
+    print(f"measured dense matmul rate ({dtype}): {peak:.3f} TFLOP/s")
+    print("| stage | batch | s/step | images/s | TFLOP/step | TFLOP/s | of matmul rate | sizes |")
+    print("|---|---|---|---|---|---|---|---|")
+
+    def report(stage, batch_size, seconds, flops, sizes):
+        achieved = flops / seconds / 1e12
+        print(
+            f"| {stage} | {batch_size} | {seconds:.3f} | {batch_size / seconds:.1f} | {flops / 1e12:.4f} "
+            f"| {achieved:.3f} | {achieved / peak:.0%} | {sizes} |",
+            flush=True,
+        )
+
     with tempfile.TemporaryDirectory() as output_dir:
         _, model_args, _ = train_tokenizer.parse_args(
             ["--config", options.tokenizer_config, "--output_dir", output_dir]
         )
         codebook_size, num_tokens = model_args.codebook_size, model_args.num_tokens
         if "tokenizer" in options.stages:
-            batch_size, seconds, sizes = bench_tokenizer(options, output_dir)
-            print(f"{'tokenizer':<12}{batch_size:>7}{seconds:>10.3f}{batch_size / seconds:>11.1f}  {sizes}")
+            report("tokenizer", *bench_tokenizer(options, output_dir))
         if "generator" in options.stages:
-            batch_size, seconds, sizes = bench_generator(options, output_dir, codebook_size, num_tokens)
-            print(f"{'generator':<12}{batch_size:>7}{seconds:>10.3f}{batch_size / seconds:>11.1f}  {sizes}")
+            report("generator", *bench_generator(options, output_dir, codebook_size, num_tokens))
 
 
 if __name__ == "__main__":

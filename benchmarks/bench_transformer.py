@@ -20,6 +20,12 @@ import torch
 from tokenset_diffusers.transformer_tokenset import TokenSetTransformer1DModel
 
 
+try:  # run as a script (benchmarks/ on sys.path) or imported as `benchmarks.bench_transformer`
+    from hardware import matmul_tflops, transformer_forward_flops
+except ImportError:
+    from benchmarks.hardware import matmul_tflops, transformer_forward_flops
+
+
 CODEBOOK_SIZE, NUM_TOKENS, NUM_CLASSES = 4096, 128, 1000
 
 
@@ -78,10 +84,14 @@ def build(preset: str, device: torch.device, mode: str) -> TokenSetTransformer1D
 
 def run(presets, device: torch.device, modes, batch_sizes, repeats) -> list[dict]:
     rows = []
+    matmul_rates = {}
     for preset in presets:
         for mode in modes:
             model = build(preset, device, mode)
             autocast_dtype = torch.bfloat16 if mode == "fp32 weights, bf16 autocast" else None
+            rate_dtype = torch.float32 if mode.startswith("fp32 (") else torch.bfloat16
+            if rate_dtype not in matmul_rates:
+                matmul_rates[rate_dtype] = matmul_tflops(device, rate_dtype)
             for batch_size in batch_sizes:
                 inputs = make_inputs(batch_size, device)
                 if device.type == "cuda":
@@ -99,6 +109,8 @@ def run(presets, device: torch.device, modes, batch_sizes, repeats) -> list[dict
                         "ms": seconds * 1e3,
                         "samples_per_s": batch_size / seconds,
                         "peak_gib": peak,
+                        "tflops": transformer_forward_flops(model.config, batch_size) / seconds / 1e12,
+                        "matmul_tflops": matmul_rates[rate_dtype],
                     }
                 )
                 print(format_row(rows[-1]), flush=True)
@@ -108,14 +120,15 @@ def run(presets, device: torch.device, modes, batch_sizes, repeats) -> list[dict
 
 HEADER = (
     f"| {'device':6} | {'precision':28} | {'preset':6} | {'params':>11} | {'batch':>5} | {'forward ms':>10} "
-    f"| {'samples/s':>9} | {'peak GiB':>8} |"
+    f"| {'samples/s':>9} | {'peak GiB':>8} | {'TFLOP/s':>8} | {'of matmul rate':>14} |"
 )
 
 
 def format_row(row: dict) -> str:
     return (
         f"| {row['device']:6} | {row['mode']:28} | {row['preset']:6} | {row['params']:>11,} | {row['batch']:>5} "
-        f"| {row['ms']:>10.1f} | {row['samples_per_s']:>9.2f} | {row['peak_gib']:>8.2f} |"
+        f"| {row['ms']:>10.1f} | {row['samples_per_s']:>9.2f} | {row['peak_gib']:>8.2f} | {row['tflops']:>8.3f} "
+        f"| {row['tflops'] / row['matmul_tflops']:>14.0%} |"
     )
 
 

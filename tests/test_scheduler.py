@@ -475,3 +475,19 @@ def test_step_and_add_noise_never_read_device_values(xt_sampling):
     assert noisy.shape == (3, 64)
     with pytest.raises(RuntimeError, match="meta"):  # the detector works: a value read fails on meta
         bool((sample > 0).any())
+
+
+def test_step_memory_is_linear_in_batch_times_codebook():
+    """The x_t draw and adjustment of a step hold O(B x C) memory (the baseline path: several (B, C, M) tensors),
+    measured by the benchmark's live-tensor tracker on the meta device at the released size."""
+    bench = load_script("benchmarks/bench_sampling.py")
+    scheduler = FSDDScheduler()  # C = 4096, M = 128
+    scheduler.set_timesteps(25)
+    batch_size, codebook_size, num_tokens = 4, 4096, 128
+    probs = torch.rand(batch_size, codebook_size, num_tokens + 1, device="meta")
+    sample = torch.zeros(batch_size, codebook_size, dtype=torch.long, device="meta")
+    peaks = bench.step_peaks(scheduler, probs, sample, scheduler.timesteps[20], 20)
+    full_transition = batch_size * codebook_size * num_tokens * 4  # bytes of one float32 (B, C, M) tensor
+    assert peaks["xt_baseline"] >= 2 * full_transition
+    assert peaks["xt_fast"] <= batch_size * codebook_size * 64 * 4  # a few dozen floats per position
+    assert peaks["step_fast"] <= peaks["step_baseline"]

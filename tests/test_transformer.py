@@ -479,3 +479,13 @@ def test_convert_rejects_non_dit_state_dict():
 def test_infer_config_rejects_inconsistent_options(original_state_dict, kwargs, match):
     with pytest.raises(ValueError, match=match):
         infer_transformer_config(original_state_dict, **kwargs)
+
+
+def test_compiled_repeated_blocks_match_eager(converted, fixture_io):
+    """`compile_repeated_blocks` (diffusers' regional torch.compile of the transformer blocks, `fullgraph=True`: no
+    graph breaks) gives the eager logits, and the original's."""
+    eager = fixture_logits(converted, fixture_io)
+    converted.compile_repeated_blocks(fullgraph=True)
+    compiled = fixture_logits(converted, fixture_io)
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(compiled, fixture_io["logits"], atol=1e-4, rtol=1e-4)

@@ -216,8 +216,19 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
         if adjust:
             original = greedy_adjust(original, probs, config.num_tokens, exact=config.exact_sum)
 
-        # 2. Draw the next sample from the discretised Gaussian between the implied noise and x0. An unfiltered draw
-        #    and the adjustment need the distribution only at a few values: it is never materialised as (B, C, M).
+        # 2. Draw the next sample from the discretised Gaussian between the implied noise and x0.
+        prev_sample = self._draw_next_sample(sample, original, index, generator)
+
+        if not return_dict:
+            return prev_sample, original
+        return FSDDSchedulerOutput(prev_sample=prev_sample, pred_original_sample=original)
+
+    def _draw_next_sample(
+        self, sample: torch.LongTensor, original: torch.LongTensor, index: int, generator: GeneratorType
+    ) -> torch.LongTensor:
+        """The x_t draw of step `index` and its adjustment. An unfiltered draw and the adjustment need the transition
+        only at a few values, so it is never materialised as (B, C, M) then: memory stays O(B x C)."""
+        config = self.config
         mean, std = self._transition_mean_std(sample, original, index)  # (B, C) each
         if config.xt_sampling == "multinomial":
             transition = DiscretizedGaussian(mean, std, config.num_tokens)
@@ -225,12 +236,10 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
         else:
             transition = discretized_gaussian(mean, std, config.num_tokens)  # (B, C, M): filtering sorts it
             prev_sample = sample_categorical(self._filter(transition, config.xt_sampling), generator=generator)
+        adjust = bool(self._time_grid[index] >= config.adjust_start)
         if config.xt_sampling == "multinomial" or adjust or config.exact_sum:
             prev_sample = greedy_adjust(prev_sample, transition, config.num_tokens, exact=config.exact_sum)
-
-        if not return_dict:
-            return prev_sample, original
-        return FSDDSchedulerOutput(prev_sample=prev_sample, pred_original_sample=original)
+        return prev_sample
 
     # ------------------------------------------------------------------ training
 

@@ -219,10 +219,10 @@ class DiscretizedGaussian:
     Args:
         mean (`torch.Tensor` of shape `(batch_size, length)`), std (same shape, positive).
         num_values (`int`): the number of values k = 0..num_values-1.
-        chunk_size (`int`, defaults to 32): values per chunk.
+        chunk_size (`int`, defaults to 8): values per chunk.
     """
 
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor, num_values: int, chunk_size: int = 32):
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, num_values: int, chunk_size: int = 8):
         if mean.shape != std.shape or mean.ndim != 2:
             raise ValueError(
                 f"`mean` and `std` must have the same shape (batch_size, length), got {tuple(mean.shape)} and "
@@ -315,8 +315,8 @@ def filter_probs(probs: torch.Tensor, top_p: Optional[float] = None, top_k: Opti
         keep = torch.zeros_like(keep).scatter_(-1, kept_indices, True)
     if top_p is not None:
         keep = keep & _top_p_mask(torch.where(keep, probs, torch.zeros_like(probs)), top_p)
-    filtered = torch.where(keep, probs, torch.zeros_like(probs))
-    return filtered / filtered.sum(-1, keepdim=True)
+    filtered = probs.masked_fill(~keep, 0.0)
+    return filtered.div_(filtered.sum(-1, keepdim=True))
 
 
 def _top_p_mask(probs: torch.Tensor, top_p: float, window: int = 16) -> torch.BoolTensor:

@@ -1,0 +1,288 @@
+"""Sampling throughput: the baseline path (what the original does, the way it does it) against the fast path.
+
+    python benchmarks/bench_sampling.py                                    # CUDA: S and B, batch 1 / 16 / 64
+    python benchmarks/bench_sampling.py --presets S --batch_sizes 1 --num_inference_steps 2   # what a CPU can do
+
+Released sizes (C = 4096, M = 128, 1000 classes), random weights (timings do not depend on them), guidance on (the
+released interval schedule [4, 50, 55], so every step runs the doubled batch), count vectors only (the tokenizer's
+decode is `bench_tokenizer.py`'s). Tables:
+
+1. sampling, images/s and peak memory: (a) baseline = `benchmarks/baseline.py` (float32 eager transformer,
+   separate guidance operations, the full (B, C, M) transition tensor every step) and (b) fast = `TokenSetPipeline`
+   (bf16 weights with the float32 modules kept, on CUDA; `--compile` adds `compile_repeated_blocks`), and (b)/(a);
+2. one fast sampling step split into the transformer forward and the scheduler step: the scheduler's share, and the
+   forward's TFLOP/s against the measured dense matmul rate of the same machine (`hardware.py`);
+3. the live-tensor peak of one scheduler step, baseline and fast, measured on the meta device (so it runs anywhere,
+   at any batch size, in no time): the (B, C, M) tensors against O(B x C).
+"""
+
+import argparse
+import statistics
+import sys
+import time
+import weakref
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.baseline import baseline_next_sample, baseline_sample_counts, baseline_step  # noqa: E402
+from benchmarks.bench_transformer import cast_keeping_fp32_modules  # noqa: E402
+from benchmarks.hardware import (  # noqa: E402
+    describe,
+    matmul_tflops,
+    peak_memory_gib,
+    reset_peak_memory,
+    synchronize,
+    transformer_forward_flops,
+)
+from tokenset_diffusers import (  # noqa: E402
+    FSDDScheduler,
+    TokenSetPipeline,
+    TokenSetTransformer1DModel,
+    TokenSetVQVAE,
+    TokenSetVQVAEConfig,
+)
+from tokenset_diffusers.set_ops import sample_fixed_sum_noise  # noqa: E402
+
+
+CODEBOOK_SIZE, NUM_TOKENS, NUM_CLASSES = 4096, 128, 1000
+GUIDANCE = (4.0, 50.0, 55.0)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def build_pipeline(transformer: TokenSetTransformer1DModel, device: torch.device) -> TokenSetPipeline:
+    """The pipeline around `transformer`, with a minimal tokenizer of the same C and M (never run here)."""
+    tokenizer_config = TokenSetVQVAEConfig(
+        image_size=16,
+        patch_size=8,
+        encoder_hidden_size=32,
+        encoder_num_hidden_layers=1,
+        encoder_num_attention_heads=1,
+        decoder_hidden_size=32,
+        decoder_num_hidden_layers=1,
+        decoder_num_attention_heads=1,
+        decoder_ffn_hidden_size=32,
+        codebook_size=CODEBOOK_SIZE,
+        num_tokens=NUM_TOKENS,
+        pixel_decoder_hidden_channels=8,
+        pixel_decoder_channel_mult=[1],
+        norm_num_groups=4,
+    )
+    scheduler = FSDDScheduler(codebook_size=CODEBOOK_SIZE, num_tokens=NUM_TOKENS)
+    pipeline = TokenSetPipeline(TokenSetVQVAE(tokenizer_config), transformer, scheduler).to(device)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def build_transformer(preset: str, device: torch.device, dtype: torch.dtype) -> TokenSetTransformer1DModel:
+    torch.manual_seed(0)
+    model = TokenSetTransformer1DModel.from_preset(
+        preset, codebook_size=CODEBOOK_SIZE, num_tokens=NUM_TOKENS, num_classes=NUM_CLASSES
+    )
+    if dtype != torch.float32:
+        model = cast_keeping_fp32_modules(model, dtype)
+    return model.to(device).eval()
+
+
+def timed(function, device: torch.device, repeats: int) -> float:
+    """Median seconds of `function()` over `repeats` runs after one warm-up run."""
+    function()
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        function()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(options, device, preset, baseline_model, pipeline, batch_size: int, peak_tflops: float) -> dict:
+    """Table 1 and 2 figures of one preset and batch size."""
+    labels = torch.arange(batch_size, device=device) % NUM_CLASSES
+    steps = options.num_inference_steps
+    baseline_scheduler = FSDDScheduler(codebook_size=CODEBOOK_SIZE, num_tokens=NUM_TOKENS)
+
+    def run_baseline():
+        generator = torch.Generator(device).manual_seed(0)
+        baseline_sample_counts(baseline_model, baseline_scheduler, labels, steps, GUIDANCE, generator)
+
+    def run_fast():
+        generator = torch.Generator(device).manual_seed(0)
+        pipeline(labels, steps, GUIDANCE, generator=generator, output_type="counts")
+
+    reset_peak_memory(device)
+    baseline_seconds = timed(run_baseline, device, options.repeats)
+    baseline_peak = peak_memory_gib(device)
+    reset_peak_memory(device)
+    fast_seconds = timed(run_fast, device, options.repeats)
+    fast_peak = peak_memory_gib(device)
+
+    # one fast step, split: guided forward (doubled batch) and scheduler step
+    generator = torch.Generator(device).manual_seed(1)
+    sample = sample_fixed_sum_noise(batch_size, CODEBOOK_SIZE, NUM_TOKENS, generator=generator, device=device)
+    pipeline.scheduler.set_timesteps(steps)
+    t = pipeline.scheduler.timesteps[0]
+    probs = pipeline.guided_probabilities(sample, t, labels, GUIDANCE)
+    forward_seconds = timed(
+        lambda: pipeline.guided_probabilities(sample, t, labels, GUIDANCE), device, options.repeats
+    )
+    step_seconds = timed(
+        lambda: pipeline.scheduler.step(probs, t, sample, generator=generator), device, options.repeats
+    )
+    tflops = transformer_forward_flops(pipeline.transformer.config, 2 * batch_size) / forward_seconds / 1e12
+    return {
+        "preset": preset,
+        "batch": batch_size,
+        "baseline_images_per_s": batch_size / baseline_seconds,
+        "fast_images_per_s": batch_size / fast_seconds,
+        "speedup": baseline_seconds / fast_seconds,
+        "baseline_peak_gib": baseline_peak,
+        "fast_peak_gib": fast_peak,
+        "scheduler_share": step_seconds / (forward_seconds + step_seconds),
+        "forward_tflops": tflops,
+        "matmul_fraction": tflops / peak_tflops,
+        "step_ms": step_seconds * 1e3,
+        "forward_ms": forward_seconds * 1e3,
+    }
+
+
+def sampling_rows(options, device: torch.device) -> list[dict]:
+    """Table 1 and 2 for every preset and batch size."""
+    rows = []
+    dtype = DTYPES[options.dtype]
+    peak_tflops = matmul_tflops(device, dtype)
+    print(f"measured dense matmul rate ({options.dtype}): {peak_tflops:.2f} TFLOP/s")
+    print(HEADER)
+    print("|---" * (HEADER.count("|") - 1) + "|")
+    for preset in options.presets:
+        baseline_model = build_transformer(preset, device, torch.float32)
+        fast_model = build_transformer(preset, device, dtype)
+        if options.compile:
+            fast_model.compile_repeated_blocks(fullgraph=True)
+        pipeline = build_pipeline(fast_model, device)
+        for batch_size in options.batch_sizes:
+            rows.append(measure(options, device, preset, baseline_model, pipeline, batch_size, peak_tflops))
+            print(format_row(rows[-1]), flush=True)
+    return rows
+
+
+HEADER = (
+    "| preset | batch | baseline img/s | fast img/s | fast/baseline | baseline peak GiB | fast peak GiB "
+    "| forward ms | scheduler ms | scheduler share | forward TFLOP/s | of matmul rate |"
+)
+
+
+def format_row(row: dict) -> str:
+    return (
+        f"| {row['preset']} | {row['batch']} | {row['baseline_images_per_s']:.3f} | {row['fast_images_per_s']:.3f} "
+        f"| {row['speedup']:.2f}x | {row['baseline_peak_gib']:.2f} | {row['fast_peak_gib']:.2f} "
+        f"| {row['forward_ms']:.1f} | {row['step_ms']:.1f} | {row['scheduler_share']:.1%} "
+        f"| {row['forward_tflops']:.2f} | {row['matmul_fraction']:.0%} |"
+    )
+
+
+# ------------------------------------------------------------------------------------------ scheduler memory (meta)
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """Tracks the bytes of tensor storages created inside the mode and alive at once; `peak` is the maximum."""
+
+    def __init__(self):
+        super().__init__()
+        self.live, self.current, self.peak = {}, 0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        output = func(*args, **(kwargs or {}))
+        for tensor in tree_flatten(output)[0]:
+            if isinstance(tensor, torch.Tensor):
+                storage = tensor.untyped_storage()
+                key = storage._cdata
+                if key not in self.live:
+                    self.live[key] = storage.nbytes()
+                    self.current += self.live[key]
+                    self.peak = max(self.peak, self.current)
+                    weakref.finalize(storage, self._free, key)
+        return output
+
+    def _free(self, key):
+        self.current -= self.live.pop(key, 0)
+
+
+def live_peak(function) -> int:
+    """Peak bytes of live tensors created while `function()` runs."""
+    with LiveTensorBytes() as tracker:
+        function()
+    return tracker.peak
+
+
+def step_peaks(scheduler: FSDDScheduler, probs, sample, t, index: int) -> dict[str, int]:
+    return {
+        "step_baseline": live_peak(lambda: baseline_step(scheduler, probs, t, sample)),
+        "step_fast": live_peak(lambda: scheduler.step(probs, t, sample)),
+        "xt_baseline": live_peak(lambda: baseline_next_sample(scheduler, sample, sample, t)),
+        "xt_fast": live_peak(lambda: scheduler._draw_next_sample(sample, sample, index, None)),
+    }
+
+
+def scheduler_memory_rows(batch_sizes) -> list[dict]:
+    """Table 3: one step at t = 0.8 (both draws adjusted), whole and its x_t part alone."""
+    rows = []
+    scheduler = FSDDScheduler(codebook_size=CODEBOOK_SIZE, num_tokens=NUM_TOKENS)
+    scheduler.set_timesteps(25)
+    index = 20
+    t = scheduler.timesteps[index]
+    print(
+        "| batch | model output MiB | step: baseline | step: fast | x_t draw + adjust: baseline | x_t: fast | x_t ratio |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for batch_size in batch_sizes:
+        probs = torch.rand(batch_size, CODEBOOK_SIZE, NUM_TOKENS + 1, device="meta")
+        sample = torch.zeros(batch_size, CODEBOOK_SIZE, dtype=torch.long, device="meta")
+        row = {"batch": batch_size, **step_peaks(scheduler, probs, sample, t, index)}
+        rows.append(row)
+        mib = {key: value / 2**20 for key, value in row.items()}
+        print(
+            f"| {batch_size} | {probs.numel() * 4 / 2**20:.0f} | {mib['step_baseline']:.0f} | {mib['step_fast']:.0f} "
+            f"| {mib['xt_baseline']:.1f} | {mib['xt_fast']:.1f} | {row['xt_baseline'] / row['xt_fast']:.0f}x |",
+            flush=True,
+        )
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cuda = torch.cuda.is_available()
+    parser.add_argument("--device", default="cuda" if cuda else "cpu")
+    parser.add_argument("--presets", nargs="+", default=["S", "B"], choices=["S", "B"])
+    parser.add_argument("--batch_sizes", nargs="+", type=int, default=[1, 16, 64])
+    parser.add_argument("--num_inference_steps", type=int, default=25)
+    parser.add_argument("--dtype", default="bfloat16" if cuda else "float32", choices=sorted(DTYPES))
+    parser.add_argument("--compile", action="store_true", help="torch.compile the fast path's repeated blocks")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--skip_sampling", action="store_true", help="only the scheduler memory table")
+    options = parser.parse_args()
+    device = torch.device(options.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+    compiled = ", compiled" if options.compile else ""
+    print(
+        f"{describe(device)}; C = {CODEBOOK_SIZE}, M = {NUM_TOKENS}, {options.num_inference_steps} steps, guidance "
+        f"{list(GUIDANCE)}, fast path in {options.dtype}{compiled}"
+    )
+    if not options.skip_sampling:
+        sampling_rows(options, device)
+    print(
+        "\nOne scheduler step at t = 0.8, peak MiB of the tensors it creates (meta device; the model output is input):"
+    )
+    scheduler_memory_rows(options.batch_sizes)
+
+
+if __name__ == "__main__":
+    main()
