@@ -59,7 +59,7 @@ def build_pipeline(transformer: TokenSetTransformer1DModel, device: torch.device
     """The pipeline around `transformer`, with a minimal tokenizer of the same C and M (never run here)."""
     tokenizer_config = TokenSetVQVAEConfig(
         image_size=16,
-        patch_size=8,
+        patch_size=4,
         encoder_hidden_size=32,
         encoder_num_hidden_layers=1,
         encoder_num_attention_heads=1,
@@ -70,7 +70,7 @@ def build_pipeline(transformer: TokenSetTransformer1DModel, device: torch.device
         codebook_size=CODEBOOK_SIZE,
         num_tokens=NUM_TOKENS,
         pixel_decoder_hidden_channels=8,
-        pixel_decoder_channel_mult=[1],
+        pixel_decoder_channel_mult=[1, 1, 1],
         norm_num_groups=4,
     )
     scheduler = FSDDScheduler(codebook_size=CODEBOOK_SIZE, num_tokens=NUM_TOKENS)
