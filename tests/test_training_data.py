@@ -354,7 +354,7 @@ def test_digits_presets_fit_the_digits_data():
     _, model_args, _ = parse_tokenizer_args(["--config", str(CONFIGS / "digits_tokenizer.yaml")])
     config = model_args.to_config()
     data_image_size = inspect.signature(build_digits_dataset).parameters["image_size"].default
-    assert config.image_size == data_image_size and 64 <= config.codebook_size <= 256 and 16 <= config.num_tokens <= 32
+    assert config.image_size == data_image_size and 64 <= config.codebook_size <= 256 and 16 <= config.num_tokens <= 64
     with open(CONFIGS / "digits_generator.yaml") as handle:
         generator = yaml.safe_load(handle)
     assert generator["tokenizer_name_or_path"].startswith(
