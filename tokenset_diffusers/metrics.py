@@ -362,13 +362,13 @@ def load_statistics(path: Union[str, os.PathLike]) -> tuple[np.ndarray, np.ndarr
 
 
 def _import_torch_fidelity_inception() -> type:
-    """torch-fidelity's `FeatureExtractorInceptionV3`, without importing torchvision.
+    """torch-fidelity's `FeatureExtractorInceptionV3`, loaded with torch alone.
 
-    `torch_fidelity/__init__.py` (0.4) imports its CLIP, DINOv2 and VGG extractors, which import torchvision (absent,
-    or present and broken beside some torch builds); the Inception module itself needs only torch. So, unless the
-    package is already imported, the Inception module and its torch-only helpers are loaded from the installed package
-    directory without running the package's `__init__` (the temporary package entry is removed again from
-    `sys.modules`).
+    `torch_fidelity/__init__.py` (0.4) imports its CLIP, DINOv2 and VGG extractors, which need torch's separate
+    vision package (absent here, and broken beside some torch builds); the Inception module itself needs only torch.
+    So, unless the package is already imported, the Inception module and its torch-only helpers are loaded from the
+    installed package directory without running the package's `__init__` (the temporary package entry is removed
+    again from `sys.modules`).
     """
     if "torch_fidelity" in sys.modules:
         return importlib.import_module("torch_fidelity.feature_extractor_inceptionv3").FeatureExtractorInceptionV3
@@ -376,7 +376,7 @@ def _import_torch_fidelity_inception() -> type:
     if spec is None:
         raise ImportError(
             "The Inception feature extractor needs torch-fidelity: `pip install torch-fidelity` (add `--no-deps` "
-            "where torchvision must not be installed; the Inception network itself needs only torch)."
+            "to keep its vision-package dependency out; the Inception network itself needs only torch)."
         )
     package = types.ModuleType("torch_fidelity")
     package.__path__ = list(spec.submodule_search_locations)
