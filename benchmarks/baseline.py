@@ -20,8 +20,7 @@ def baseline_step(
 ) -> tuple[torch.LongTensor, torch.LongTensor]:
     """`(prev_sample, pred_original_sample)` of one FSDD step through the full transition tensor."""
     config = scheduler.config
-    index = scheduler.step_index_for(timestep)
-    adjust = bool(scheduler._time_grid[index] >= config.adjust_start)
+    adjust = scheduler._adjusts(scheduler.step_index_for(timestep))
     probs = probs.float()  # (B, C, M+1)
     original = sample_categorical(scheduler._filter(probs, config.x0_sampling), generator=generator)  # (B, C)
     if adjust:
@@ -32,7 +31,7 @@ def baseline_step(
 def baseline_next_sample(scheduler: FSDDScheduler, sample, original, timestep, generator=None) -> torch.LongTensor:
     """The x_t draw of a step and its adjustment, through the materialised (B, C, M) transition."""
     config = scheduler.config
-    adjust = bool(scheduler._time_grid[scheduler.step_index_for(timestep)] >= config.adjust_start)
+    adjust = scheduler._adjusts(scheduler.step_index_for(timestep))
     transition = scheduler.transition_probs(sample, original, timestep)  # (B, C, M), materialised
     prev_sample = sample_categorical(scheduler._filter(transition, config.xt_sampling), generator=generator)
     if config.xt_sampling == "multinomial" or adjust or config.exact_sum:

@@ -17,9 +17,7 @@ decode is `bench_tokenizer.py`'s). Tables:
 """
 
 import argparse
-import statistics
 import sys
-import time
 import weakref
 from pathlib import Path
 
@@ -35,9 +33,9 @@ from benchmarks.bench_transformer import cast_keeping_fp32_modules  # noqa: E402
 from benchmarks.hardware import (  # noqa: E402
     describe,
     matmul_tflops,
+    median_seconds,
     peak_memory_gib,
     reset_peak_memory,
-    synchronize,
     transformer_forward_flops,
 )
 from tokenset_diffusers import (  # noqa: E402
@@ -48,6 +46,7 @@ from tokenset_diffusers import (  # noqa: E402
     TokenSetVQVAEConfig,
 )
 from tokenset_diffusers.set_ops import sample_fixed_sum_noise  # noqa: E402
+from training.testing_utils import TINY_TOKENIZER  # noqa: E402
 
 
 CODEBOOK_SIZE, NUM_TOKENS, NUM_CLASSES = 4096, 128, 1000
@@ -58,20 +57,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 def build_pipeline(transformer: TokenSetTransformer1DModel, device: torch.device) -> TokenSetPipeline:
     """The pipeline around `transformer`, with a minimal tokenizer of the same C and M (never run here)."""
     tokenizer_config = TokenSetVQVAEConfig(
-        image_size=16,
-        patch_size=4,
-        encoder_hidden_size=32,
-        encoder_num_hidden_layers=1,
-        encoder_num_attention_heads=1,
-        decoder_hidden_size=32,
-        decoder_num_hidden_layers=1,
-        decoder_num_attention_heads=1,
-        decoder_ffn_hidden_size=32,
-        codebook_size=CODEBOOK_SIZE,
-        num_tokens=NUM_TOKENS,
-        pixel_decoder_hidden_channels=8,
-        pixel_decoder_channel_mult=[1, 1, 1],
-        norm_num_groups=4,
+        **{**TINY_TOKENIZER, "codebook_size": CODEBOOK_SIZE, "num_tokens": NUM_TOKENS}
     )
     scheduler = FSDDScheduler(codebook_size=CODEBOOK_SIZE, num_tokens=NUM_TOKENS)
     pipeline = TokenSetPipeline(TokenSetVQVAE(tokenizer_config), transformer, scheduler).to(device)
@@ -89,19 +75,6 @@ def build_transformer(preset: str, device: torch.device, dtype: torch.dtype) -> 
     return model.to(device).eval()
 
 
-def timed(function, device: torch.device, repeats: int) -> float:
-    """Median seconds of `function()` over `repeats` runs after one warm-up run."""
-    function()
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        function()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure(options, device, preset, baseline_model, pipeline, batch_size: int, peak_tflops: float) -> dict:
     """Table 1 and 2 figures of one preset and batch size."""
     labels = torch.arange(batch_size, device=device) % NUM_CLASSES
@@ -117,10 +90,10 @@ def measure(options, device, preset, baseline_model, pipeline, batch_size: int, 
         pipeline(labels, steps, GUIDANCE, generator=generator, output_type="counts")
 
     reset_peak_memory(device)
-    baseline_seconds = timed(run_baseline, device, options.repeats)
+    baseline_seconds = median_seconds(run_baseline, device, options.repeats)
     baseline_peak = peak_memory_gib(device)
     reset_peak_memory(device)
-    fast_seconds = timed(run_fast, device, options.repeats)
+    fast_seconds = median_seconds(run_fast, device, options.repeats)
     fast_peak = peak_memory_gib(device)
 
     # one fast step, split: guided forward (doubled batch) and scheduler step
@@ -129,10 +102,10 @@ def measure(options, device, preset, baseline_model, pipeline, batch_size: int, 
     pipeline.scheduler.set_timesteps(steps)
     t = pipeline.scheduler.timesteps[0]
     probs = pipeline.guided_probabilities(sample, t, labels, GUIDANCE)
-    forward_seconds = timed(
+    forward_seconds = median_seconds(
         lambda: pipeline.guided_probabilities(sample, t, labels, GUIDANCE), device, options.repeats
     )
-    step_seconds = timed(
+    step_seconds = median_seconds(
         lambda: pipeline.scheduler.step(probs, t, sample, generator=generator), device, options.repeats
     )
     tflops = transformer_forward_flops(pipeline.transformer.config, 2 * batch_size) / forward_seconds / 1e12
@@ -226,7 +199,9 @@ def step_peaks(scheduler: FSDDScheduler, probs, sample, t, index: int) -> dict[s
         "step_baseline": live_peak(lambda: baseline_step(scheduler, probs, t, sample)),
         "step_fast": live_peak(lambda: scheduler.step(probs, t, sample)),
         "xt_baseline": live_peak(lambda: baseline_next_sample(scheduler, sample, sample, t)),
-        "xt_fast": live_peak(lambda: scheduler._draw_next_sample(sample, sample, index, None)),
+        "xt_fast": live_peak(
+            lambda: scheduler._draw_next_sample(sample, sample, index, scheduler._adjusts(index), None)
+        ),
     }
 
 

@@ -7,14 +7,18 @@ Random weights (timing does not depend on them). Prints a table; on CUDA also im
 """
 
 import argparse
-import statistics
-import time
+import sys
 from functools import partial
+from pathlib import Path
 
 import torch
 
-from tokenset_diffusers.configuration_tokenset_vqvae import TokenSetVQVAEConfig
-from tokenset_diffusers.modeling_tokenset_vqvae import TokenSetVQVAE
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.hardware import median_seconds  # noqa: E402
+from tokenset_diffusers.configuration_tokenset_vqvae import TokenSetVQVAEConfig  # noqa: E402
+from tokenset_diffusers.modeling_tokenset_vqvae import TokenSetVQVAE  # noqa: E402
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -31,25 +35,6 @@ def parse_args() -> argparse.Namespace:
         "--channels_last", action="store_true", help="channels_last memory format for the pixel decoder's convolutions"
     )
     return parser.parse_args()
-
-
-def synchronize(device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_call(fn, device: torch.device, repeats: int, warmup: int) -> float:
-    """Median seconds of `fn()` over `repeats` runs after `warmup` runs."""
-    for _ in range(warmup):
-        fn()
-    synchronize(device)
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
 
 
 @torch.inference_mode()
@@ -87,8 +72,8 @@ def main():
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             try:
-                encode_s = time_call(partial(model.encode, pixel_values), device, args.repeats, args.warmup)
-                decode_s = time_call(partial(model.decode, token_ids), device, args.repeats, args.warmup)
+                encode_s = median_seconds(partial(model.encode, pixel_values), device, args.repeats, args.warmup)
+                decode_s = median_seconds(partial(model.decode, token_ids), device, args.repeats, args.warmup)
             except RuntimeError as error:  # e.g. a bf16 kernel missing on this backend
                 print(f"{dtype_name:<9} {batch_size:>5}  not supported here: {str(error).splitlines()[0]}")
                 continue

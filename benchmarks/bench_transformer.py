@@ -13,17 +13,23 @@ import argparse
 import contextlib
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from tokenset_diffusers.transformer_tokenset import TokenSetTransformer1DModel
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-try:  # run as a script (benchmarks/ on sys.path) or imported as `benchmarks.bench_transformer`
-    from hardware import matmul_tflops, transformer_forward_flops
-except ImportError:
-    from benchmarks.hardware import matmul_tflops, transformer_forward_flops
+from benchmarks.hardware import (  # noqa: E402
+    matmul_tflops,
+    peak_memory_gib,
+    reset_peak_memory,
+    synchronize,
+    transformer_forward_flops,
+)
+from tokenset_diffusers.transformer_tokenset import TokenSetTransformer1DModel  # noqa: E402
 
 
 CODEBOOK_SIZE, NUM_TOKENS, NUM_CLASSES = 4096, 128, 1000
@@ -48,11 +54,6 @@ def make_inputs(batch_size: int, device: torch.device, seed: int = 0):
     timestep = torch.rand(batch_size, generator=generator)
     class_labels = torch.randint(0, NUM_CLASSES, (batch_size,), generator=generator)
     return sample.to(device), timestep.to(device), class_labels.to(device)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
@@ -94,11 +95,9 @@ def run(presets, device: torch.device, modes, batch_sizes, repeats) -> list[dict
                 matmul_rates[rate_dtype] = matmul_tflops(device, rate_dtype)
             for batch_size in batch_sizes:
                 inputs = make_inputs(batch_size, device)
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                    torch.cuda.reset_peak_memory_stats(device)
+                reset_peak_memory(device)
                 seconds = time_forward(model, inputs, device, autocast_dtype, repeats=repeats)
-                peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+                peak = peak_memory_gib(device)
                 rows.append(
                     {
                         "device": device.type,

@@ -6,6 +6,7 @@ underestimates.
 """
 
 import platform
+import statistics
 import time
 
 import torch
@@ -14,6 +15,21 @@ import torch
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def median_seconds(function, device: torch.device, repeats: int, warmup: int = 1) -> float:
+    """Median seconds of `function()` over `repeats` runs after `warmup` untimed runs, the device synchronised around
+    each run."""
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        function()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def describe(device: torch.device) -> str:

@@ -16,17 +16,12 @@ from diffusers.utils import BaseOutput
 from .set_ops import (
     DiscretizedGaussian,
     GeneratorType,
+    checks_values,
     discretized_gaussian,
     filter_probs,
     greedy_adjust,
     sample_categorical,
 )
-
-
-def _checks_values(tensor: torch.Tensor) -> bool:
-    """Whether to validate the values of `tensor`: on the CPU only, where reading them costs no host-device
-    synchronisation (`step` and `add_noise` never wait for an accelerator). Shapes and dtypes are checked always."""
-    return tensor.device.type == "cpu"
 
 
 # Sampling modes for x0 and x_t; "multinomial" draws from the unfiltered distribution.
@@ -208,7 +203,7 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
         self._check_sample("sample", sample, fixed_sum=config.exact_sum)
         self._check_probs(model_output, sample)
         index = self.step_index_for(timestep)
-        adjust = bool(self._time_grid[index] >= config.adjust_start)
+        adjust = self._adjusts(index)
         probs = model_output.float()  # (B, C, M+1)
 
         # 1. Draw x0 from the (filtered) prediction; adjust it to the sum M late in sampling.
@@ -217,14 +212,18 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
             original = greedy_adjust(original, probs, config.num_tokens, exact=config.exact_sum)
 
         # 2. Draw the next sample from the discretised Gaussian between the implied noise and x0.
-        prev_sample = self._draw_next_sample(sample, original, index, generator)
+        prev_sample = self._draw_next_sample(sample, original, index, adjust, generator)
 
         if not return_dict:
             return prev_sample, original
         return FSDDSchedulerOutput(prev_sample=prev_sample, pred_original_sample=original)
 
+    def _adjusts(self, index: int) -> bool:
+        """Whether step `index` adjusts its draws to the sum M (from `adjust_start` on); the grid is on the CPU."""
+        return bool(self._time_grid[index] >= self.config.adjust_start)
+
     def _draw_next_sample(
-        self, sample: torch.LongTensor, original: torch.LongTensor, index: int, generator: GeneratorType
+        self, sample: torch.LongTensor, original: torch.LongTensor, index: int, adjust: bool, generator: GeneratorType
     ) -> torch.LongTensor:
         """The x_t draw of step `index` and its adjustment. An unfiltered draw and the adjustment need the transition
         only at a few values, so it is never materialised as (B, C, M) then: memory stays O(B x C)."""
@@ -236,7 +235,6 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
         else:
             transition = discretized_gaussian(mean, std, config.num_tokens)  # (B, C, M): filtering sorts it
             prev_sample = sample_categorical(self._filter(transition, config.xt_sampling), generator=generator)
-        adjust = bool(self._time_grid[index] >= config.adjust_start)
         if config.xt_sampling == "multinomial" or adjust or config.exact_sum:
             prev_sample = greedy_adjust(prev_sample, transition, config.num_tokens, exact=config.exact_sum)
         return prev_sample
@@ -277,7 +275,7 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
                 f"`timesteps` must have shape (batch_size,) = ({original_samples.shape[0]},), got "
                 f"{tuple(timesteps.shape)}."
             )
-        if _checks_values(timesteps) and (
+        if checks_values(timesteps) and (
             torch.isnan(timesteps).any() or (timesteps <= 0).any() or (timesteps > 1).any()
         ):
             raise ValueError(f"`timesteps` must lie in (0, 1], got {timesteps.tolist()}.")
@@ -308,7 +306,7 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
             )
         if sample.is_floating_point() or sample.is_complex():
             raise ValueError(f"`{name}` must be an integer count tensor, got dtype {sample.dtype}.")
-        if not _checks_values(sample):
+        if not checks_values(sample):
             return
         if (sample < 0).any() or (sample > config.num_tokens).any():
             raise ValueError(f"`{name}` must hold counts in [0, num_tokens={config.num_tokens}].")
@@ -326,7 +324,7 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
                 f"`model_output` must be probabilities of shape (batch_size, codebook_size, num_tokens + 1) = "
                 f"{expected}, got {shape}."
             )
-        if _checks_values(probs) and not (probs >= 0).all():  # one pass catches NaN and negative values
+        if checks_values(probs) and not (probs >= 0).all():  # one pass catches NaN and negative values
             if torch.isnan(probs).any():
                 raise ValueError("`model_output` contains NaN.")
             raise ValueError("`model_output` must be probabilities (non-negative); did you pass logits?")

@@ -21,6 +21,7 @@ GeneratorType = Optional[Union[torch.Generator, List[torch.Generator]]]
 
 __all__ = [
     "DiscretizedGaussian",
+    "checks_values",
     "counts_to_tokens",
     "discretized_gaussian",
     "filter_probs",
@@ -56,6 +57,13 @@ def uniform_tensor(
     return torch.rand(shape, generator=generator, device=generator_device, dtype=dtype).to(device)
 
 
+def checks_values(tensor: torch.Tensor) -> bool:
+    """Whether to validate the values of `tensor`: on the CPU only, where reading them costs no host-device
+    synchronisation, so nothing in sampling or training waits for an accelerator. Shapes and dtypes are checked
+    everywhere."""
+    return tensor.device.type == "cpu"
+
+
 def _check_counts_2d(name: str, tensor: torch.Tensor) -> None:
     if not isinstance(tensor, torch.Tensor) or tensor.ndim != 2:
         shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
@@ -78,10 +86,9 @@ def tokens_to_counts(token_ids: torch.LongTensor, codebook_size: int) -> torch.L
         raise ValueError(f"`token_ids` must be a tensor of shape (batch_size, num_tokens), got {shape}.")
     if token_ids.is_floating_point() or token_ids.is_complex():
         raise ValueError(f"`token_ids` must be an integer tensor, got dtype {token_ids.dtype}.")
-    # The range check reads values, so it runs where that needs no host synchronisation (CPU); on an accelerator an
-    # out-of-range id fails in `scatter_add_` instead.
+    # On an accelerator (see `checks_values`) an out-of-range id fails in `scatter_add_` instead.
     if (
-        token_ids.device.type == "cpu"
+        checks_values(token_ids)
         and token_ids.numel() > 0
         and (token_ids.min() < 0 or token_ids.max() >= codebook_size)
     ):

@@ -13,6 +13,7 @@ weights of those modules in float32 (`_keep_in_fp32_modules`); after `model.to(t
 bfloat16 but they are still upcast and computed in float32.
 """
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,8 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.embeddings import get_timestep_embedding
 from diffusers.utils import BaseOutput
 from torch import nn
+
+from .set_ops import checks_values
 
 
 # Sinusoidal timestep features fed to the timestep MLP (as in DiT); not a config field because every released
@@ -55,9 +58,12 @@ class Float32Linear(nn.Linear):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         bias = self.bias.float() if self.bias is not None else None
         device_type = input.device.type
-        if not torch.amp.is_autocast_available(device_type):  # e.g. "meta": no autocast to turn off
-            return F.linear(input.float(), self.weight.float(), bias)
-        with torch.autocast(device_type=device_type, enabled=False):
+        no_autocast = (
+            torch.autocast(device_type=device_type, enabled=False)
+            if torch.amp.is_autocast_available(device_type)
+            else contextlib.nullcontext()  # e.g. "meta": no autocast to turn off
+        )
+        with no_autocast:
             return F.linear(input.float(), self.weight.float(), bias)
 
 
@@ -338,10 +344,9 @@ class TokenSetTransformer1DModel(ModelMixin, ConfigMixin):
         if class_labels.dtype.is_floating_point or class_labels.dtype.is_complex or class_labels.dtype == torch.bool:
             raise ValueError(f"`class_labels` must hold integer class ids, got dtype {class_labels.dtype}.")
 
-        if sample.device.type == "cpu" and not torch.compiler.is_compiling():
-            # Value checks read the data, so they run on the CPU only, where that costs no host-device
-            # synchronisation (on an accelerator, the forward never waits for the device; shapes and dtypes are
-            # still checked above).
+        if checks_values(sample) and not torch.compiler.is_compiling():
+            # One read for all value checks; none on an accelerator (`checks_values`), where shapes and dtypes are
+            # all that is checked (above).
             bounds = torch.stack(
                 [
                     sample.amin().float(),
