@@ -12,7 +12,7 @@ rounding; `tests/test_scheduler.py` checks that, step by step.
 import torch
 
 from tokenset_diffusers.scheduling_fsdd import FSDDScheduler
-from tokenset_diffusers.set_ops import greedy_adjust, sample_categorical, sample_fixed_sum_noise
+from tokenset_diffusers.set_ops import greedy_adjust, quantize_to_sum, sample_categorical, sample_fixed_sum_noise
 
 
 def baseline_step(
@@ -21,22 +21,51 @@ def baseline_step(
     """`(prev_sample, pred_original_sample)` of one FSDD step through the full transition tensor."""
     config = scheduler.config
     adjust = scheduler._adjusts(scheduler.step_index_for(timestep))
+    tie_break = "random" if config.exact_sum else "index"
     probs = probs.float()  # (B, C, M+1)
     original = sample_categorical(scheduler._filter(probs, config.x0_sampling), generator=generator)  # (B, C)
     if adjust:
-        original = greedy_adjust(original, probs, config.num_tokens, exact=config.exact_sum)
+        original = greedy_adjust(
+            original, probs, config.num_tokens, exact=config.exact_sum, tie_break=tie_break, generator=generator
+        )
     return baseline_next_sample(scheduler, sample, original, timestep, generator), original
 
 
+def original_transition_pdf(mean: torch.Tensor, std: torch.Tensor, num_values: int) -> torch.Tensor:
+    """The original's discretised Gaussian `(B, C, M)`: `exp(-(k - mean)^2 / (2 std^2)) / std`, normalised, in
+    float32. Where every term underflows to 0 the row of the pdf is 0/0 = NaN, as in the original."""
+    values = torch.arange(num_values, dtype=torch.float32, device=mean.device)  # (M,)
+    mean, std = mean.float()[..., None], std.float()[..., None]  # (B, C, 1)
+    pdf = torch.exp(-((values - mean) ** 2) / (2 * std**2)) / std  # (B, C, M)
+    return pdf / pdf.sum(-1, keepdim=True)
+
+
 def baseline_next_sample(scheduler: FSDDScheduler, sample, original, timestep, generator=None) -> torch.LongTensor:
-    """The x_t draw of a step and its adjustment, through the materialised (B, C, M) transition."""
+    """The x_t draw of a step and its adjustment, through the materialised (B, C, M) transition; where the original's
+    pdf is NaN anywhere in the batch (its `torch.multinomial` raises), the whole batch takes the original's fallback,
+    the fixed-sum rounding of the mean (one host synchronisation per step, as the original's exception)."""
     config = scheduler.config
-    adjust = scheduler._adjusts(scheduler.step_index_for(timestep))
-    transition = scheduler.transition_probs(sample, original, timestep)  # (B, C, M), materialised
-    prev_sample = sample_categorical(scheduler._filter(transition, config.xt_sampling), generator=generator)
-    if config.xt_sampling == "multinomial" or adjust or config.exact_sum:
-        prev_sample = greedy_adjust(prev_sample, transition, config.num_tokens, exact=config.exact_sum)
-    return prev_sample
+    index = scheduler.step_index_for(timestep)
+    adjust = scheduler._adjusts(index)
+    tie_break = "random" if config.exact_sum else "index"
+    mean, std = scheduler._transition_mean_std(sample, original, index)  # (B, C)
+    transition = original_transition_pdf(mean, std, config.num_tokens)  # (B, C, M), materialised
+    collapsed_rows = transition.isnan().flatten(1).any(-1)[:, None]  # (B, 1)
+    safe = torch.nan_to_num(transition, nan=1.0)  # the draw below is discarded where the original raises
+    prev_sample = sample_categorical(scheduler._filter(safe, config.xt_sampling), generator=generator)
+    # The original's fallback (computed in every step only so that both paths use their random streams alike).
+    rounded = quantize_to_sum(mean, config.num_tokens, tie_break=tie_break, generator=generator)
+    if not config.exact_sum:
+        if config.xt_sampling == "multinomial" or adjust:
+            prev_sample = greedy_adjust(prev_sample, safe, config.num_tokens, generator=generator)
+        # The original's bare `except:` around the draw: the whole batch falls back (decided on the device here, so
+        # that the memory benchmark can run this on the meta device; the original reads it on the host).
+        return torch.where(collapsed_rows.any(), rounded, prev_sample)
+    # The exact mode (not in the original): row by row, as `FSDDScheduler.step`.
+    prev_sample = torch.where(collapsed_rows, rounded, prev_sample)
+    prev_sample = greedy_adjust(prev_sample, safe, config.num_tokens, exact=True, tie_break=tie_break, generator=generator)
+    keep_rounded = collapsed_rows & (rounded.sum(-1, keepdim=True) == config.num_tokens)
+    return torch.where(keep_rounded, rounded, prev_sample)
 
 
 def baseline_guided_probabilities(transformer, sample, timestep, class_labels, scale: float) -> torch.Tensor:

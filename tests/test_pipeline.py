@@ -310,3 +310,18 @@ def test_sampling_step_never_reads_device_values(pipeline):
         probs = meta.guided_probabilities(sample, t, labels, (4.0, 1.0))
         sample = meta.scheduler.step(probs, t, sample).prev_sample
     assert sample.shape == (2, C) and sample.device.type == "meta"
+
+
+def test_decoding_warns_when_count_vectors_are_far_from_the_sum(pipeline):
+    """The README's top-k setting never adjusts: its raw samples (output_type="counts") miss M by far, and decoding
+    them fills the missing tokens, with a warning; the released default stays at M and decodes silently."""
+    topk = _with_scheduler(pipeline, x0_sampling="top_k", xt_sampling="top_k", top_k=2, adjust_start=1.0)
+    counts = topk([7] * 8, generator=torch.Generator().manual_seed(0), output_type="counts").counts
+    assert ((counts.sum(-1) - M).abs() > M / 4).any()  # the raw last sample, as the original returns it
+    with pytest.warns(UserWarning, match="fill rule"):
+        topk([7] * 8, generator=torch.Generator().manual_seed(0), output_type="np")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pipeline([7] * 4, generator=torch.Generator().manual_seed(0), output_type="np")

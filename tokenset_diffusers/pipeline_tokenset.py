@@ -2,6 +2,7 @@
 
 import difflib
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +31,10 @@ class TokenSetPipelineOutput(BaseOutput):
         images (`list[PIL.Image.Image]`, `np.ndarray` of shape `(batch_size, height, width, 3)` in [0, 1],
             `torch.Tensor` of shape `(batch_size, 3, height, width)` in [0, 1], or, for `output_type="counts"`, the
             count vectors).
-        counts (`torch.LongTensor` of shape `(batch_size, codebook_size)`): the generated count vectors.
+        counts (`torch.LongTensor` of shape `(batch_size, codebook_size)`): the generated count vectors: the last
+            sample of the sampler, as it is. With the original's one-shot adjustment (`exact_sum=False`) a row may
+            miss the sum M; in the README's top-k setting (no adjustment) most rows do. Decoding applies the
+            original's fill rule ([`counts_to_tokens`]); `exact_sum=True` gives rows that all sum to M.
     """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
@@ -269,7 +273,9 @@ class TokenSetPipeline(DiffusionPipeline):
                 `None` uses the pipeline's `default_guidance_scale`.
             generator (`torch.Generator` or a list of them, one per image, *optional*): for reproducible samples.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` (`(batch_size, H, W, 3)` in [0, 1]), `"pt"`
-                (`(batch_size, 3, H, W)` in [0, 1]) or `"counts"` (the count vectors, not decoded).
+                (`(batch_size, 3, H, W)` in [0, 1]) or `"counts"` (the raw last samples, not decoded: with
+                `exact_sum=False` their rows need not sum to M; decoding fills or truncates them to M tokens with the
+                original's rule, and warns once when a row is more than M / 4 off).
             return_dict (`bool`, defaults to `True`): return a [`TokenSetPipelineOutput`] rather than a tuple.
             callback_on_step_end (`Callable`, *optional*): called as `callback(pipeline, step_index, timestep,
                 tensors)` after every step, with `tensors` holding `callback_on_step_end_tensor_inputs`; may return a
@@ -318,6 +324,7 @@ class TokenSetPipeline(DiffusionPipeline):
         if output_type == "counts":
             images = counts
         else:
+            _warn_if_far_from_sum(counts, num_tokens)
             token_ids = counts_to_tokens(counts, num_tokens)  # (B, M)
             decoded = self.image_tokenizer.decode(token_ids.to(device))  # (B, 3, H, W) in [-1, 1]
             images = postprocess_images(decoded.float(), output_type=output_type)
@@ -328,6 +335,20 @@ class TokenSetPipeline(DiffusionPipeline):
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _warn_if_far_from_sum(counts: torch.LongTensor, num_tokens: int) -> None:
+    """Warns (once per call site, Python's default) when decoding will fill or truncate a row by more than M / 4
+    tokens. Reads the sums on the host: once per call, after sampling."""
+    off = (counts.sum(-1) - num_tokens).abs().max()
+    if int(off) > num_tokens / 4:
+        warnings.warn(
+            f"Decoding count vectors whose sums are up to {int(off)} tokens away from num_tokens={num_tokens}: the "
+            "original's fill rule adds or drops that many tokens. This is expected without an adjustment (the top-k "
+            "setting with adjust_start=1.0); `exact_sum=True` gives count vectors that sum to num_tokens.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _check_components(image_tokenizer, transformer, scheduler) -> None:

@@ -20,6 +20,8 @@ from .set_ops import (
     discretized_gaussian,
     filter_probs,
     greedy_adjust,
+    original_pdf_collapses,
+    quantize_to_sum,
     sample_categorical,
 )
 
@@ -50,7 +52,10 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
     Each step draws a clean count vector x0 from the model's per-position distribution over the M+1 count values
     (optionally top-p / top-k filtered, and moved back to the fixed sum by [`greedy_adjust`] from `adjust_start` on),
     estimates the noise x1 implied by the current sample, and draws the next sample from a discretised Gaussian
-    between them, whose width shrinks with the sigma schedule; the draw is adjusted back to the sum M.
+    between them, whose width shrinks with the sigma schedule; the draw is adjusted back to the sum M. Where that
+    Gaussian has collapsed (its width is tiny next to the mean's distance from every integer, which is the case for
+    every row in the last steps of the released schedule: steps 21, 22 and 23 of 25), the original cannot draw from
+    it and rounds the mean to the fixed sum ([`quantize_to_sum`]) instead; so does this scheduler, row by row.
 
     The defaults are the released sampling settings of the paper's ImageNet models.
 
@@ -70,8 +75,10 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
         xt_sampling (`str`, defaults to `"multinomial"`): how x_t is drawn: `"multinomial"`, `"top_p"` or
             `"top_k"`; a multinomial draw is always adjusted to the sum M, a filtered one from `adjust_start` on.
         exact_sum (`bool`, defaults to `False`): `False` reproduces the original, whose one-shot adjustment does not
-            always restore the sum. `True` uses the exact adjustment everywhere and adjusts every x_t, so every
-            `prev_sample` and every `add_noise` output sums to M.
+            always restore the sum and breaks ties between equal adjustment gains (and equal fractional parts in the
+            fixed-sum rounding) by position. `True` uses the exact adjustment everywhere and adjusts every x_t, so
+            every `prev_sample` and every `add_noise` output sums to M, and breaks those ties at random (drawn
+            with `generator`), so that no codebook position is favoured.
     """
 
     order = 1
@@ -209,7 +216,14 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
         # 1. Draw x0 from the (filtered) prediction; adjust it to the sum M late in sampling.
         original = sample_categorical(self._filter(probs, config.x0_sampling), generator=generator)  # (B, C)
         if adjust:
-            original = greedy_adjust(original, probs, config.num_tokens, exact=config.exact_sum)
+            original = greedy_adjust(
+                original,
+                probs,
+                config.num_tokens,
+                exact=config.exact_sum,
+                tie_break="random" if config.exact_sum else "index",
+                generator=generator,
+            )
 
         # 2. Draw the next sample from the discretised Gaussian between the implied noise and x0.
         prev_sample = self._draw_next_sample(sample, original, index, adjust, generator)
@@ -226,18 +240,36 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
         self, sample: torch.LongTensor, original: torch.LongTensor, index: int, adjust: bool, generator: GeneratorType
     ) -> torch.LongTensor:
         """The x_t draw of step `index` and its adjustment. An unfiltered draw and the adjustment need the transition
-        only at a few values, so it is never materialised as (B, C, M) then: memory stays O(B x C)."""
+        only at a few values, so it is never materialised as (B, C, M) then: memory stays O(B x C).
+
+        Rows whose transition has collapsed (the original's float32 pdf is 0/0 at some position, as at every row in
+        the last steps of the released sigma schedule) take the original's fallback instead of a draw: the fixed-sum
+        rounding of the mean, decided per row (`torch.where`, no host synchronisation)."""
         config = self.config
+        tie_break = "random" if config.exact_sum else "index"
         mean, std = self._transition_mean_std(sample, original, index)  # (B, C) each
+        collapsed = original_pdf_collapses(mean, std, config.num_tokens)[:, None]  # (B, 1)
         if config.xt_sampling == "multinomial":
             transition = DiscretizedGaussian(mean, std, config.num_tokens)
             prev_sample = transition.sample(generator=generator)  # (B, C)
         else:
             transition = discretized_gaussian(mean, std, config.num_tokens)  # (B, C, M): filtering sorts it
             prev_sample = sample_categorical(self._filter(transition, config.xt_sampling), generator=generator)
+        rounded = quantize_to_sum(mean, config.num_tokens, tie_break=tie_break, generator=generator)  # (B, C)
         if config.xt_sampling == "multinomial" or adjust or config.exact_sum:
-            prev_sample = greedy_adjust(prev_sample, transition, config.num_tokens, exact=config.exact_sum)
-        return prev_sample
+            # Collapsed rows enter at the fixed sum, so the adjustment leaves them alone (and costs nothing there).
+            prev_sample = torch.where(collapsed, rounded, prev_sample)
+            prev_sample = greedy_adjust(
+                prev_sample,
+                transition,
+                config.num_tokens,
+                exact=config.exact_sum,
+                tie_break=tie_break,
+                generator=generator,
+            )
+        if config.exact_sum:  # where the rounding cannot reach the sum (a mean far off it), the adjustment decides
+            collapsed = collapsed & (rounded.sum(-1, keepdim=True) == config.num_tokens)
+        return torch.where(collapsed, rounded, prev_sample)
 
     # ------------------------------------------------------------------ training
 
@@ -286,7 +318,9 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
         std = (prior - data).abs() / 4 + 1e-6  # (B, C)
         pdf = DiscretizedGaussian(mean, std, self.config.num_tokens)  # never materialised as (B, C, M)
         noisy = pdf.sample(generator=generator)  # (B, C)
-        return greedy_adjust(noisy, pdf, self.config.num_tokens, exact=self.config.exact_sum)
+        exact = self.config.exact_sum
+        tie_break = "random" if exact else "index"
+        return greedy_adjust(noisy, pdf, self.config.num_tokens, exact=exact, tie_break=tie_break, generator=generator)
 
     # ------------------------------------------------------------------ helpers
 

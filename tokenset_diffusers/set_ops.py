@@ -12,7 +12,7 @@ All functions are pure, vectorised over the batch and positions, and take a ``ge
 numbers (a ``torch.Generator`` or a list of them, one per batch row, as in diffusers).
 """
 
-from typing import List, Optional, Union
+from typing import List, Literal, Optional, Union
 
 import torch
 
@@ -26,6 +26,7 @@ __all__ = [
     "discretized_gaussian",
     "filter_probs",
     "greedy_adjust",
+    "original_pdf_collapses",
     "quantize_to_sum",
     "sample_categorical",
     "sample_fixed_sum_noise",
@@ -134,7 +135,12 @@ def counts_to_tokens(counts: torch.Tensor, num_tokens: int) -> torch.LongTensor:
     return torch.searchsorted(cumulative, positions, right=True)  # (B, M)
 
 
-def quantize_to_sum(values: torch.Tensor, total: int) -> torch.LongTensor:
+def quantize_to_sum(
+    values: torch.Tensor,
+    total: int,
+    tie_break: Literal["index", "random"] = "index",
+    generator: GeneratorType = None,
+) -> torch.LongTensor:
     """Nearest fixed-sum rounding: floor, then +1 at the `total - sum(floor)` positions with the largest fractional
     parts (the original's `quantize_tensor`). If the floors already exceed `total`, -1 goes to the positions with the
     smallest fractional parts among those above zero, so the rows always sum to `total` when that is reachable.
@@ -142,26 +148,48 @@ def quantize_to_sum(values: torch.Tensor, total: int) -> torch.LongTensor:
     Args:
         values (`torch.Tensor` of shape `(batch_size, length)`): non-negative real values.
         total (`int`): the sum every output row must have.
+        tie_break (`str`, defaults to `"index"`): how equal fractional parts are ordered: `"index"` by torch's sort
+            order (the original's rule, which favours some positions), `"random"` uniformly at random with
+            `generator`, so that no position is favoured.
+        generator (`torch.Generator` or a list of them, *optional*): for `tie_break="random"`.
 
     Returns:
         `torch.LongTensor` of shape `(batch_size, length)`.
     """
     _check_counts_2d("values", values)
+    tie_keys = _tie_keys(values, tie_break, generator)
     values = values.float()
     floors = values.floor()  # (B, L)
     fractions = values - floors  # (B, L)
     floors = floors.long()
     deficit = total - floors.sum(-1)  # (B,)
-    # Ranks of the fractional parts, largest first (ties by torch's sort order, as the original).
-    order = torch.argsort(fractions, dim=-1, descending=True)  # (B, L)
-    ranks = _ranks_from_order(order)
-    add = ranks < deficit[:, None]
+    # Ranks of the fractional parts, largest first.
+    add = _descending_ranks(fractions, tie_keys) < deficit[:, None]
     # Excess: remove from the smallest fractional parts first, skipping zero counts.
-    removable = torch.where(floors > 0, fractions, torch.full_like(fractions, float("inf")))
-    order_remove = torch.argsort(removable, dim=-1)  # (B, L)
-    ranks_remove = _ranks_from_order(order_remove)
-    remove = (ranks_remove < (-deficit)[:, None]) & (floors > 0)
+    removable = torch.where(floors > 0, -fractions, torch.full_like(fractions, float("-inf")))
+    remove = (_descending_ranks(removable, tie_keys) < (-deficit)[:, None]) & (floors > 0)
     return floors + add.long() - remove.long()
+
+
+def _tie_keys(
+    values: torch.Tensor, tie_break: str, generator: GeneratorType
+) -> Optional[torch.Tensor]:
+    """Random sort keys `(batch_size, length)` for `tie_break="random"`, None for `"index"`."""
+    if tie_break not in ("index", "random"):
+        raise ValueError(f"`tie_break` must be 'index' or 'random', got {tie_break!r}.")
+    if tie_break == "index":
+        return None
+    return uniform_tensor(tuple(values.shape[:2]), generator=generator, device=values.device)
+
+
+def _descending_ranks(scores: torch.Tensor, tie_keys: Optional[torch.Tensor] = None) -> torch.LongTensor:
+    """`ranks[b, j]`: the place of `scores[b, j]` in descending order. Equal scores are ordered by torch's sort
+    (`tie_keys=None`, the original's rule) or by ascending `tie_keys` (random keys: no position is favoured)."""
+    if tie_keys is None:
+        return _ranks_from_order(torch.argsort(scores, dim=-1, descending=True))
+    shuffle = torch.argsort(tie_keys, dim=-1)  # (B, L): a random permutation of the positions
+    shuffled_order = torch.sort(scores.gather(-1, shuffle), dim=-1, descending=True, stable=True).indices
+    return _ranks_from_order(shuffle.gather(-1, shuffled_order))
 
 
 def _ranks_from_order(order: torch.LongTensor) -> torch.LongTensor:
@@ -197,8 +225,9 @@ def discretized_gaussian(mean: torch.Tensor, std: torch.Tensor, num_values: int)
     """The discretised Gaussian over k = 0..num_values-1: `pdf_k ∝ exp(-(k - mean)^2 / (2 std^2))`, normalised.
 
     Computed as a softmax over k, so it stays defined when `std` is tiny compared with the distance of `mean` from
-    every integer (the original divides 0 by 0 there and falls back to another rule; the limit, a point mass on the
-    nearest k, is what comes out here).
+    every integer (its limit there is a point mass on the nearest k). The original divides 0 by 0 in that case and
+    draws nothing: its sampler rounds the mean to the fixed sum instead (see [`original_pdf_collapses`]), and so does
+    [`FSDDScheduler.step`]; this function alone does not.
 
     Args:
         mean (`torch.Tensor` of shape `(batch_size, length)`), std (same shape, positive).
@@ -212,6 +241,27 @@ def discretized_gaussian(mean: torch.Tensor, std: torch.Tensor, num_values: int)
     std = std.float()[..., None]  # (B, L, 1)
     log_density = -((values - mean) ** 2) / (2 * std**2)  # (B, L, V)
     return torch.softmax(log_density, dim=-1)
+
+
+def original_pdf_collapses(mean: torch.Tensor, std: torch.Tensor, num_values: int) -> torch.BoolTensor:
+    """The rows whose discretised Gaussian the original cannot draw from: at some position every
+    `exp(-(k - mean)^2 / (2 std^2))`, k = 0..num_values-1, is exactly 0 in float32 (the mean lies more than about 14
+    std from every k), so the original's normalised pdf is 0/0 = NaN there, `torch.multinomial` raises, and the
+    original's sampler replaces the draw by `quantize_to_sum(mean)` (ORIGINAL.md, section 4, step 5).
+
+    Decided from the largest term alone, the one at the nearest k: O(batch_size x length), no host synchronisation.
+
+    Args:
+        mean (`torch.Tensor` of shape `(batch_size, length)`), std (same shape, positive).
+        num_values (`int`): the number of values k.
+
+    Returns:
+        `torch.BoolTensor` of shape `(batch_size,)`.
+    """
+    mean, std = mean.float(), std.float()
+    nearest = mean.round().clamp(0, num_values - 1)  # (B, L): where the exponent is largest
+    largest_exponent = -((nearest - mean) ** 2) / (2 * std**2)  # (B, L), the original's float32 arithmetic
+    return (torch.exp(largest_exponent) == 0).any(-1)
 
 
 class DiscretizedGaussian:
@@ -364,7 +414,14 @@ def sample_categorical(probs: torch.Tensor, generator: GeneratorType = None) -> 
     return (cdf < threshold).sum(-1).clamp(max=probs.shape[-1] - 1)
 
 
-def greedy_adjust(sample: torch.LongTensor, probs: torch.Tensor, total: int, exact: bool = False) -> torch.LongTensor:
+def greedy_adjust(
+    sample: torch.LongTensor,
+    probs: torch.Tensor,
+    total: int,
+    exact: bool = False,
+    tie_break: Literal["index", "random"] = "index",
+    generator: GeneratorType = None,
+) -> torch.LongTensor:
     """Moves counts up or down, where they cost the least probability, until the rows sum to `total`.
 
     `exact=False` is the original one-shot rule (Algorithm 1 of the paper), bit for bit: with
@@ -384,6 +441,11 @@ def greedy_adjust(sample: torch.LongTensor, probs: torch.Tensor, total: int, exa
             each value was drawn from. The one-shot rule reads it only at `sample` and `sample ± 1`.
         total (`int`): the target row sum.
         exact (`bool`): see above.
+        tie_break (`str`, defaults to `"index"`): how moves of equal gain are ordered: `"index"` by torch's sort
+            order (the original's rule, which favours some positions when many gains are equal, as they are for
+            positions holding the same count under the same distribution), `"random"` uniformly at random with
+            `generator`, so that no position is favoured.
+        generator (`torch.Generator` or a list of them, *optional*): for `tie_break="random"`.
 
     Returns:
         `torch.LongTensor` of shape `(batch_size, length)`.
@@ -396,8 +458,9 @@ def greedy_adjust(sample: torch.LongTensor, probs: torch.Tensor, total: int, exa
         )
     num_values = probs.shape[-1]
     sample = sample.long()
+    tie_keys = _tie_keys(sample, tie_break, generator)
     if not exact:
-        return _one_shot_adjust(sample, probs, total)
+        return _one_shot_adjust(sample, probs, total, tie_keys)
     if not 0 <= total <= sample.shape[1] * (num_values - 1):
         raise ValueError(
             f"`total` must be in [0, length * (V - 1)] = [0, {sample.shape[1] * (num_values - 1)}] for an exact "
@@ -405,18 +468,21 @@ def greedy_adjust(sample: torch.LongTensor, probs: torch.Tensor, total: int, exa
         )
     sample = sample.clamp(0, num_values - 1)
     for _ in range(2):  # the one-shot rule, and once more for what it left (a no-op on rows at the sum)
-        sample = _one_shot_adjust(sample, probs, total)
+        sample = _one_shot_adjust(sample, probs, total, tie_keys)
     missing = sample.sum(-1) != total  # (B,)
     if missing.any():  # rare; the only host synchronisation here
         rows = missing.nonzero()[:, 0]
         full = probs[rows].probs() if isinstance(probs, DiscretizedGaussian) else probs[rows]
-        sample[rows] = _joint_adjust(sample[rows], full, total)
+        sample[rows] = _joint_adjust(sample[rows], full, total, None if tie_keys is None else tie_keys[rows])
     return sample
 
 
-def _joint_adjust(sample: torch.LongTensor, probs: torch.Tensor, total: int) -> torch.LongTensor:
+def _joint_adjust(
+    sample: torch.LongTensor, probs: torch.Tensor, total: int, tie_keys: Optional[torch.Tensor] = None
+) -> torch.LongTensor:
     """Chooses all `|delta|` remaining moves at once: the moves with the largest marginal gain
-    `probs[z ± s] - probs[z ± (s - 1)]`, made non-increasing in `s` so that a position's moves come in order."""
+    `probs[z ± s] - probs[z ± (s - 1)]`, made non-increasing in `s` so that a position's moves come in order.
+    Equal gains of different positions are ordered by position, or by ascending `tie_keys` when given."""
     batch_size, length, num_values = probs.shape
     delta = total - sample.sum(-1)  # (B,)
     direction = torch.where(delta < 0, -1, 1)  # (B,)
@@ -427,10 +493,16 @@ def _joint_adjust(sample: torch.LongTensor, probs: torch.Tensor, total: int) -> 
     gains = target_probs[..., 1:] - target_probs[..., :-1]  # (B, L, V-1): gain of the s-th move
     gains = torch.where(in_range[..., 1:], gains, torch.full_like(gains, float("-inf")))
     gains = gains.cummin(dim=-1).values
+    shuffle = None
+    if tie_keys is not None:  # visit the positions in a random order
+        shuffle = torch.argsort(tie_keys, dim=-1)  # (B, L)
+        gains = gains.gather(1, shuffle[..., None].expand_as(gains))
     # A stable sort keeps equal gains of one position in order of s.
     order = torch.sort(gains.reshape(batch_size, -1), dim=-1, descending=True, stable=True).indices
     chosen = _ranks_from_order(order) < delta.abs()[:, None]  # (B, L * (V-1))
     moves = chosen.reshape(batch_size, length, num_values - 1).sum(-1)  # (B, L)
+    if shuffle is not None:
+        moves = torch.empty_like(moves).scatter_(1, shuffle, moves)
     return sample + direction[:, None] * moves
 
 
@@ -441,7 +513,9 @@ def _prob_at(probs: Union[torch.Tensor, DiscretizedGaussian], values: torch.Long
     return probs.gather(-1, values[..., None])[..., 0]
 
 
-def _one_shot_adjust(sample: torch.LongTensor, probs: torch.Tensor, total: int) -> torch.LongTensor:
+def _one_shot_adjust(
+    sample: torch.LongTensor, probs: torch.Tensor, total: int, tie_keys: Optional[torch.Tensor] = None
+) -> torch.LongTensor:
     num_values = probs.shape[-1]
     delta = total - sample.sum(-1)  # (B,)
     current = _prob_at(probs, sample.clamp(0, num_values - 1))  # (B, L)
@@ -451,7 +525,6 @@ def _one_shot_adjust(sample: torch.LongTensor, probs: torch.Tensor, total: int) 
     gain_decrease = torch.where(sample > 0, lower - current, minus_inf)  # (B, L)
     gain_increase = torch.where(sample < num_values - 1, upper - current, minus_inf)  # (B, L)
     gain = torch.where((delta < 0)[:, None], gain_decrease, gain_increase)  # (B, L)
-    order = torch.argsort(gain, dim=-1, descending=True)  # (B, L)
-    moved = _ranks_from_order(order) < delta.abs()[:, None]  # (B, L)
+    moved = _descending_ranks(gain, tie_keys) < delta.abs()[:, None]  # (B, L)
     adjusted = sample + torch.sign(delta)[:, None] * moved.long()
     return adjusted.clamp(0, num_values - 1)
