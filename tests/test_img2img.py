@@ -258,6 +258,26 @@ def test_image_and_label_counts_must_broadcast(tiny, tiny_image):
         variations(tiny_image.expand(2, -1, -1, -1), [1, 2, 3], num_inference_steps=2)
 
 
+def test_from_pipe_shares_without_casting():
+    """diffusers' own `from_pipe` casts the shared modules to float32, changing the source pipeline as well."""
+    plain = TokenSetPipeline.from_pretrained(bundled_pipeline_path(), dtype=torch.bfloat16)
+
+    def dtypes(module):
+        return {name: parameter.dtype for name, parameter in module.named_parameters()}
+
+    before = (dtypes(plain.transformer), dtypes(plain.image_tokenizer))
+    assert {torch.bfloat16, torch.float32} <= set(before[0].values())  # bf16 blocks, float32 conditioning
+    variations = TokenSetImg2ImgPipeline.from_pipe(plain)
+    assert (dtypes(plain.transformer), dtypes(plain.image_tokenizer)) == before
+    assert variations.transformer is plain.transformer and variations.image_tokenizer is plain.image_tokenizer
+    assert variations.config.id2label == plain.config.id2label
+    assert variations.config.default_guidance_scale == plain.config.default_guidance_scale
+    exact = FSDDScheduler.from_config(plain.scheduler.config, exact_sum=True)
+    assert TokenSetImg2ImgPipeline.from_pipe(plain, scheduler=exact).scheduler is exact
+    with pytest.raises(ValueError, match="can replace only"):
+        TokenSetImg2ImgPipeline.from_pipe(plain, vae=None)
+
+
 # ---------------------------------------------------------------- the bundled digits model
 
 
