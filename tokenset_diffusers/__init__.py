@@ -30,6 +30,8 @@ _import_structure = {
     "image_processing": ["center_crop_arr", "preprocess_images", "postprocess_images"],
     "transformer_tokenset": ["TokenSetTransformer1DModel", "TokenSetTransformer1DModelOutput", "TRANSFORMER_PRESETS"],
     "pipeline_tokenset": ["TokenSetPipeline", "TokenSetPipelineOutput"],
+    "pipeline_tokenset_img2img": ["TokenSetImg2ImgPipeline"],
+    "set_interpolation": ["interpolate_counts", "interpolate_images", "interpolation_weights"],
     "bundled": ["bundled_pipeline_path"],
     "metrics": [
         "FeatureStatistics",

@@ -16,6 +16,7 @@ The file only needs the installed `tokenset_diffusers` package and gradio, so th
 
 import argparse
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,10 @@ import torch
 
 from tokenset_diffusers import TokenSetPipeline, bundled_pipeline_path, postprocess_images, preprocess_images
 from tokenset_diffusers.visualization import count_histogram, labelled_grid
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tabs_sets.py lies beside this file
+from tabs_sets import build_set_tabs  # noqa: E402
 
 
 MODEL_ENV_VAR = "TOKENSET_MODEL"
@@ -395,6 +400,7 @@ def build_demo(
                 outputs=[reconstruction, histogram, orders, token_info],
                 api_name="tokenize",
             )
+        build_set_tabs(pipeline, max_steps=max_steps, examples=examples)  # "Image variations", "Set interpolation"
     return demo
 
 
