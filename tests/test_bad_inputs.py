@@ -4,9 +4,11 @@ what is allowed, instead of a silently wrong result or a traceback from deep ins
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 
+from tokenset_diffusers.metrics import FeatureStatistics, frechet_distance, inception_score, precision_recall
 from tokenset_diffusers.scheduling_fsdd import FSDDScheduler
 from tokenset_diffusers.set_ops import DiscretizedGaussian, counts_to_tokens, discretized_gaussian, quantize_to_sum
 
@@ -111,7 +113,10 @@ def test_one_element_timestep_tensors_still_work():
             torch.tensor([[float("inf"), 0.0, 0.0, 4.0]]),
             r"finite counts at most num_tokens=4, got values in \[0.0, 4.0\] and 1 NaN/inf",
         ),
-        (torch.tensor([[1e30, 0.0, 0.0, 0.0]]), r"finite counts at most num_tokens=4, got values in \[0.0, 1.0\d*e\+30\]"),
+        (
+            torch.tensor([[1e30, 0.0, 0.0, 0.0]]),
+            r"finite counts at most num_tokens=4, got values in \[0.0, 1.0\d*e\+30\]",
+        ),
         (torch.tensor([[2**62, 0, 0, 0]]), "finite counts at most num_tokens=4"),
         (torch.tensor([[-float("inf"), 4.0, 0.0, 0.0]]), "1 NaN/inf"),
         (torch.zeros(1, 2), r"rows must make num_tokens=4 tokens .* got row totals \[2\] from a codebook of 2"),
@@ -170,3 +175,62 @@ def test_discretized_gaussian_arguments():
         DiscretizedGaussian(ones, ones, 0)
     draw = DiscretizedGaussian(ones, torch.full((1, 3), 1e-6), 4).sample(generator=torch.Generator().manual_seed(0))
     assert draw.tolist() == [[1, 1, 1]] and not math.isnan(float(draw.sum()))
+
+
+# ------------------------------------------------------------------------------------------------------- metrics
+
+
+def test_precision_recall_rejects_non_finite_features():
+    real, fake = torch.randn(8, 3), torch.randn(8, 3)
+    fake[2, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"`fake_features` must be finite, got 1 NaN or infinite entries"):
+        precision_recall(real, fake)
+    real[0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"`real_features` must be finite, got 1 NaN"):
+        precision_recall(real.numpy(), fake.nan_to_num().numpy())
+    with pytest.raises(ValueError, match=r"`real_features` must hold real numbers, got dtype torch.complex64"):
+        precision_recall(torch.randn(8, 3, dtype=torch.complex64), fake)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_inception_score_rejects_non_finite_logits(bad):
+    logits = torch.randn(10, 4)
+    logits[3, 2] = bad
+    with pytest.raises(ValueError, match=r"`logits` must be finite, got 1 NaN or infinite entries"):
+        inception_score(logits, splits=2)
+
+
+def test_frechet_distance_rejects_non_covariances_and_complex_input():
+    mu, sigma = np.zeros(3), np.eye(3)
+    not_psd = np.diag([1.0, -0.5, 1.0])
+    with pytest.raises(
+        ValueError, match=r"`sigma2` must be a positive semi-definite covariance matrix, got an eigenvalue of -0.5"
+    ):
+        frechet_distance(mu, sigma, mu, not_psd)
+    with pytest.raises(ValueError, match=r"`mu1` must hold real numbers, got dtype complex128"):
+        frechet_distance(mu.astype(complex), sigma, mu, sigma)
+    with pytest.raises(ValueError, match=r"`sigma1` must hold real numbers, got dtype torch.complex128"):
+        frechet_distance(mu, torch.eye(3, dtype=torch.complex128), mu, sigma)
+    with pytest.raises(ValueError, match=r"`mu2` must hold real numbers, got dtype <U1"):
+        frechet_distance(mu, sigma, np.array(["a", "b", "c"]), sigma)
+    features = np.random.default_rng(0).normal(size=(2, 3))  # rank-deficient covariance: still accepted
+    assert frechet_distance(mu, np.cov(features.T), mu, sigma) >= 0
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"mean": np.array([0.0, np.nan])}, r"`state\['mean'\]` must be finite, got 1 NaN"),
+        ({"scatter": np.full((2, 2), np.inf)}, r"`state\['scatter'\]` must be finite, got 4 NaN"),
+        ({"num_samples": -3}, r"`state\['num_samples'\]` must be an integer >= 0, got -3"),
+        ({"num_samples": 2.5}, r"`state\['num_samples'\]` must be an integer >= 0, got 2.5"),
+        ({"scatter": np.eye(3)}, r"must have shapes \(D,\) and \(D, D\), got \(2,\) and \(3, 3\)"),
+    ],
+)
+def test_feature_statistics_state_is_checked(change, message):
+    state = FeatureStatistics(2).update(np.random.default_rng(0).normal(size=(5, 2))).state_dict()
+    FeatureStatistics.from_state_dict(state)
+    with pytest.raises(ValueError, match=message):
+        FeatureStatistics.from_state_dict({**state, **change})
+    with pytest.raises(ValueError, match=r"`state` must be a dict with 'num_samples', 'mean' and 'scatter'"):
+        FeatureStatistics.from_state_dict({"mean": state["mean"]})
