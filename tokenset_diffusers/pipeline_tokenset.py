@@ -1,6 +1,7 @@
 """TokenSetPipeline: class-conditional image generation with Fixed-Sum Discrete Diffusion and the set tokenizer."""
 
 import difflib
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,27 @@ from .set_ops import GeneratorType, counts_to_tokens, sample_fixed_sum_noise
 from .transformer_tokenset import TokenSetTransformer1DModel
 
 
-OUTPUT_TYPES = ("pil", "np", "pt", "counts")
+OUTPUT_TYPES = ("pil", "np", "pt", "counts", "latent")
+
+# `save_pretrained` writes these small files next to the weights, so that diffusers' own loader finds the classes:
+# `DiffusionPipeline.from_pretrained(folder_or_repo_id, trust_remote_code=True)`. model_index.json names the pipeline
+# `["pipeline_tokenset", "TokenSetPipeline"]` with a root `pipeline_tokenset.py` (diffusers' custom-pipeline entry), and
+# each component by a file in its folder, e.g. `["scheduling_fsdd", "FSDDScheduler"]` with
+# `scheduler/scheduling_fsdd.py` (diffusers' custom-component entry, which its Hub download checks for). Every file
+# only imports the class from the installed package: the code that runs is the package's, never a copy.
+# `TokenSetPipeline.from_pretrained` reads the same entries as the package modules and imports nothing from the folder.
+REMOTE_CODE_MODULE = "pipeline_tokenset"
+_REMOTE_CODE_TEMPLATE = '''"""Lets diffusers load this folder: `DiffusionPipeline.from_pretrained(path_or_repo_id, trust_remote_code=True)`.
+
+It imports {class_name} from the installed tokenset-diffusers package; see {install_hint}.
+"""
+
+try:
+    from {module} import {class_name}  # noqa: F401
+except ImportError as error:
+    raise ImportError("This model needs the tokenset-diffusers package; see {install_hint}.") from error
+'''
+INSTALL_HINT = "the Install section of the model card (README.md)"
 
 
 @dataclass
@@ -28,8 +49,8 @@ class TokenSetPipelineOutput(BaseOutput):
 
     Args:
         images (`list[PIL.Image.Image]`, `np.ndarray` of shape `(batch_size, height, width, 3)` in [0, 1],
-            `torch.Tensor` of shape `(batch_size, 3, height, width)` in [0, 1], or, for `output_type="counts"`, the
-            count vectors).
+            `torch.Tensor` of shape `(batch_size, 3, height, width)` in [0, 1], or, for `output_type="counts"` or
+            `"latent"`, the count vectors).
         counts (`torch.LongTensor` of shape `(batch_size, codebook_size)`): the generated count vectors.
     """
 
@@ -53,7 +74,8 @@ class TokenSetPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "transformer->image_tokenizer"
-    _callback_tensor_inputs = ["sample", "pred_original_sample"]
+    # "latents" is diffusers' name for the sample being denoised: an alias of "sample".
+    _callback_tensor_inputs = ["sample", "latents", "pred_original_sample"]
 
     def __init__(
         self,
@@ -72,6 +94,8 @@ class TokenSetPipeline(DiffusionPipeline):
         # Registered so that save_pretrained writes them into model_index.json (diffusers' DiT pipeline loses them).
         self.register_to_config(id2label=id2label, default_guidance_scale=default_guidance_scale)
         self.labels = _label_to_id(id2label)
+        self._guidance_scale = None  # set by every call, read at every step
+        self._num_timesteps = None
 
     # ------------------------------------------------------------------ loading
 
@@ -79,10 +103,11 @@ class TokenSetPipeline(DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "TokenSetPipeline":
         """Loads a pipeline from a local folder or a Hub repo id.
 
-        diffusers refuses Hub ids whose components live outside diffusers (its issue #5553), so a repo id is first
-        downloaded with `huggingface_hub.snapshot_download` (honouring `cache_dir`, `revision`, `local_files_only`,
-        `token`, and `HF_HUB_OFFLINE`), then the folder is loaded. Other keyword arguments (`torch_dtype`, ...) go to
-        `DiffusionPipeline.from_pretrained`.
+        A repo id is first downloaded with `huggingface_hub.snapshot_download` (honouring `cache_dir`, `revision`,
+        `local_files_only`, `token`, and `HF_HUB_OFFLINE`), then the folder is loaded. Other keyword arguments
+        (`dtype`, ...) go to `DiffusionPipeline.from_pretrained`. Loading through this class runs no code from the
+        folder; `DiffusionPipeline.from_pretrained(path, trust_remote_code=True)` loads the same pipeline through the
+        small files [`save_pretrained`] writes.
         """
         path = os.fspath(pretrained_model_name_or_path)
         if not os.path.isdir(path):
@@ -99,6 +124,43 @@ class TokenSetPipeline(DiffusionPipeline):
             for name in ("cache_dir", "revision", "token"):
                 kwargs.pop(name, None)
         return super().from_pretrained(path, **kwargs)
+
+    @classmethod
+    def load_config(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """diffusers' `load_config`, reading model_index.json as this class: the pipeline entry becomes the class name
+        and each component entry the package module, so no remote-code file in the folder is imported."""
+        loaded = super().load_config(pretrained_model_name_or_path, *args, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        if isinstance(config.get("_class_name"), (list, tuple)):
+            config["_class_name"] = config["_class_name"][-1]
+        for name in ("image_tokenizer", "transformer", "scheduler"):
+            entry = config.get(name)
+            if isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1] in _PACKAGE_MODULES:
+                config[name] = [_PACKAGE_MODULES[entry[1]], entry[1]]
+        return loaded
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        """diffusers' `save_pretrained`, plus the files that let `DiffusionPipeline.from_pretrained(save_directory,
+        trust_remote_code=True)` load the folder: `pipeline_tokenset.py`, one `<component>/<module>.py` per
+        component, and model_index.json's `_class_name` set to `["pipeline_tokenset", "TokenSetPipeline"]`."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        write_remote_code_files(save_directory)
+
+    @property
+    def id2label(self) -> dict[int, str] | None:
+        """The class names by id (`None` when the pipeline has none); the same as `pipeline.config.id2label`."""
+        return self.config.id2label
+
+    @property
+    def guidance_scale(self) -> float | list[float]:
+        """The guidance of the running (or last) call, `None` before the first; a callback may change
+        `pipeline._guidance_scale` between steps, e.g. to 1.0 (no guidance) for the last steps."""
+        return self._guidance_scale
+
+    @property
+    def num_timesteps(self) -> int:
+        """The number of denoising steps of the running (or last) call, `None` before the first."""
+        return self._num_timesteps
 
     def push_to_hub(
         self,
@@ -139,11 +201,12 @@ class TokenSetPipeline(DiffusionPipeline):
         """A minimal model card for this pipeline: metadata, sizes, sampling defaults and a usage snippet."""
         from huggingface_hub import ModelCard, ModelCardData
 
+        # No `pipeline_tag`: the Hub has none for class-conditional generation ("unconditional-image-generation"
+        # would be wrong); the tag says it.
         data = ModelCardData(
             library_name="diffusers",
             license="mit",
-            pipeline_tag="unconditional-image-generation",
-            tags=["tokenset", "class-conditional", "image-generation"],
+            tags=["tokenset", "class-conditional-image-generation", "image-generation"],
         )
         config = self.transformer.config
         text = (
@@ -258,24 +321,29 @@ class TokenSetPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable[["TokenSetPipeline", int, float, dict[str, Any]], dict[str, Any]] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("sample",),
+        num_images_per_class: int = 1,
     ) -> TokenSetPipelineOutput | tuple:
-        """Generates one image per class label.
+        """Generates `num_images_per_class` images per class label.
 
         Args:
             class_labels (`int`, `str`, or a list of them): class ids or names ([`get_label_ids`]).
             num_inference_steps (`int`, defaults to 25): FSDD steps.
             guidance_scale (`float` or list of floats, *optional*): a constant classifier-free guidance scale or an
                 interval schedule over equal parts of t (the released `[4.0, 50.0, 55.0]`); 1.0 is no guidance;
-                `None` uses the pipeline's `default_guidance_scale`.
+                `None` uses the pipeline's `default_guidance_scale`. Read at every step from
+                `pipeline._guidance_scale`, which a callback may change.
             generator (`torch.Generator` or a list of them, one per image, *optional*): for reproducible samples.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` (`(batch_size, H, W, 3)` in [0, 1]), `"pt"`
-                (`(batch_size, 3, H, W)` in [0, 1]) or `"counts"` (the count vectors, not decoded).
+                (`(batch_size, 3, H, W)` in [0, 1]), or `"counts"` / `"latent"` (the same: the count vectors
+                `(batch_size, codebook_size)`, not decoded; `"latent"` is diffusers' name for "before decoding").
             return_dict (`bool`, defaults to `True`): return a [`TokenSetPipelineOutput`] rather than a tuple.
             callback_on_step_end (`Callable`, *optional*): called as `callback(pipeline, step_index, timestep,
                 tensors)` after every step, with `tensors` holding `callback_on_step_end_tensor_inputs`; may return a
-                dict that replaces `sample`.
-            callback_on_step_end_tensor_inputs (sequence of `str`, defaults to `("sample",)`): among `"sample"` and
-                `"pred_original_sample"`.
+                dict whose `"sample"` (or `"latents"`) replaces the sample, and may set `pipeline._guidance_scale`.
+            callback_on_step_end_tensor_inputs (sequence of `str`, defaults to `("sample",)`): among `"sample"`,
+                `"latents"` (diffusers' name; the same tensor as `"sample"`) and `"pred_original_sample"`.
+            num_images_per_class (`int`, defaults to 1): images per entry of `class_labels`, in the order
+                `[a, a, b, b]` for labels `[a, b]` and 2 images per class.
 
         Returns:
             [`TokenSetPipelineOutput`] or `(images, counts)`.
@@ -287,11 +355,18 @@ class TokenSetPipeline(DiffusionPipeline):
             raise ValueError(
                 f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}, got {unknown}."
             )
+        if isinstance(num_images_per_class, bool) or not isinstance(num_images_per_class, (int, np.integer)):
+            raise ValueError(f"`num_images_per_class` must be a positive integer, got {num_images_per_class!r}.")
+        if num_images_per_class < 1:
+            raise ValueError(f"`num_images_per_class` must be a positive integer, got {num_images_per_class!r}.")
         if guidance_scale is None:
             guidance_scale = self.config.default_guidance_scale or 1.0
-        schedule = _guidance_schedule(guidance_scale, "guidance_scale")
+        _guidance_schedule(guidance_scale, "guidance_scale")  # validates
+        self._guidance_scale = guidance_scale
         device = self._execution_device
-        labels = self.prepare_class_labels(class_labels).to(device)  # (B,)
+        labels = (
+            self.prepare_class_labels(class_labels).repeat_interleave(int(num_images_per_class)).to(device)
+        )  # (B,)
         batch_size = labels.shape[0]
         if isinstance(generator, (list, tuple)) and len(generator) != batch_size:
             raise ValueError(f"Got {len(generator)} generators for {batch_size} images; pass one per image.")
@@ -302,20 +377,22 @@ class TokenSetPipeline(DiffusionPipeline):
         # The times stay on the CPU: reading them (for the guidance interval and the scheduler's step index) then
         # never waits for the device.
         self.scheduler.set_timesteps(num_inference_steps)
+        self._num_timesteps = len(self.scheduler.timesteps)
 
         # 2. Denoise.
         original = sample
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            probs = self.guided_probabilities(sample, t, labels, schedule)  # (B, C, M+1)
+            # Read at every step: a callback may have changed it.
+            probs = self.guided_probabilities(sample, t, labels, self._guidance_scale)  # (B, C, M+1)
             sample, original = self.scheduler.step(probs, t, sample, generator=generator, return_dict=False)
             if callback_on_step_end is not None:
-                tensors = {"sample": sample, "pred_original_sample": original}
+                tensors = {"sample": sample, "latents": sample, "pred_original_sample": original}
                 outputs = callback_on_step_end(self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs})
-                sample = (outputs or {}).get("sample", sample)
+                sample = _replaced_sample(outputs or {}, sample)
 
         # 3. Count vectors -> token sets -> images.
         counts = sample
-        if output_type == "counts":
+        if output_type in ("counts", "latent"):
             images = counts
         else:
             token_ids = counts_to_tokens(counts, num_tokens)  # (B, M)
@@ -328,6 +405,51 @@ class TokenSetPipeline(DiffusionPipeline):
 
 
 # ---------------------------------------------------------------------- helpers
+
+# Each component class -> the package module that defines it (what diffusers writes into model_index.json).
+_PACKAGE_MODULES = {
+    "TokenSetVQVAE": "tokenset_diffusers.modeling_tokenset_vqvae",
+    "TokenSetTransformer1DModel": "tokenset_diffusers.transformer_tokenset",
+    "FSDDScheduler": "tokenset_diffusers.scheduling_fsdd",
+}
+
+
+def write_remote_code_files(folder: str | os.PathLike) -> None:
+    """Makes a saved [`TokenSetPipeline`] folder loadable with `DiffusionPipeline.from_pretrained(folder,
+    trust_remote_code=True)`, also once uploaded to the Hub: writes `pipeline_tokenset.py` and one
+    `<component>/<module>.py` per component (each imports its class from the installed package) and points
+    model_index.json's entries at them. Also upgrades folders saved before these files existed."""
+    index_path = os.path.join(folder, "model_index.json")
+    with open(index_path, encoding="utf-8") as file:
+        index = json.load(file)
+    class_name = index["_class_name"][-1] if isinstance(index["_class_name"], list) else index["_class_name"]
+    if class_name != TokenSetPipeline.__name__:
+        raise ValueError(f"{index_path} describes a {class_name!r}, not a {TokenSetPipeline.__name__!r}.")
+    files = {f"{REMOTE_CODE_MODULE}.py": (__name__, class_name)}
+    index["_class_name"] = [REMOTE_CODE_MODULE, class_name]
+    for name in ("image_tokenizer", "transformer", "scheduler"):
+        component_class = index[name][1]
+        if component_class not in _PACKAGE_MODULES:
+            raise ValueError(f"{index_path}: `{name}` is {index[name]}, not a tokenset-diffusers class.")
+        module = _PACKAGE_MODULES[component_class]
+        short_name = module.rsplit(".", 1)[-1]
+        files[os.path.join(name, f"{short_name}.py")] = (module, component_class)
+        index[name] = [short_name, component_class]
+    for relative, (module, component_class) in files.items():
+        text = _REMOTE_CODE_TEMPLATE.format(module=module, class_name=component_class, install_hint=INSTALL_HINT)
+        with open(os.path.join(folder, relative), "w", encoding="utf-8") as file:
+            file.write(text)
+    with open(index_path, "w", encoding="utf-8") as file:
+        file.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def _replaced_sample(outputs: dict, sample: torch.LongTensor) -> torch.LongTensor:
+    """The sample a step callback returned under `"sample"` or its alias `"latents"` (the one it changed), else
+    `sample`."""
+    replaced = [outputs[key] for key in ("sample", "latents") if key in outputs and outputs[key] is not sample]
+    if len(replaced) == 2 and replaced[0] is not replaced[1]:
+        raise ValueError("The step callback returned different tensors as `sample` and `latents`; return one of them.")
+    return replaced[0] if replaced else sample
 
 
 def _check_components(image_tokenizer, transformer, scheduler) -> None:

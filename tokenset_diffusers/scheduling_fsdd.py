@@ -92,6 +92,8 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
     """
 
     order = 1
+    # diffusers' scheduler interface: the noise prior (a random token set) is used as drawn, unscaled.
+    init_noise_sigma = 1.0
 
     @register_to_config
     def __init__(
@@ -125,6 +127,10 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps = None
         self.timesteps = None
         self._time_grid = None
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
+        """Returns `sample` unchanged: the model takes count vectors as they are (diffusers' scheduler interface)."""
+        return sample
 
     # ------------------------------------------------------------------ sampling
 

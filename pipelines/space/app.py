@@ -17,7 +17,8 @@ The file only needs the installed `tokenset_diffusers` package and gradio, so th
 import argparse
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -59,7 +60,7 @@ def load_pipeline(
     model: str | os.PathLike | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32
 ) -> TokenSetPipeline:
     """Loads a pipeline folder or Hub repo id (see [`resolve_model_source`]) onto `device`."""
-    pipeline = TokenSetPipeline.from_pretrained(resolve_model_source(model), torch_dtype=dtype)
+    pipeline = TokenSetPipeline.from_pretrained(resolve_model_source(model), dtype=dtype)
     return pipeline.to(device)
 
 
@@ -75,6 +76,20 @@ def class_name(pipeline: TokenSetPipeline, class_id: int) -> str:
     """`"<id>: <first name>"`, or the bare id for a pipeline without `id2label`."""
     id2label = pipeline.config.id2label or {}
     return f"{class_id}: {id2label[class_id].split(',')[0]}" if class_id in id2label else str(class_id)
+
+
+def resolve_class_choice(pipeline: TokenSetPipeline, choice: int | str) -> int:
+    """A class id from what a visitor or `gradio_client` sends: an id (`3`, `"3"`), a picker entry (`"3: three"`) or a
+    class name (`"three"`); raises `ValueError` for anything else."""
+    if isinstance(choice, str):
+        text = choice.strip()
+        head = text.split(":", 1)[0].strip()
+        if head.isdigit() and (text == head or text == class_name(pipeline, int(head))):
+            return int(head)
+        if pipeline.labels and text in pipeline.labels:
+            return pipeline.labels[text]
+        raise ValueError(f"Unknown class {choice!r}: pass a class id, a name, or an entry of the class picker.")
+    return choice  # ints (and anything else) are checked by `check_generation_request`
 
 
 def default_guidance(pipeline: TokenSetPipeline) -> tuple[str, float, tuple[float, float, float]]:
@@ -218,45 +233,59 @@ def _user_error(message: str) -> gr.Error:
     return gr.Error(message, print_exception=False)
 
 
+def model_name(pipeline: TokenSetPipeline) -> str:
+    """How the interface names the model: a Hub repo id as is, the bundled model as such, a local folder by its name
+    (never an absolute path of the machine serving the demo)."""
+    source = pipeline.config.get("_name_or_path") or ""
+    if not source:
+        return "a pipeline in memory"
+    if not os.path.isdir(source):
+        return source
+    try:
+        if Path(source).resolve() == Path(bundled_pipeline_path()).resolve():
+            return "the bundled digits model"
+    except FileNotFoundError:
+        pass
+    return Path(source).resolve().name
+
+
 def model_summary(pipeline: TokenSetPipeline) -> str:
     tokenizer, transformer = pipeline.image_tokenizer.config, pipeline.transformer.config
-    source = pipeline.config.get("_name_or_path") or "a pipeline in memory"
     return (
-        f"Model `{source}`: {tokenizer.image_size} px images as sets of M = {tokenizer.num_tokens} tokens from a "
+        f"Model **{model_name(pipeline)}**: {tokenizer.image_size} px images as sets of M = {tokenizer.num_tokens} tokens from a "
         f"codebook of C = {tokenizer.codebook_size}; {transformer.num_classes} classes; on "
         f"`{pipeline.device}`."
     )
 
 
-def build_demo(
-    pipeline: TokenSetPipeline,
-    max_images: int = MAX_IMAGES,
-    max_steps: int = MAX_STEPS,
-    examples_dir: str | os.PathLike | None = EXAMPLES_DIR,
-) -> gr.Blocks:
-    """The two-tab interface around `pipeline`.
+@dataclass
+class DemoSettings:
+    """What every tab builder gets besides the pipeline.
 
     Args:
-        pipeline ([`TokenSetPipeline`]): the loaded pipeline; its progress bar is switched on (the "Generate" tab
-            shows it).
         max_images (`int`, defaults to 16): the most images one "Generate" request may ask for.
         max_steps (`int`, defaults to 50): the most FSDD steps one request may ask for.
         examples_dir (path, *optional*): PNG/JPEG files offered as examples in the "Set tokenizer" tab.
-
-    API names (for `gradio_client`): `/generate` and `/tokenize`.
     """
-    if max_images < 1 or max_steps < 1:
-        raise ValueError(f"`max_images` and `max_steps` must be at least 1, got {max_images} and {max_steps}.")
-    pipeline.set_progress_bar_config(disable=False, desc="FSDD steps")
+
+    max_images: int = MAX_IMAGES
+    max_steps: int = MAX_STEPS
+    examples_dir: str | os.PathLike | None = EXAMPLES_DIR
+
+    def example_images(self) -> list[str]:
+        if self.examples_dir is None or not Path(self.examples_dir).is_dir():
+            return []
+        suffixes = (".png", ".jpg", ".jpeg")
+        return sorted(str(p) for p in Path(self.examples_dir).iterdir() if p.suffix.lower() in suffixes)
+
+
+def build_generate_tab(pipeline: TokenSetPipeline, settings: DemoSettings) -> None:
+    """Tab "Generate" (API name `/generate`); called inside the demo's `gr.Blocks`."""
+    max_images, max_steps = settings.max_images, settings.max_steps
     num_classes = pipeline.transformer.config.num_classes
     choices = class_choices(pipeline)
     initial_classes = [class_id for _, class_id in choices] if num_classes <= max_images else [choices[0][1]]
     mode, constant, schedule = default_guidance(pipeline)
-    examples = []
-    if examples_dir is not None and Path(examples_dir).is_dir():
-        examples = sorted(
-            str(p) for p in Path(examples_dir).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")
-        )
 
     # Gradio finds the progress tracker by the default value of the last parameter; it follows the pipeline's tqdm.
     def on_generate(
@@ -272,6 +301,7 @@ def build_demo(
         progress=gr.Progress(track_tqdm=True),  # noqa: B008
     ):
         try:
+            class_ids = [resolve_class_choice(pipeline, c) for c in class_ids or []]
             class_ids, images_per_class, steps, seed = check_generation_request(
                 class_ids, images_per_class, steps, seed, num_classes, max_images, max_steps
             )
@@ -287,6 +317,67 @@ def build_demo(
             f"{len(counts)} count vectors sum to exactly M = {pipeline.scheduler.config.num_tokens}."
         )
         return grid, info
+
+    with gr.Tab("Generate"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                classes = gr.Dropdown(
+                    choices=choices,
+                    value=initial_classes,
+                    multiselect=True,
+                    filterable=True,
+                    # gradio_client documents the choices as strings: let "3", "3: three" and "three" through to
+                    # `resolve_class_choice`, beside the ids the picker sends.
+                    allow_custom_value=True,
+                    label="Classes",
+                    info="Type to search by name; one row of images per class.",
+                    elem_id="classes",
+                )
+                images_per_class = gr.Slider(1, max_images, value=1, step=1, label="Images per class")
+                guidance_mode = gr.Radio(list(GUIDANCE_MODES), value=mode, label="Classifier-free guidance")
+                guidance_constant = gr.Number(
+                    value=constant, minimum=0, label="Guidance scale (1 = none)", visible=mode == "constant"
+                )
+                with gr.Row(visible=mode == "interval schedule") as schedule_row:
+                    schedule_inputs = [
+                        gr.Number(value=value, minimum=0, label=f"t in [{i}/3, {i + 1}/3)")
+                        for i, value in enumerate(schedule)
+                    ]
+                steps = gr.Slider(1, max_steps, value=min(25, max_steps), step=1, label="FSDD steps")
+                seed = gr.Number(value=0, precision=0, minimum=0, label="Seed (image i uses seed + i)")
+                generate_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
+            with gr.Column(scale=2):
+                grid = gr.Image(label="Samples", type="pil", format="png", show_label=False, elem_id="generate-grid")
+                generate_info = gr.Markdown(elem_id="generate-info")
+        guidance_mode.change(
+            lambda m: (gr.Number(visible=m == "constant"), gr.Row(visible=m == "interval schedule")),
+            inputs=guidance_mode,
+            outputs=[guidance_constant, schedule_row],
+            api_name=False,
+        )
+        generate_button.click(
+            on_generate,
+            inputs=[classes, images_per_class, guidance_mode, guidance_constant, *schedule_inputs, steps, seed],
+            outputs=[grid, generate_info],
+            api_name="generate",
+        )
+
+
+def tokenizer_domain_note(pipeline: TokenSetPipeline) -> str:
+    """What the tokenizer was trained on, said plainly when it is the bundled digits model: other pictures only come
+    back as digit-like strokes."""
+    if model_name(pipeline) != "the bundled digits model":
+        return ""
+    size = pipeline.image_tokenizer.config.image_size
+    return (
+        f"The bundled model knows **handwritten digits only** ({size}x{size} px, light strokes on dark): an image of "
+        "anything else is cropped, shrunk to that size and comes back as digit-like strokes."
+    )
+
+
+def build_tokenizer_tab(pipeline: TokenSetPipeline, settings: DemoSettings) -> None:
+    """Tab "Set tokenizer" (API name `/tokenize`); clicking an example runs it."""
+    examples = settings.example_images()
 
     def on_tokenize(image, seed):
         if image is None:
@@ -309,92 +400,81 @@ def build_demo(
         histogram = count_histogram(result["counts"], width=3 * size, height=size)
         return side_by_side, histogram, orders, describe_token_set(result)
 
+    with gr.Tab("Set tokenizer"):
+        note = tokenizer_domain_note(pipeline)
+        if note:
+            gr.Markdown(note, elem_id="tokenize-domain")
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = gr.Image(
+                    label="Image", type="pil", sources=["upload", "clipboard"], height=256, elem_id="tokenize-input"
+                )
+                shuffle_seed = gr.Number(value=0, precision=0, minimum=0, label="Seed of the shuffled order")
+                tokenize_button = gr.Button("Tokenize and reconstruct", variant="primary", elem_id="tokenize-button")
+            with gr.Column(scale=2):
+                # The figures carry their own captions; Gradio's label badge would cover their first line.
+                figure = dict(type="pil", format="png", show_label=False)
+                gr.Markdown("**Reconstruction** from the token set")
+                reconstruction = gr.Image(label="Reconstruction", elem_id="tokenize-reconstruction", **figure)
+                gr.Markdown("**The token set as a count vector**: codebook index left to right, count upwards")
+                histogram = gr.Image(label="Count histogram", elem_id="tokenize-histogram", **figure)
+                gr.Markdown("**Decoded from four orders of the same tokens**")
+                orders = gr.Image(label="Token orders", elem_id="tokenize-orders", **figure)
+                token_info = gr.Markdown(elem_id="tokenize-info")
+        outputs = [reconstruction, histogram, orders, token_info]
+        tokenize_button.click(on_tokenize, inputs=[image, shuffle_seed], outputs=outputs, api_name="tokenize")
+        if examples:
+            gr.Examples(
+                examples=[[path, 0] for path in examples],
+                inputs=[image, shuffle_seed],
+                outputs=outputs,
+                fn=on_tokenize,
+                run_on_click=True,
+                cache_examples=False,
+                label="Examples (click one to run it)",
+                elem_id="tokenize-examples",
+            )
+
+
+# The tabs, in order: each is `builder(pipeline, settings)`, called inside the demo's `gr.Blocks`. A new tab is one
+# more builder here (its module imported at the top).
+TabBuilder = Callable[[TokenSetPipeline, DemoSettings], None]
+TAB_BUILDERS: list[TabBuilder] = [build_generate_tab, build_tokenizer_tab]
+
+
+def build_demo(
+    pipeline: TokenSetPipeline,
+    max_images: int = MAX_IMAGES,
+    max_steps: int = MAX_STEPS,
+    examples_dir: str | os.PathLike | None = EXAMPLES_DIR,
+    tabs: Sequence[TabBuilder] | None = None,
+) -> gr.Blocks:
+    """The interface around `pipeline`: a header, then one tab per builder.
+
+    Args:
+        pipeline ([`TokenSetPipeline`]): the loaded pipeline; its progress bar is switched on (the "Generate" tab
+            shows it).
+        max_images (`int`, defaults to 16): the most images one "Generate" request may ask for.
+        max_steps (`int`, defaults to 50): the most FSDD steps one request may ask for.
+        examples_dir (path, *optional*): PNG/JPEG files offered as examples in the "Set tokenizer" tab.
+        tabs (sequence of tab builders, *optional*): defaults to `TAB_BUILDERS`.
+
+    API names (for `gradio_client`): `/generate` and `/tokenize`.
+    """
+    if max_images < 1 or max_steps < 1:
+        raise ValueError(f"`max_images` and `max_steps` must be at least 1, got {max_images} and {max_steps}.")
+    pipeline.set_progress_bar_config(disable=False, desc="FSDD steps")
+    settings = DemoSettings(max_images=max_images, max_steps=max_steps, examples_dir=examples_dir)
     with gr.Blocks(title="TokenSet") as demo:
         gr.Markdown(
             "# TokenSet: images as sets of tokens\n"
             "[Tokenize Image as a Set](https://arxiv.org/abs/2503.16425) represents an image as an unordered set of "
             "codebook entries, written as a count vector, and generates count vectors with Fixed-Sum Discrete "
-            f"Diffusion.\n\n{model_summary(pipeline)}"
+            f"Diffusion.\n\n{model_summary(pipeline)}",
+            elem_id="model-summary",
         )
-        with gr.Tab("Generate"):
-            with gr.Row():
-                with gr.Column(scale=1):
-                    classes = gr.Dropdown(
-                        choices=choices,
-                        value=initial_classes,
-                        multiselect=True,
-                        filterable=True,
-                        label="Classes",
-                        info="Type to search by name; one row of images per class.",
-                        elem_id="classes",
-                    )
-                    images_per_class = gr.Slider(1, max_images, value=1, step=1, label="Images per class")
-                    guidance_mode = gr.Radio(list(GUIDANCE_MODES), value=mode, label="Classifier-free guidance")
-                    guidance_constant = gr.Number(
-                        value=constant, minimum=0, label="Guidance scale (1 = none)", visible=mode == "constant"
-                    )
-                    with gr.Row(visible=mode == "interval schedule") as schedule_row:
-                        schedule_inputs = [
-                            gr.Number(value=value, minimum=0, label=f"t in [{i}/3, {i + 1}/3)")
-                            for i, value in enumerate(schedule)
-                        ]
-                    steps = gr.Slider(1, max_steps, value=min(25, max_steps), step=1, label="FSDD steps")
-                    seed = gr.Number(value=0, precision=0, minimum=0, label="Seed (image i uses seed + i)")
-                    generate_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
-                with gr.Column(scale=2):
-                    grid = gr.Image(
-                        label="Samples", type="pil", format="png", show_label=False, elem_id="generate-grid"
-                    )
-                    generate_info = gr.Markdown(elem_id="generate-info")
-            guidance_mode.change(
-                lambda m: (gr.Number(visible=m == "constant"), gr.Row(visible=m == "interval schedule")),
-                inputs=guidance_mode,
-                outputs=[guidance_constant, schedule_row],
-                api_name=False,
-            )
-            generate_button.click(
-                on_generate,
-                inputs=[classes, images_per_class, guidance_mode, guidance_constant, *schedule_inputs, steps, seed],
-                outputs=[grid, generate_info],
-                api_name="generate",
-            )
-        with gr.Tab("Set tokenizer"):
-            with gr.Row():
-                with gr.Column(scale=1):
-                    image = gr.Image(
-                        label="Image",
-                        type="pil",
-                        sources=["upload", "clipboard"],
-                        height=256,
-                        elem_id="tokenize-input",
-                    )
-                    shuffle_seed = gr.Number(value=0, precision=0, minimum=0, label="Seed of the shuffled order")
-                    tokenize_button = gr.Button(
-                        "Tokenize and reconstruct", variant="primary", elem_id="tokenize-button"
-                    )
-                    if examples:
-                        gr.Examples(
-                            examples=[[path] for path in examples],
-                            inputs=[image],
-                            label="Examples",
-                            elem_id="tokenize-examples",
-                        )
-                with gr.Column(scale=2):
-                    # The figures carry their own captions; Gradio's label badge would cover their first line.
-                    figure = dict(type="pil", format="png", show_label=False)
-                    gr.Markdown("**Reconstruction** from the token set")
-                    reconstruction = gr.Image(label="Reconstruction", elem_id="tokenize-reconstruction", **figure)
-                    gr.Markdown("**The token set as a count vector**: codebook index left to right, count upwards")
-                    histogram = gr.Image(label="Count histogram", elem_id="tokenize-histogram", **figure)
-                    gr.Markdown("**Decoded from four orders of the same tokens**")
-                    orders = gr.Image(label="Token orders", elem_id="tokenize-orders", **figure)
-                    token_info = gr.Markdown()
-            tokenize_button.click(
-                on_tokenize,
-                inputs=[image, shuffle_seed],
-                outputs=[reconstruction, histogram, orders, token_info],
-                api_name="tokenize",
-            )
+        for build_tab in TAB_BUILDERS if tabs is None else tabs:
+            build_tab(pipeline, settings)
     return demo
 
 
