@@ -80,7 +80,7 @@ def pipeline(pipeline_dir):
 def served(pipeline):
     """(url, client) of the demo running on a local port."""
     demo = app.build_demo(pipeline, max_images=MAX_IMAGES, max_steps=MAX_STEPS)
-    _, url, _ = demo.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, ssr_mode=False)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, ssr_mode=False)
     try:
         yield url, gradio_client.Client(url, verbose=False)
     finally:
