@@ -32,9 +32,9 @@ SIGMA_SCHEDULES = ("sigmoid", "constant")
 PROBS_SUM_TOLERANCE = 1e-2
 
 
-def _check_integer(name: str, value, low: int, high: Optional[int] = None) -> None:
+def _check_integer(name: str, value, low: int, high: Optional[int] = None, high_name: str = "") -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low or (high and value > high):
-        allowed = f"in [{low}, {high}]" if high else f">= {low}"
+        allowed = f"in [{low}, {high_name + '=' if high_name else ''}{high}]" if high else f">= {low}"
         raise ValueError(f"`{name}` must be an integer {allowed}, got {value!r}.")
 
 
@@ -123,7 +123,7 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
             if mode not in SAMPLING_MODES:
                 raise ValueError(f"`{name}` must be one of {SAMPLING_MODES}, got {mode!r}.")
         _check_real("top_p", top_p, 0.0, 1.0, low_open=True)
-        _check_integer("top_k", top_k, 1, num_tokens)  # at most num_tokens
+        _check_integer("top_k", top_k, 1, num_tokens, "num_tokens")
         self.num_inference_steps = None
         self.timesteps = None
         self._time_grid = None
