@@ -166,7 +166,11 @@ def test_label_names_and_synonyms(pipeline):
         (dict(class_labels=["eleven"]), "Unknown class name"),
         (dict(class_labels=[]), "empty"),
         (dict(class_labels=[1.5]), "class ids"),
-        (dict(class_labels=[1], output_type="latent"), "output_type"),
+        (dict(class_labels=[1], output_type="latents"), "output_type"),
+        (dict(class_labels=[1], num_images_per_class=0), "num_images_per_class"),
+        (dict(class_labels=[1], num_images_per_class=1.5), "num_images_per_class"),
+        (dict(class_labels=[1, 2], num_images_per_class=2, generator=[torch.Generator()] * 2), "generators"),
+        (dict(class_labels=[1], callback_on_step_end_tensor_inputs=["noise"]), "callback_on_step_end_tensor_inputs"),
         (dict(class_labels=[1, 2], generator=[torch.Generator()]), "generators"),
         (dict(class_labels=[1], guidance_scale="4_50_55"), "guidance_scale"),
         (dict(class_labels=[1], guidance_scale=-1.0), "guidance_scale"),
@@ -199,9 +203,15 @@ def test_pipeline_without_names_asks_for_ids(pipeline):
 def test_save_load_round_trip(pipeline, tmp_path):
     pipeline.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
-    assert index["image_tokenizer"] == ["tokenset_diffusers.modeling_tokenset_vqvae", "TokenSetVQVAE"]
-    assert index["transformer"] == ["tokenset_diffusers.transformer_tokenset", "TokenSetTransformer1DModel"]
-    assert index["scheduler"] == ["tokenset_diffusers.scheduling_fsdd", "FSDDScheduler"]
+    # diffusers' custom-code entries, each backed by a file that imports the class from the package.
+    assert index["_class_name"] == ["pipeline_tokenset", "TokenSetPipeline"]
+    assert index["image_tokenizer"] == ["modeling_tokenset_vqvae", "TokenSetVQVAE"]
+    assert index["transformer"] == ["transformer_tokenset", "TokenSetTransformer1DModel"]
+    assert index["scheduler"] == ["scheduling_fsdd", "FSDDScheduler"]
+    assert (
+        "from tokenset_diffusers.scheduling_fsdd import FSDDScheduler"
+        in (tmp_path / "scheduler" / "scheduling_fsdd.py").read_text()
+    )
     assert index["id2label"]["2"] == "two"
     loaded = TokenSetPipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)

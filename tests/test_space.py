@@ -80,7 +80,7 @@ def pipeline(pipeline_dir):
 def served(pipeline):
     """(url, client) of the demo running on a local port."""
     demo = app.build_demo(pipeline, max_images=MAX_IMAGES, max_steps=MAX_STEPS)
-    _, url, _ = demo.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, ssr_mode=False)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, ssr_mode=False)
     try:
         yield url, gradio_client.Client(url, verbose=False)
     finally:
@@ -127,6 +127,30 @@ def test_loaded_pipeline_is_the_folder(pipeline, pipeline_dir):
     assert Path(pipeline.config._name_or_path) == pipeline_dir
     assert pipeline.config.id2label == DIGIT_NAMES
     assert app.class_choices(pipeline)[3] == ("3: three", 3)
+
+
+def test_model_line_names_the_model_not_a_local_path(pipeline, pipeline_dir):
+    summary = app.model_summary(pipeline)
+    assert "**tiny-pipeline**" in summary and str(pipeline_dir.parent) not in summary
+    assert app.tokenizer_domain_note(pipeline) == ""  # not the bundled model: no digits-only warning
+    pipeline.register_to_config(_name_or_path="org/tokenset-test")
+    try:
+        assert "**org/tokenset-test**" in app.model_summary(pipeline)
+    finally:
+        pipeline.register_to_config(_name_or_path=str(pipeline_dir))
+
+
+def test_bundled_model_is_named_and_its_domain_stated(monkeypatch):
+    monkeypatch.delenv(app.MODEL_ENV_VAR, raising=False)
+    try:
+        bundled = app.load_pipeline()
+    except FileNotFoundError:
+        pytest.skip("this installation ships without the bundled model")
+    assert "**the bundled digits model**" in app.model_summary(bundled)
+    assert str(app.bundled_pipeline_path()) not in app.model_summary(bundled)
+    assert "handwritten digits only" in app.tokenizer_domain_note(bundled)
+    # The examples are in its domain: digits.
+    assert all(Path(path).name.startswith("digit_") for path in app.DemoSettings().example_images())
 
 
 def test_space_readme_header_and_requirements():
@@ -214,6 +238,18 @@ def test_generate_tab_returns_the_pipelines_images(served, pipeline, mode, const
     assert info.startswith("4 images, 3 steps") and "seeds 5 to 8" in info
 
 
+def test_generate_tab_accepts_class_choices_as_strings(served, pipeline):
+    """gradio_client documents the class choices as strings: ids as text, picker entries and names all work."""
+    _, client = served
+    as_ints = _image(client.predict([3, 7], 1, "constant", 1.0, 4, 50, 55, 2, 0, api_name="/generate")[0])
+    for choices in (["3", "7"], ["3: three", "7: seven"], ["three", "seven"], [3, "seven"]):
+        grid_path, info = client.predict(choices, 1, "constant", 1.0, 4, 50, 55, 2, 0, api_name="/generate")
+        np.testing.assert_array_equal(_image(grid_path), as_ints)
+    for bad in (["eleven"], ["3: seven"], ["12"]):
+        with pytest.raises(gradio_client.exceptions.AppError, match="Unknown class"):
+            client.predict(bad, 1, "constant", 1.0, 4, 50, 55, 2, 0, api_name="/generate")
+
+
 def test_generate_tab_reports_progress_per_step(served, pipeline, monkeypatch):
     _, client = served
     step = pipeline.scheduler.step
@@ -285,7 +321,7 @@ def test_tokenizer_tab_without_an_image_asks_for_one(served):
 # ---------------------------------------------------------------- a real browser
 
 
-def test_generate_in_headless_chromium(served, tmp_path):
+def test_generate_in_headless_chromium(served, pipeline, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs `pip install playwright`")
     if not Path(CHROMIUM).is_file():
         pytest.skip(f"the browser test needs Debian's chromium at {CHROMIUM} (`apt-get install -y chromium`)")
@@ -310,25 +346,21 @@ def test_generate_in_headless_chromium(served, tmp_path):
                 "() => document.querySelector('#generate-info').innerText.includes('images')", timeout=30_000
             )
             page.screenshot(path=str(screenshot), full_page=True)
-            # The other tab: pick an example, tokenize it, wait for the reconstruction.
+            # The other tab: clicking an example runs it; wait for the reconstruction, no button pressed.
             page.get_by_role("tab", name="Set tokenizer").click()
-            page.locator("#tokenize-examples").get_by_role("button").first.click()
-            page.wait_for_function(
-                "() => { const img = document.querySelector('#tokenize-input img');"
-                " return img !== null && img.complete && img.naturalWidth > 0; }",
-                timeout=30_000,
-            )
-            page.locator("#tokenize-button").click()
+            page.locator("#tokenize-examples").get_by_role("gridcell").first.click()
             page.wait_for_function(
                 "() => { const img = document.querySelector('#tokenize-orders img');"
                 " return img !== null && img.complete && img.naturalWidth > 0; }",
                 timeout=60_000,
             )
+            tokenize_info = page.locator("#tokenize-info").inner_text()
             page.screenshot(path=str(tmp_path / "space_tokenizer.png"), full_page=True)
         finally:
             browser.close()
     # The default request: every class (10 <= 16 images), one image each, so ten rows of 96 px cells.
     assert size[1] > 10 * 96 and size[0] > 96
     assert screenshot.stat().st_size > 10_000
+    assert f"{pipeline.scheduler.config.num_tokens} tokens" in tokenize_info
     shutil.copy(screenshot, "/tmp/space_screenshot.png")
     shutil.copy(tmp_path / "space_tokenizer.png", "/tmp/space_screenshot_tokenizer.png")

@@ -51,10 +51,29 @@ INCEPTION_WEIGHTS_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
 
 def _to_float64_numpy(name: str, value: ArrayLike) -> np.ndarray:
     if isinstance(value, torch.Tensor):
+        _check_real_dtype(name, value.dtype, value.is_complex())
         value = value.detach().cpu().double().numpy()
     if not isinstance(value, np.ndarray):
         raise ValueError(f"`{name}` must be a numpy array or a torch tensor, got {type(value).__name__}.")
+    real = (np.issubdtype(value.dtype, np.number) or value.dtype == bool) and not np.iscomplexobj(value)
+    _check_real_dtype(name, value.dtype, not real)
     return value.astype(np.float64, copy=False)
+
+
+def _check_real_dtype(name: str, dtype, rejected: bool) -> None:
+    if rejected:
+        raise ValueError(f"`{name}` must hold real numbers, got dtype {dtype}.")
+
+
+def _check_finite(name: str, value: np.ndarray | torch.Tensor) -> None:
+    finite = torch.isfinite(value).all() if isinstance(value, torch.Tensor) else np.isfinite(value).all()
+    if not finite:
+        count = (
+            int((~torch.isfinite(value)).sum())
+            if isinstance(value, torch.Tensor)
+            else int((~np.isfinite(value)).sum())
+        )
+        raise ValueError(f"`{name}` must be finite, got {count} NaN or infinite entries.")
 
 
 # ---------------------------------------------------------------------------------------------- Fréchet distance
@@ -75,6 +94,12 @@ def _check_gaussian(mu_name: str, mu: np.ndarray, sigma_name: str, sigma: np.nda
         raise ValueError(
             f"`{sigma_name}` must be a symmetric covariance matrix, got an asymmetry of "
             f"{np.abs(sigma - sigma.T).max():.3g} (largest entry {scale:.3g})."
+        )
+    eigenvalues = np.linalg.eigvalsh((sigma + sigma.T) / 2)
+    if eigenvalues.size and eigenvalues.min() < -1e-6 * max(np.abs(eigenvalues).max(), 1e-300):
+        raise ValueError(
+            f"`{sigma_name}` must be a positive semi-definite covariance matrix, got an eigenvalue of "
+            f"{eigenvalues.min():.3g} (largest {eigenvalues.max():.3g})."
         )
 
 
@@ -151,6 +176,7 @@ def inception_score(
         raise ValueError(f"`logits` must have shape (num_samples, num_classes), got {logits.shape}.")
     if isinstance(splits, bool) or not isinstance(splits, int) or not 1 <= splits <= logits.shape[0]:
         raise ValueError(f"`splits` must be an integer in [1, num_samples={logits.shape[0]}], got {splits!r}.")
+    _check_finite("logits", logits)
     num_samples = logits.shape[0]
     if permutation_seed is not None:
         logits = logits[np.random.RandomState(permutation_seed).permutation(num_samples)]
@@ -212,6 +238,8 @@ def precision_recall(
         if not isinstance(value, torch.Tensor) or value.ndim != 2:
             shape = tuple(value.shape) if hasattr(value, "shape") else type(value).__name__
             raise ValueError(f"`{name}` must be an array of shape (num_samples, feature_dim), got {shape}.")
+        _check_real_dtype(name, value.dtype, value.is_complex())
+        _check_finite(name, value)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < value.shape[0]:
             raise ValueError(f"`k` must be an integer in [1, {value.shape[0]}) for `{name}`, got {k!r}.")
         tensors.append(value.to(device=device if device is not None else value.device, dtype=torch.float32))
@@ -312,9 +340,25 @@ class FeatureStatistics:
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "FeatureStatistics":
-        """Rebuilds an accumulator from [`state_dict`]."""
-        statistics = cls(int(np.asarray(state["mean"]).shape[0]))
-        return statistics._combine(int(state["num_samples"]), np.asarray(state["mean"]), np.asarray(state["scatter"]))
+        """Rebuilds an accumulator from [`state_dict`] (checked: a count >= 0, finite mean and scatter of matching
+        shapes)."""
+        if not isinstance(state, dict) or not {"num_samples", "mean", "scatter"} <= set(state):
+            got = sorted(state) if isinstance(state, dict) else type(state).__name__
+            raise ValueError(f"`state` must be a dict with 'num_samples', 'mean' and 'scatter', got {got}.")
+        count, mean, scatter = state["num_samples"], np.asarray(state["mean"]), np.asarray(state["scatter"])
+        if isinstance(count, (bool, float)) or not isinstance(count, (int, np.integer)) or count < 0:
+            raise ValueError(f"`state['num_samples']` must be an integer >= 0, got {count!r}.")
+        mean = _to_float64_numpy("state['mean']", mean)
+        scatter = _to_float64_numpy("state['scatter']", scatter)
+        if mean.ndim != 1 or mean.shape[0] < 1 or scatter.shape != (mean.shape[0], mean.shape[0]):
+            raise ValueError(
+                f"`state['mean']` and `state['scatter']` must have shapes (D,) and (D, D), got {mean.shape} and "
+                f"{scatter.shape}."
+            )
+        _check_finite("state['mean']", mean)
+        _check_finite("state['scatter']", scatter)
+        statistics = cls(int(mean.shape[0]))
+        return statistics._combine(int(count), mean, scatter)
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Writes `mu`, `sigma` and `num_samples` to an `.npz` file (see [`save_statistics`])."""

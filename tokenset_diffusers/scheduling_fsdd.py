@@ -5,6 +5,7 @@ Time follows the released checkpoints: t = 0 is noise (a random token set), t = 
 """
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Literal, Optional, Tuple, Union
 
@@ -29,6 +30,22 @@ from .set_ops import (
 # Sampling modes for x0 and x_t; "multinomial" draws from the unfiltered distribution.
 SAMPLING_MODES = ("top_p", "top_k", "multinomial")
 SIGMA_SCHEDULES = ("sigmoid", "constant")
+# How far a row of `model_output` may sum from 1 (float32 / bf16 softmax rounding stays far below it).
+PROBS_SUM_TOLERANCE = 1e-2
+
+
+def _check_integer(name: str, value, low: int, high: Optional[int] = None, high_name: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low or (high and value > high):
+        allowed = f"in [{low}, {high_name + '=' if high_name else ''}{high}]" if high else f">= {low}"
+        raise ValueError(f"`{name}` must be an integer {allowed}, got {value!r}.")
+
+
+def _check_real(name: str, value, low: float = -math.inf, high: float = math.inf, low_open: bool = False) -> None:
+    """`value` must be a finite real number (not a bool) in [low, high] (or (low, high] with `low_open`)."""
+    is_real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not is_real or not math.isfinite(value) or value > high or value < low or (low_open and value == low):
+        allowed = f"{'(' if low_open else '['}{low}, {high}]"
+        raise ValueError(f"`{name}` must be a finite number in {allowed}, got {value!r}.")
 
 
 @dataclass
@@ -82,6 +99,8 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
     """
 
     order = 1
+    # diffusers' scheduler interface: the noise prior (a random token set) is used as drawn, unscaled.
+    init_noise_sigma = 1.0
 
     @register_to_config
     def __init__(
@@ -98,22 +117,27 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
         xt_sampling: Literal["multinomial", "top_p", "top_k"] = "multinomial",
         exact_sum: bool = False,
     ):
-        if codebook_size < 1 or num_tokens < 1:
-            raise ValueError(
-                f"`codebook_size` and `num_tokens` must be positive, got {codebook_size} and {num_tokens}."
-            )
+        _check_integer("codebook_size", codebook_size, 1)
+        _check_integer("num_tokens", num_tokens, 1)
+        _check_real("sigmoid_slope", sigmoid_slope, 0.0, low_open=True)
+        _check_real("sigmoid_midpoint", sigmoid_midpoint)
+        _check_real("adjust_start", adjust_start, 0.0, 1.0)
+        if not isinstance(exact_sum, bool):
+            raise ValueError(f"`exact_sum` must be True or False, got {exact_sum!r}.")
         if sigma_schedule not in SIGMA_SCHEDULES:
             raise ValueError(f"`sigma_schedule` must be one of {SIGMA_SCHEDULES}, got {sigma_schedule!r}.")
         for name, mode in (("x0_sampling", x0_sampling), ("xt_sampling", xt_sampling)):
             if mode not in SAMPLING_MODES:
                 raise ValueError(f"`{name}` must be one of {SAMPLING_MODES}, got {mode!r}.")
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"`top_p` must be in (0, 1], got {top_p}.")
-        if not 1 <= top_k <= num_tokens:
-            raise ValueError(f"`top_k` must be in [1, num_tokens={num_tokens}], got {top_k}.")
+        _check_real("top_p", top_p, 0.0, 1.0, low_open=True)
+        _check_integer("top_k", top_k, 1, num_tokens, "num_tokens")
         self.num_inference_steps = None
         self.timesteps = None
         self._time_grid = None
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
+        """Returns `sample` unchanged: the model takes count vectors as they are (diffusers' scheduler interface)."""
+        return sample
 
     # ------------------------------------------------------------------ sampling
 
@@ -132,8 +156,16 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError("Call `set_timesteps(num_inference_steps)` before `step` or `transition_probs`.")
         if isinstance(timestep, torch.Tensor):
             if timestep.numel() != 1:
-                timestep = timestep.flatten()[0]
-            timestep = float(timestep)
+                raise ValueError(
+                    f"`timestep` must be one time (a float or a one-element tensor), got a tensor of shape "
+                    f"{tuple(timestep.shape)}."
+                )
+            timestep = timestep.item()
+        if isinstance(timestep, bool) or not isinstance(timestep, numbers.Real) or not math.isfinite(timestep):
+            raise ValueError(
+                f"`timestep` must be one of the {self.num_inference_steps} sampling times i / N set by "
+                f"`set_timesteps`, got {timestep!r}."
+            )
         index = round(timestep * self.num_inference_steps)
         if not 0 <= index < self.num_inference_steps or abs(timestep * self.num_inference_steps - index) > 1e-3:
             raise ValueError(
@@ -358,10 +390,24 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
                 f"`model_output` must be probabilities of shape (batch_size, codebook_size, num_tokens + 1) = "
                 f"{expected}, got {shape}."
             )
-        if checks_values(probs) and not (probs >= 0).all():  # one pass catches NaN and negative values
+        if probs.is_complex() or not probs.is_floating_point():
+            raise ValueError(
+                f"`model_output` must be a real floating-point tensor of probabilities, got {probs.dtype}."
+            )
+        if not checks_values(probs):
+            return
+        if not (probs >= 0).all():  # one pass catches NaN and negative values
             if torch.isnan(probs).any():
                 raise ValueError("`model_output` contains NaN.")
             raise ValueError("`model_output` must be probabilities (non-negative); did you pass logits?")
+        row_sums = probs.float().sum(-1)  # (B, C); inf and all-zero rows are caught here
+        bad = ~((row_sums - 1).abs() <= PROBS_SUM_TOLERANCE)
+        if bad.any():
+            raise ValueError(
+                "`model_output` must be probabilities whose rows (last dimension) sum to 1 within "
+                f"{PROBS_SUM_TOLERANCE}, got row sums from {row_sums.min().item()} to {row_sums.max().item()} "
+                f"({int(bad.sum())} rows off); pass `logits.softmax(-1)` rather than logits or scores."
+            )
 
     def __len__(self):
         return self.num_inference_steps or 0

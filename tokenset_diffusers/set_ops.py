@@ -12,6 +12,7 @@ All functions are pure, vectorised over the batch and positions, and take a ``ge
 numbers (a ``torch.Generator`` or a list of them, one per batch row, as in diffusers).
 """
 
+import numbers
 from typing import List, Literal, Optional, Union
 
 import torch
@@ -63,6 +64,27 @@ def checks_values(tensor: torch.Tensor) -> bool:
     synchronisation, so nothing in sampling or training waits for an accelerator. Shapes and dtypes are checked
     everywhere."""
     return tensor.device.type == "cpu"
+
+
+def _check_integer_argument(name: str, value, low: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}.")
+
+
+def _check_value_range(name: str, tensor: torch.Tensor, low: float, high: float, allowed: str) -> None:
+    """On the CPU ([`checks_values`]): every value of `tensor` must be finite and in [low, high] (`allowed` says so
+    in words)."""
+    if not checks_values(tensor) or tensor.numel() == 0:
+        return
+    values = tensor.float() if tensor.is_floating_point() else tensor.double()
+    if not (torch.isfinite(values).all() and values.min() >= low and values.max() <= high):
+        finite = values[torch.isfinite(values)]
+        found = f"[{finite.min().item()}, {finite.max().item()}]" if finite.numel() else "no finite values"
+        non_finite = int((~torch.isfinite(values)).sum())
+        raise ValueError(
+            f"`{name}` must hold {allowed}, got values in {found}"
+            + (f" and {non_finite} NaN/inf." if non_finite else ".")
+        )
 
 
 def _check_counts_2d(name: str, tensor: torch.Tensor) -> None:
@@ -121,8 +143,12 @@ def counts_to_tokens(counts: torch.Tensor, num_tokens: int) -> torch.LongTensor:
     if isinstance(counts, torch.Tensor) and counts.ndim == 3 and counts.shape[-1] == 1:
         counts = counts[..., 0]
     _check_counts_2d("counts", counts)
+    _check_integer_argument("num_tokens", num_tokens)
+    if counts.is_complex():
+        raise ValueError(f"`counts` must be a real tensor, got dtype {counts.dtype}.")
     if counts.is_floating_point() and torch.isnan(counts).any():
         raise ValueError("`counts` contains NaN.")
+    _check_value_range("counts", counts, -float("inf"), num_tokens, f"finite counts at most num_tokens={num_tokens}")
     remains = counts.clone().float()  # (B, C)
     rounded = torch.where(counts < 1, torch.zeros_like(counts), counts)
     rounded = rounded.round().long() if rounded.is_floating_point() else rounded.long()  # (B, C)
@@ -131,6 +157,11 @@ def counts_to_tokens(counts: torch.Tensor, num_tokens: int) -> torch.LongTensor:
     ranks = _ranks_from_order(torch.argsort(remains, dim=-1, descending=True))  # (B, C)
     rounded = rounded + (ranks < missing[:, None]).long()  # (B, C)
     cumulative = rounded.cumsum(-1)  # (B, C)
+    if checks_values(counts) and (cumulative[:, -1] < num_tokens).any():  # only when codebook_size < num_tokens
+        raise ValueError(
+            f"`counts` rows must make num_tokens={num_tokens} tokens after rounding and the fill, got row totals "
+            f"{cumulative[:, -1].tolist()} from a codebook of {counts.shape[1]} entries."
+        )
     positions = torch.arange(num_tokens, device=counts.device).expand(counts.shape[0], -1).contiguous()  # (B, M)
     return torch.searchsorted(cumulative, positions, right=True)  # (B, M)
 
@@ -157,6 +188,10 @@ def quantize_to_sum(
         `torch.LongTensor` of shape `(batch_size, length)`.
     """
     _check_counts_2d("values", values)
+    _check_integer_argument("total", total, low=0)
+    if values.is_complex():
+        raise ValueError(f"`values` must be a real tensor, got dtype {values.dtype}.")
+    _check_value_range("values", values, 0, 2**31, "finite non-negative values (at most 2**31)")
     tie_keys = _tie_keys(values, tie_break, generator)
     values = values.float()
     floors = values.floor()  # (B, L)
@@ -236,6 +271,7 @@ def discretized_gaussian(mean: torch.Tensor, std: torch.Tensor, num_values: int)
     Returns:
         `torch.FloatTensor` of shape `(batch_size, length, num_values)`; each `[b, j]` row sums to 1.
     """
+    _check_value_range("std", std, float(torch.finfo(torch.float32).tiny), float("inf"), "finite positive stds")
     values = torch.arange(num_values, device=mean.device, dtype=torch.float32)  # (V,)
     mean = mean.float()[..., None]  # (B, L, 1)
     std = std.float()[..., None]  # (B, L, 1)
@@ -286,6 +322,9 @@ class DiscretizedGaussian:
                 f"`mean` and `std` must have the same shape (batch_size, length), got {tuple(mean.shape)} and "
                 f"{tuple(std.shape)}."
             )
+        _check_integer_argument("num_values", num_values)
+        _check_value_range("mean", mean, -float("inf"), float("inf"), "finite means")
+        _check_value_range("std", std, float(torch.finfo(torch.float32).tiny), float("inf"), "finite positive stds")
         self.mean = mean.float()  # (B, L)
         self.std = std.float()  # (B, L)
         self.num_values = num_values

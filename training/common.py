@@ -322,17 +322,102 @@ class ExponentialMovingAverage:
         self.num_updates = int(state_dict["num_updates"])
 
 
-@dataclass
-class TrainingProgress:
-    """The number of optimiser steps done; checkpointed with the run."""
+class UnreadableSamples:
+    """The training examples that could not be read (a corrupt JPEG, a truncated PNG, a text file named `.png`): how
+    many per epoch, the first few names, and the limit after which the run stops.
 
-    step: int = 0
+    Each process records what its own batches skipped ([`add`]); [`sync`], called at every logging step, gathers the
+    new records of every process, logs them, and raises on every process at once when the run's total passes
+    `max_bad_samples`. Its state is part of [`TrainingProgress`], so a resumed run keeps counting from the
+    checkpoint.
+
+    Args:
+        max_bad_samples (`int`): the most unreadable samples the run tolerates (all processes together); 0 stops at
+            the first one.
+        num_names (`int`, defaults to 10): how many distinct names to keep for the log and the run summary.
+    """
+
+    def __init__(self, max_bad_samples: int = 100, num_names: int = 10):
+        if isinstance(max_bad_samples, bool) or not isinstance(max_bad_samples, int) or max_bad_samples < 0:
+            raise ValueError(f"`max_bad_samples` must be an integer >= 0, got {max_bad_samples!r}.")
+        self.max_bad_samples = max_bad_samples
+        self.num_names = num_names
+        self.per_epoch: dict[int, int] = {}
+        self.first_names: list[str] = []
+        self.pending: list[dict] = []
+
+    @property
+    def total(self) -> int:
+        return sum(self.per_epoch.values())
+
+    def add(self, records: list[dict], epoch: Optional[int] = None) -> None:
+        """Keeps this process's records (`{"name", "error"}`, optionally `"epoch"`) until the next [`sync`]."""
+        self.pending.extend({**record, "epoch": record.get("epoch", epoch)} for record in records)
+
+    def merge(self, records: list[dict], log: bool = True) -> None:
+        for record in records:
+            epoch = int(record["epoch"] or 0)
+            self.per_epoch[epoch] = self.per_epoch.get(epoch, 0) + 1
+            if record["name"] not in self.first_names and len(self.first_names) < self.num_names:
+                self.first_names.append(record["name"])
+                if log:
+                    logger.warning(
+                        "Skipped an unreadable sample (epoch %d): %s (%s)", epoch, record["name"], record["error"]
+                    )
+
+    def sync(self, accelerator: Optional[Accelerator] = None) -> None:
+        """Merges every process's pending records (one `gather_object`), logs the counts, applies the limit."""
+        records = self.pending
+        if accelerator is not None and accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            records = [record for part in gather_object([self.pending]) for record in part]
+        self.pending = []
+        log = accelerator is None or accelerator.is_main_process
+        if records:
+            self.merge(records, log)
+        if records and log:
+            logger.warning(
+                "Unreadable samples skipped so far, per epoch: %s (total %d, limit `max_bad_samples` = %d).",
+                self.per_epoch,
+                self.total,
+                self.max_bad_samples,
+            )
+        self.check_limit()
+
+    def check_limit(self) -> None:
+        if self.total > self.max_bad_samples:
+            raise RuntimeError(
+                f"{self.total} training samples could not be read, more than `max_bad_samples` = "
+                f"{self.max_bad_samples}; the first ones: {self.first_names}. Remove or repair them, or raise "
+                "`--max_bad_samples`."
+            )
+
+    def summary(self) -> dict:
+        return {"total": self.total, "per_epoch": dict(self.per_epoch), "first_names": list(self.first_names)}
 
     def state_dict(self) -> dict:
-        return {"step": self.step}
+        return {"per_epoch": dict(self.per_epoch), "first_names": list(self.first_names)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.per_epoch = {int(epoch): int(count) for epoch, count in state_dict["per_epoch"].items()}
+        self.first_names = [str(name) for name in state_dict["first_names"]]
+
+
+@dataclass
+class TrainingProgress:
+    """The number of optimiser steps done and the unreadable samples skipped so far; checkpointed with the run."""
+
+    step: int = 0
+    unreadable: UnreadableSamples = field(default_factory=UnreadableSamples)
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "unreadable_samples": self.unreadable.state_dict()}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.step = int(state_dict["step"])
+        if "unreadable_samples" in state_dict:  # checkpoints written before the count existed have none
+            self.unreadable.load_state_dict(state_dict["unreadable_samples"])
 
 
 # -------------------------------------------------------------------------------------------------------- randomness

@@ -10,12 +10,20 @@ Batches of a map-style dataset come from [`DistributedBatchSampler`]: an endless
 process, where epoch e is a permutation seeded by (seed, e), so a run resumed at step k continues with exactly the
 batches an uninterrupted run would have seen.
 
+An example whose image cannot be read (a corrupt JPEG, a truncated PNG, a text file named `.jpg`) is skipped, not
+fatal: images are decoded here rather than by `datasets`, so the failure names the file ([`process_example`]). In a
+training batch its place is taken by a readable example drawn with a generator seeded by (seed, the unreadable
+index), so batches keep their size, no other example moves, and a resumed run skips exactly what an uninterrupted one
+skips; [`collate_examples`] passes the skipped names on to the training loop, which counts them per epoch, logs the
+first few, puts them in the run summary and stops past `max_bad_samples` ([`training.common.UnreadableSamples`]).
+
 Token sets written by `training/pretokenize.py` are read by [`load_pretokenized`] / [`TokenSetExamples`].
 """
 
 import json
 import logging
 import os
+import struct
 from dataclasses import dataclass
 from itertools import count, islice
 from pathlib import Path
@@ -24,16 +32,22 @@ from typing import Iterator, Literal, Optional
 import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, IterableDataset, load_dataset, load_from_disk
+from datasets import Image as ImageFeature
 from datasets.distributed import split_dataset_by_node
+from PIL import Image
 
 from tokenset_diffusers.image_processing import preprocess_images
 
-from .common import arg, check_choices, check_positive, derived_seed
+from .common import UnreadableSamples, arg, check_choices, check_positive, derived_seed
 
 
 logger = logging.getLogger(__name__)
 
 PRETOKENIZED_INFO_NAME = "tokenset_pretokenized.json"
+# What PIL and `datasets` raise for a file that is not a readable image (missing, truncated, not an image, too big).
+UNREADABLE_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
+# How many random draws may replace one unreadable training example before the data is declared unusable.
+MAX_REPLACEMENT_DRAWS = 100
 
 
 @dataclass
@@ -60,11 +74,17 @@ class DataArguments:
     cache_dir: Optional[str] = arg(None, "`datasets` cache folder.")
     dataloader_num_workers: int = arg(0, "DataLoader worker processes (image decoding and cropping).")
     pin_memory: bool = arg(True, "Pin DataLoader memory when training on CUDA.")
+    max_bad_samples: int = arg(
+        100,
+        "Unreadable images (corrupt, truncated, not an image) are skipped, counted and named in the log and the run "
+        "summary; the run stops with an error once more than this many were met (all processes together). 0 stops "
+        "at the first one.",
+    )
 
     def __post_init__(self):
         check_choices(self)
         check_positive(self, "shuffle_buffer_size", "max_train_samples", "max_eval_samples")
-        check_positive(self, "dataloader_num_workers", allow_zero=True)
+        check_positive(self, "dataloader_num_workers", "max_bad_samples", allow_zero=True)
 
 
 # ------------------------------------------------------------------------------------------------------------ loading
@@ -138,27 +158,125 @@ def num_classes_of(dataset: Dataset | IterableDataset, label_column: Optional[st
 # --------------------------------------------------------------------------------------------------------- examples
 
 
-def process_example(example: dict, image_size: int, image_column: str, label_column: Optional[str]) -> dict:
-    """One raw example -> `{"pixel_values": (3, S, S) float in [-1, 1], "label": int64}` (ADM centre crop)."""
-    pixel_values = preprocess_images(example[image_column], image_size)[0]  # (3, S, S)
+class UnreadableSampleError(Exception):
+    """An example whose image could not be read; `record` (`{"name", "error"}`) names the file and the failure."""
+
+    def __init__(self, name: str, error: BaseException):
+        self.record = {"name": name, "error": f"{type(error).__name__}: {error}"}
+        super().__init__(f"{name}: {self.record['error']}")
+
+
+def undecoded_images(dataset: Dataset | IterableDataset, image_column: str):
+    """`(dataset, feature)`: the dataset with its `datasets.Image` column left undecoded (`{"path", "bytes"}`) and
+    the feature that decodes it, so that [`process_example`] can name an unreadable file; `(dataset, None)` when the
+    column is not a decoding `Image` feature (e.g. arrays)."""
+    feature = (dataset.features or {}).get(image_column)
+    if isinstance(feature, ImageFeature) and feature.decode:
+        return dataset.cast_column(image_column, ImageFeature(mode=feature.mode, decode=False)), feature
+    return dataset, None
+
+
+def process_example(
+    example: dict,
+    image_size: int,
+    image_column: str,
+    label_column: Optional[str],
+    image_feature: Optional[ImageFeature] = None,
+    name: str = "an example",
+) -> dict:
+    """One raw example -> `{"pixel_values": (3, S, S) float in [-1, 1], "label": int64}` (ADM centre crop).
+
+    `image_feature` decodes a stored image (see [`undecoded_images`]). An image that cannot be read raises
+    [`UnreadableSampleError`] naming its file (or `name` for images stored as bytes).
+    """
+    image = example[image_column]
+    if isinstance(image, dict) and image.get("path"):
+        name = image["path"]
+    try:
+        if image_feature is not None:
+            image = image_feature.decode_example(image)
+        pixel_values = preprocess_images(image, image_size)[0]  # (3, S, S)
+    except UNREADABLE_IMAGE_ERRORS as error:
+        raise UnreadableSampleError(name, error) from error
     label = example[label_column] if label_column is not None else 0
     return {"pixel_values": pixel_values, "label": torch.tensor(label, dtype=torch.long)}
 
 
-class ImageExamples(torch.utils.data.Dataset):
-    """A map-style image dataset as centre-cropped tensors (see [`process_example`])."""
+def collate_examples(examples: list[dict]) -> dict:
+    """Batches the readable examples (`torch.utils.data.default_collate`); `batch["skipped"]` lists the records of
+    the unreadable ones (examples that hold only a `"skipped"` list) and of those that readable examples replaced."""
+    skipped = [record for example in examples for record in example.get("skipped", ())]
+    readable = [
+        {key: value for key, value in example.items() if key != "skipped"}
+        for example in examples
+        if set(example) - {"skipped"}
+    ]
+    batch = torch.utils.data.default_collate(readable) if readable else {}
+    batch["skipped"] = skipped
+    return batch
 
-    def __init__(self, dataset: Dataset, image_size: int, image_column: str, label_column: Optional[str]):
-        self.dataset = dataset
+
+class ImageExamples(torch.utils.data.Dataset):
+    """A map-style image dataset as centre-cropped tensors (see [`process_example`]).
+
+    An unreadable image gives `{"skipped": [record]}` instead of an example. With `replacement_seed`, a batch read
+    through `__getitems__` (what `DataLoader` does with a batch sampler) replaces it with a readable example drawn by a
+    generator seeded by (`replacement_seed`, the unreadable index), and records the skip on the replacement.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        image_size: int,
+        image_column: str,
+        label_column: Optional[str],
+        replacement_seed: Optional[int] = None,
+    ):
+        self.dataset, self.image_feature = undecoded_images(dataset, image_column)
         self.image_size = image_size
         self.image_column = image_column
         self.label_column = label_column
+        self.replacement_seed = replacement_seed
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict:
-        return process_example(self.dataset[int(index)], self.image_size, self.image_column, self.label_column)
+        name = f"row {int(index)} of split {self.dataset.split}"
+        try:
+            return process_example(
+                self.dataset[int(index)],
+                self.image_size,
+                self.image_column,
+                self.label_column,
+                self.image_feature,
+                name,
+            )
+        except UnreadableSampleError as error:
+            return {"skipped": [error.record]}
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        examples = [self[index] for index in indices]
+        if self.replacement_seed is None:
+            return examples
+        for position, example in enumerate(examples):
+            if "pixel_values" not in example:
+                examples[position] = self.replacement(indices[position], example["skipped"])
+        return examples
+
+    def replacement(self, index: int, skipped: list[dict]) -> dict:
+        """A readable example in place of the unreadable `index`, drawn by a generator seeded by (seed, index),
+        carrying the `skipped` record of `index`."""
+        generator = torch.Generator().manual_seed(derived_seed(self.replacement_seed, "replacement", int(index)))
+        draws = torch.randint(len(self), (MAX_REPLACEMENT_DRAWS,), generator=generator).tolist()
+        for draw in draws:  # an unreadable draw is not counted: only the examples the batch order placed are
+            candidate = self[draw]
+            if "pixel_values" in candidate:
+                return {**candidate, "skipped": skipped}
+        raise RuntimeError(
+            f"{MAX_REPLACEMENT_DRAWS} random examples drawn to replace the unreadable {skipped[0]['name']} were all "
+            "unreadable too; check the dataset (most of its images cannot be read)."
+        )
 
 
 class StreamingImageExamples(torch.utils.data.IterableDataset):
@@ -169,18 +287,28 @@ class StreamingImageExamples(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, dataset: IterableDataset, image_size: int, image_column: str, label_column: Optional[str]):
-        self.dataset = dataset
+        self.dataset, self.image_feature = undecoded_images(dataset, image_column)
         self.image_size = image_size
         self.image_column = image_column
         self.label_column = label_column
 
     def __iter__(self) -> Iterator[dict]:
+        skipped = []  # records of unreadable examples, passed on with the next readable one (`"skipped"`)
         for epoch in count():
             self.dataset.set_epoch(epoch)
             empty = True
-            for example in self.dataset:
+            for number, example in enumerate(self.dataset):
                 empty = False
-                yield process_example(example, self.image_size, self.image_column, self.label_column)
+                name = f"example {number} of the stream (epoch {epoch})"
+                try:
+                    processed = process_example(
+                        example, self.image_size, self.image_column, self.label_column, self.image_feature, name
+                    )
+                except UnreadableSampleError as error:
+                    skipped.append({**error.record, "epoch": epoch})
+                    continue
+                yield {**processed, "skipped": skipped} if skipped else processed
+                skipped = []
             if empty:  # this worker has no shard of the stream
                 return
 
@@ -259,26 +387,53 @@ def build_dataloader(
     seed: int,
     start_batch: int,
     data_args: DataArguments,
+    unreadable: Optional[UnreadableSamples] = None,
 ) -> Iterator[dict]:
     """An endless iterator over this process's training batches, starting at batch `start_batch`.
 
     Map-style `examples` use [`DistributedBatchSampler`]; streamed ones ([`StreamingImageExamples`]) are batched in
     stream order, and resuming skips `start_batch` batches by reading them (exact, but it re-decodes those images).
+    The unreadable examples each batch skipped are added to `unreadable` (with their epoch) as the batch is taken.
     """
     pin_memory = data_args.pin_memory and accelerator.device.type == "cuda"
     workers = data_args.dataloader_num_workers
     if isinstance(examples, torch.utils.data.IterableDataset):
         loader = torch.utils.data.DataLoader(
-            examples, batch_size=batch_size, num_workers=workers, pin_memory=pin_memory, drop_last=True
+            examples,
+            batch_size=batch_size,
+            num_workers=workers,
+            pin_memory=pin_memory,
+            drop_last=True,
+            collate_fn=collate_examples,
         )
-        return islice(iter(loader), start_batch, None)
+        return recording_skips(islice(iter(loader), start_batch, None), unreadable)
     sampler = DistributedBatchSampler(
         len(examples), batch_size, accelerator.num_processes, accelerator.process_index, seed, start_batch
     )
     loader = torch.utils.data.DataLoader(
-        examples, batch_sampler=sampler, num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0
+        examples,
+        batch_sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        collate_fn=collate_examples,
     )
-    return iter(loader)
+    return recording_skips(iter(loader), unreadable, start_batch, sampler.batches_per_epoch)
+
+
+def recording_skips(
+    batches: Iterator[dict],
+    unreadable: Optional[UnreadableSamples],
+    first_batch: int = 0,
+    batches_per_epoch: Optional[int] = None,
+) -> Iterator[dict]:
+    """`batches` without their `"skipped"` records, which go to `unreadable` (epoch = batch number // batches per
+    epoch for map-style data; streamed records carry their epoch)."""
+    for number, batch in enumerate(batches, start=first_batch):
+        skipped = batch.pop("skipped", [])
+        if unreadable is not None and skipped:
+            unreadable.add(skipped, number // batches_per_epoch if batches_per_epoch else None)
+        yield batch
 
 
 def build_train_examples(
@@ -289,7 +444,8 @@ def build_train_examples(
     if not data_args.streaming:
         if data_args.max_train_samples is not None:
             dataset = dataset.select(range(min(data_args.max_train_samples, len(dataset))))
-        return ImageExamples(dataset, image_size, data_args.image_column, data_args.label_column), dataset
+        examples = ImageExamples(dataset, image_size, data_args.image_column, data_args.label_column, seed)
+        return examples, dataset
     if data_args.max_train_samples is not None:
         dataset = dataset.take(data_args.max_train_samples)
     stream = dataset.shuffle(seed=seed, buffer_size=data_args.shuffle_buffer_size)
@@ -306,7 +462,8 @@ def build_eval_dataloader(
         return None
     dataset = load_split(data_args, data_args.eval_split)
     if data_args.streaming:
-        dataset = Dataset.from_list(list(dataset.take(data_args.max_eval_samples)), features=dataset.features)
+        undecoded, _ = undecoded_images(dataset, data_args.image_column)  # an unreadable image fails later, named
+        dataset = Dataset.from_list(list(undecoded.take(data_args.max_eval_samples)), features=dataset.features)
     else:
         dataset = dataset.select(range(min(data_args.max_eval_samples, len(dataset))))
     examples = ImageExamples(dataset, image_size, data_args.image_column, data_args.label_column)
@@ -315,6 +472,7 @@ def build_eval_dataloader(
         torch.utils.data.Subset(examples, indices),
         batch_size=batch_size,
         num_workers=data_args.dataloader_num_workers,
+        collate_fn=collate_examples,
     )
 
 

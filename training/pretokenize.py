@@ -13,6 +13,10 @@ describing the tokenizer. `train_generator.py --pretokenized_dataset output_dir`
 Work is sharded across the launched processes: each encodes a contiguous block of rows (a map-style dataset; the
 output keeps the source order) or its part of the stream (`--streaming`; rows then come process by process). The
 output is written under a temporary name and renamed when complete.
+
+An image that cannot be read (corrupt, truncated, not an image) is left out of the output; the run logs its name,
+records the count and the first names per split in `tokenset_pretokenized.json` (`unreadable_samples`), and stops with
+an error once a process has met more than `--max_bad_samples`.
 """
 
 import logging
@@ -32,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value, concatenate_datasets, load_from_disk
 from datasets.distributed import split_dataset_by_node
 from tqdm.auto import tqdm
@@ -42,7 +47,9 @@ from training.data import (
     DataArguments,
     ImageExamples,
     StreamingImageExamples,
+    UnreadableSampleError,
     class_names,
+    collate_examples,
     load_split,
     num_classes_of,
     process_example,
@@ -95,19 +102,43 @@ def this_process_examples(accelerator: Accelerator, data_args: DataArguments, sp
     return ImageExamples(block, image_size, data_args.image_column, data_args.label_column), dataset
 
 
+def check_unreadable(skipped: list[dict], max_bad_samples: Optional[int]) -> None:
+    """Raises once more than `max_bad_samples` images were unreadable (None: no limit)."""
+    if max_bad_samples is not None and len(skipped) > max_bad_samples:
+        raise RuntimeError(
+            f"{len(skipped)} images could not be read, more than `max_bad_samples` = {max_bad_samples}; the first "
+            f"ones: {[record['name'] for record in skipped[:10]]}. Remove or repair them, or raise `--max_bad_samples`."
+        )
+
+
 @torch.no_grad()
 def encode_examples(
-    accelerator: Accelerator, tokenizer: TokenSetVQVAE, examples, batch_size: int, num_workers: int = 0
-) -> dict[str, np.ndarray]:
-    """Token sets of every example and of its mirror image: `token_ids`, `token_ids_flipped` `(N, num_tokens)` and
-    `label` `(N,)` numpy arrays (ids as uint16 when the codebook allows). A streamed `examples` is read once."""
+    accelerator: Accelerator,
+    tokenizer: TokenSetVQVAE,
+    examples,
+    batch_size: int,
+    num_workers: int = 0,
+    max_bad_samples: Optional[int] = None,
+) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """Token sets of every readable example and of its mirror image: `token_ids`, `token_ids_flipped`
+    `(N, num_tokens)` and `label` `(N,)` numpy arrays (ids as uint16 when the codebook allows), and the records
+    (`{"name", "error"}`) of the unreadable examples left out. A streamed `examples` is read once."""
     if isinstance(examples, StreamingImageExamples):
         examples = OnePass(examples)
-    loader = torch.utils.data.DataLoader(examples, batch_size=batch_size, num_workers=num_workers)
+    loader = torch.utils.data.DataLoader(
+        examples, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_examples
+    )
     id_dtype = np.uint16 if tokenizer.config.codebook_size <= 2**16 else np.int32
     num_tokens = tokenizer.config.num_tokens
     token_ids, flipped, labels = [np.zeros((0, num_tokens), id_dtype)], [np.zeros((0, num_tokens), id_dtype)], []
+    skipped = []
     for batch in tqdm(loader, disable=not accelerator.is_local_main_process, desc="pretokenize"):
+        for record in batch["skipped"]:
+            logger.warning("Left out an unreadable image: %s (%s)", record["name"], record["error"])
+        skipped += batch["skipped"]
+        check_unreadable(skipped, max_bad_samples)
+        if "pixel_values" not in batch:  # every image of the batch was unreadable
+            continue
         pixel_values = batch["pixel_values"].to(accelerator.device)  # (B, 3, S, S)
         both = torch.cat([pixel_values, pixel_values.flip(-1)])  # (2B, 3, S, S)
         with accelerator.autocast():
@@ -115,11 +146,12 @@ def encode_examples(
         token_ids.append(ids[: len(pixel_values)])
         flipped.append(ids[len(pixel_values) :])
         labels.append(batch["label"].numpy())
-    return {
+    arrays = {
         "token_ids": np.concatenate(token_ids),
         "token_ids_flipped": np.concatenate(flipped),
         "label": np.concatenate(labels) if labels else np.zeros(0, np.int64),
     }
+    return arrays, skipped
 
 
 class OnePass(torch.utils.data.IterableDataset):
@@ -130,8 +162,18 @@ class OnePass(torch.utils.data.IterableDataset):
 
     def __iter__(self):
         examples = self.examples
-        for example in examples.dataset:
-            yield process_example(example, examples.image_size, examples.image_column, examples.label_column)
+        for number, example in enumerate(examples.dataset):
+            try:
+                yield process_example(
+                    example,
+                    examples.image_size,
+                    examples.image_column,
+                    examples.label_column,
+                    examples.image_feature,
+                    f"example {number} of the stream",
+                )
+            except UnreadableSampleError as error:
+                yield {"skipped": [error.record]}
 
 
 def to_dataset(arrays: dict[str, np.ndarray], features: Features) -> Dataset:
@@ -157,18 +199,28 @@ def pretokenize_split(
     args: PretokenizeArguments,
     split: str,
     shard_root: Path,
-) -> Optional[Dataset]:
-    """Encodes this process's share of `split` into a shard; the main process returns the joined split."""
+) -> tuple[Optional[Dataset], list[dict]]:
+    """Encodes this process's share of `split` into a shard; the main process returns the joined split. Also returns
+    the records of the unreadable images every process left out."""
     config = tokenizer.config
     examples, dataset = this_process_examples(accelerator, data_args, split, config.image_size)
-    arrays = encode_examples(accelerator, tokenizer, examples, args.batch_size, data_args.dataloader_num_workers)
+    arrays, skipped = encode_examples(
+        accelerator,
+        tokenizer,
+        examples,
+        args.batch_size,
+        data_args.dataloader_num_workers,
+        data_args.max_bad_samples,
+    )
+    if accelerator.num_processes > 1:
+        skipped = [record for part in gather_object([skipped]) for record in part]
     features = token_features(config.codebook_size, config.num_tokens, label_feature(dataset, data_args))
     to_dataset(arrays, features).save_to_disk(str(shard_root / split / f"rank{accelerator.process_index}"))
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
-        return None
+        return None, skipped
     shards = [load_from_disk(str(shard_root / split / f"rank{rank}")) for rank in range(accelerator.num_processes)]
-    return concatenate_datasets(shards)
+    return concatenate_datasets(shards), skipped
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -187,7 +239,14 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     tokenizer = TokenSetVQVAE.from_pretrained(args.tokenizer_name_or_path).to(accelerator.device).eval()
     splits = [data_args.train_split] + ([data_args.eval_split] if data_args.eval_split else [])
-    joined = {split: pretokenize_split(accelerator, tokenizer, data_args, args, split, shard_root) for split in splits}
+    results = {
+        split: pretokenize_split(accelerator, tokenizer, data_args, args, split, shard_root) for split in splits
+    }
+    joined = {split: dataset for split, (dataset, _) in results.items()}
+    unreadable = {
+        split: {"total": len(skipped), "first_names": [record["name"] for record in skipped[:10]]}
+        for split, (_, skipped) in results.items()
+    }
 
     if accelerator.is_main_process:
         DatasetDict(joined).save_to_disk(str(partial_dir))
@@ -204,13 +263,14 @@ def main(argv: Optional[list[str]] = None) -> None:
                 "num_rows": {split: len(dataset) for split, dataset in joined.items()},
                 "row_order": "stream order, process by process" if data_args.streaming else "source order",
                 "num_processes": accelerator.num_processes,
+                "unreadable_samples": unreadable,
             },
         )
         if output_dir.exists():
             shutil.rmtree(output_dir)
         partial_dir.rename(output_dir)
         shutil.rmtree(shard_root)
-        logger.info("Wrote %s", output_dir)
+        logger.info("Wrote %s (unreadable images left out: %s)", output_dir, unreadable)
     accelerator.wait_for_everyone()
     accelerator.end_training()
 

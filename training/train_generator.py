@@ -21,6 +21,7 @@ The loss is also logged per bucket of t. The EMA of the weights is saved to `out
 """
 
 import contextlib
+import logging
 import math
 import sys
 from dataclasses import dataclass
@@ -78,6 +79,9 @@ from training.data import (
     num_classes_of,
     random_horizontal_flip,
 )
+
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -426,6 +430,8 @@ def train(
             last_buckets = bucket_metrics(accelerator.reduce(window_buckets, reduction="sum"))
             accelerator.log({**window.pop_means(), **last_buckets}, step=step)
             window_buckets.zero_()
+        if step % args.logging_steps == 0 or step % args.checkpointing_steps == 0 or last:
+            state.progress.unreadable.sync(accelerator)  # counts, logs, and stops past `max_bad_samples`
         if step % args.checkpointing_steps == 0 or last:
             save_checkpoint(accelerator, args.output_dir, step, args.checkpoints_total_limit)
     progress_bar.close()
@@ -492,6 +498,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     set_seed(args.seed)
     data = build_data(accelerator, data_args, model_args, args)
     state = build_training_state(accelerator, model_args, args, data)
+    state.progress.unreadable.max_bad_samples = data_args.max_bad_samples
     resume_if_requested(accelerator, args, state.progress)
     start_step = state.progress.step
     batches = build_dataloader(
@@ -501,6 +508,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         args.seed,
         start_step * args.gradient_accumulation_steps,
         data_args,
+        state.progress.unreadable,
     )
     accelerator.init_trackers(
         args.tracker_project_name or "train_generator", config=flat_config(data_args, model_args, args)
@@ -516,6 +524,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             "start_step": start_step,
             "final_step": state.progress.step,
             "history": history,
+            "unreadable_samples": state.progress.unreadable.summary(),
             "time_bucket_losses": bucket_losses,
             "codebook_size": data.codebook_size,
             "num_tokens": data.num_tokens,

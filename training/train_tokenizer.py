@@ -13,6 +13,7 @@ warm-up + cosine decay, gradient clipping, and an EMA of the weights, which is w
 """
 
 import contextlib
+import logging
 import math
 import sys
 from dataclasses import asdict, dataclass
@@ -71,6 +72,9 @@ from training.discriminator import (
     hinge_discriminator_loss,
     hinge_generator_loss,
 )
+
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -382,7 +386,11 @@ def train_step(
 def evaluate(accelerator: Accelerator, model: TokenSetVQVAE, eval_dataloader) -> dict[str, float]:
     """PSNR and L1 (on the [0, 1] scale) of `decode(encode(image))` over the held-out images of every process."""
     totals = torch.zeros(3, device=accelerator.device)  # psnr sum, l1 sum, image count
+    skipped = []
     for batch in eval_dataloader:
+        skipped += batch.pop("skipped")
+        if "pixel_values" not in batch:  # every image of the batch was unreadable
+            continue
         pixel_values = batch["pixel_values"].to(accelerator.device)  # (B, 3, H, W)
         with accelerator.autocast():
             reconstruction = model.decode(model.encode(pixel_values).token_ids)  # (B, 3, H, W)
@@ -390,6 +398,8 @@ def evaluate(accelerator: Accelerator, model: TokenSetVQVAE, eval_dataloader) ->
         totals += torch.stack([psnr.sum(), l1.sum(), torch.tensor(float(len(psnr)), device=psnr.device)])
     totals = accelerator.reduce(totals, reduction="sum")
     count = max(totals[2].item(), 1.0)
+    if skipped:
+        logger.warning("Evaluation skipped %d unreadable images: %s", len(skipped), skipped[:10])
     return {"eval/psnr": totals[0].item() / count, "eval/l1": totals[1].item() / count}
 
 
@@ -427,6 +437,8 @@ def train(
             accelerator.log(window.pop_means(), step=step)
         if evaluating:
             accelerator.log(eval_metrics, step=step)
+        if step % args.logging_steps == 0 or step % args.checkpointing_steps == 0 or last:
+            state.progress.unreadable.sync(accelerator)  # counts, logs, and stops past `max_bad_samples`
         if step % args.checkpointing_steps == 0 or last:
             save_checkpoint(accelerator, args.output_dir, step, args.checkpoints_total_limit)
     progress_bar.close()
@@ -475,6 +487,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     accelerator = build_accelerator(args, find_unused_parameters=args.decoder_only_start_step is not None)
     set_seed(args.seed)
     state = build_training_state(accelerator, model_args, args)
+    state.progress.unreadable.max_bad_samples = data_args.max_bad_samples
     resume_if_requested(accelerator, args, state.progress)
     start_step = state.progress.step
     examples, _ = build_train_examples(data_args, model_args.image_size, accelerator, args.seed)
@@ -485,6 +498,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         args.seed,
         start_step * args.gradient_accumulation_steps,
         data_args,
+        state.progress.unreadable,
     )
     eval_dataloader = build_eval_dataloader(data_args, model_args.image_size, args.eval_batch_size, accelerator)
     config = flat_config(data_args, model_args, args)
@@ -499,6 +513,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             "start_step": start_step,
             "final_step": state.progress.step,
             "history": history,
+            "unreadable_samples": state.progress.unreadable.summary(),
             "model_checksum": parameters_checksum(accelerator.unwrap_model(state.model)),
             "ema_checksum": parameters_checksum(state.ema.shadow),
             "discriminator_checksum": (

@@ -12,13 +12,22 @@ they agree).
 
 The file only needs the installed `tokenset_diffusers` package and gradio, so the folder uploads to a Space as is.
 `build_demo(pipeline)` builds the interface around any loaded [`TokenSetPipeline`] (the tests pass a tiny one).
+
+Under load: one request runs at a time and at most `max_queue_size` wait (more are refused with "queue is full");
+generation runs step by step, so a request that is cancelled or whose page is closed stops after the current FSDD
+step. Uploads are checked before they are decoded (not an image, or more than `MAX_UPLOAD_PIXELS` pixels: refused).
 """
 
 import argparse
+import numbers
 import os
+import queue
 import sys
+import threading
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -27,6 +36,7 @@ import PIL.Image
 import torch
 
 from tokenset_diffusers import TokenSetPipeline, bundled_pipeline_path, postprocess_images, preprocess_images
+from tokenset_diffusers.pipeline_tokenset import MAX_GUIDANCE_SCALE
 from tokenset_diffusers.visualization import count_histogram, labelled_grid
 
 
@@ -39,6 +49,11 @@ EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 # Per-request limits, so that one visitor cannot hold a CPU Space for minutes.
 MAX_IMAGES = 16
 MAX_STEPS = 50
+MAX_SEED = 2**32 - 1  # the largest seed any image of a request may get (image i uses seed + i)
+MAX_QUEUE_SIZE = 8  # requests that may wait while one runs; more are refused
+MAX_UPLOAD_PIXELS = 4096 * 4096  # larger uploads are refused before they are decoded (decompression bombs)
+# How long a generation waits for the page to ask for its next step before it gives up (a vanished client).
+STEP_WAIT_SECONDS = 60.0
 RELEASED_GUIDANCE_SCHEDULE = (4.0, 50.0, 55.0)
 GUIDANCE_MODES = ("constant", "interval schedule")
 ORDERS = ("encoder order", "reversed", "shuffled", "sorted")
@@ -64,7 +79,7 @@ def load_pipeline(
     model: str | os.PathLike | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32
 ) -> TokenSetPipeline:
     """Loads a pipeline folder or Hub repo id (see [`resolve_model_source`]) onto `device`."""
-    pipeline = TokenSetPipeline.from_pretrained(resolve_model_source(model), torch_dtype=dtype)
+    pipeline = TokenSetPipeline.from_pretrained(resolve_model_source(model), dtype=dtype)
     return pipeline.to(device)
 
 
@@ -80,6 +95,20 @@ def class_name(pipeline: TokenSetPipeline, class_id: int) -> str:
     """`"<id>: <first name>"`, or the bare id for a pipeline without `id2label`."""
     id2label = pipeline.config.id2label or {}
     return f"{class_id}: {id2label[class_id].split(',')[0]}" if class_id in id2label else str(class_id)
+
+
+def resolve_class_choice(pipeline: TokenSetPipeline, choice: int | str) -> int:
+    """A class id from what a visitor or `gradio_client` sends: an id (`3`, `"3"`), a picker entry (`"3: three"`) or a
+    class name (`"three"`); raises `ValueError` for anything else."""
+    if isinstance(choice, str):
+        text = choice.strip()
+        head = text.split(":", 1)[0].strip()
+        if head.isdigit() and (text == head or text == class_name(pipeline, int(head))):
+            return int(head)
+        if pipeline.labels and text in pipeline.labels:
+            return pipeline.labels[text]
+        raise ValueError(f"Unknown class {choice!r}: pass a class id, a name, or an entry of the class picker.")
+    return choice  # ints (and anything else) are checked by `check_generation_request`
 
 
 def default_guidance(pipeline: TokenSetPipeline) -> tuple[str, float, tuple[float, float, float]]:
@@ -98,14 +127,31 @@ def default_guidance(pipeline: TokenSetPipeline) -> tuple[str, float, tuple[floa
 def parse_guidance(mode: str, constant: float | None, schedule: Sequence[float | None]) -> float | list[float]:
     """The `guidance_scale` argument of the pipeline from the widgets; raises `ValueError` for bad values."""
     if mode == "constant":
-        if constant is None or not np.isfinite(constant) or constant < 0:
-            raise ValueError(f"The guidance scale must be a number >= 0 (1 = no guidance), got {constant}.")
+        if not _is_number(constant) or not 0 <= constant <= MAX_GUIDANCE_SCALE:
+            raise ValueError(
+                f"The guidance scale must be a number >= 0 (1 = no guidance) and at most {MAX_GUIDANCE_SCALE:g}, got "
+                f"{constant!r}."
+            )
         return float(constant)
     if mode == "interval schedule":
-        if len(schedule) != 3 or any(v is None or not np.isfinite(v) or v < 0 for v in schedule):
-            raise ValueError(f"The interval schedule needs three numbers >= 0, got {list(schedule)}.")
+        if len(schedule) != 3 or not all(_is_number(v) and 0 <= v <= MAX_GUIDANCE_SCALE for v in schedule):
+            raise ValueError(
+                f"The interval schedule needs three numbers >= 0 and at most {MAX_GUIDANCE_SCALE:g}, got "
+                f"{list(schedule)!r}."
+            )
         return [float(v) for v in schedule]
     raise ValueError(f"The guidance mode must be one of {GUIDANCE_MODES}, got {mode!r}.")
+
+
+def _is_number(value) -> bool:
+    """A finite real number (numpy numbers included), not a bool or a string."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+def _whole_number(name: str, value, low: int, high: int, note: str = "") -> int:
+    if not _is_number(value) or not float(value).is_integer() or not low <= value <= high:
+        raise ValueError(f"{name} must be a whole number in [{low}, {high}]{note}, got {value!r}.")
+    return int(value)
 
 
 def check_generation_request(
@@ -118,6 +164,10 @@ def check_generation_request(
     max_steps: int,
 ) -> tuple[list[int], int, int, int]:
     """Validates the "Generate" inputs against the limits; returns (class ids, images per class, steps, seed)."""
+    if class_ids is not None and not isinstance(class_ids, (list, tuple)):
+        raise ValueError(
+            f"The classes must be a list of class ids or names, got {type(class_ids).__name__} {class_ids!r}."
+        )
     if not class_ids:
         raise ValueError("Pick at least one class.")
     bad = [
@@ -125,14 +175,10 @@ def check_generation_request(
     ]
     if bad:
         raise ValueError(f"Unknown classes {bad}: this model has classes 0 to {num_classes - 1}.")
-    for name, value, low, high in (
-        ("The number of images per class", images_per_class, 1, max_images),
-        ("The number of steps", num_inference_steps, 1, max_steps),
-        ("The seed", seed, 0, 2**63 - 1),
-    ):
-        if value is None or not float(value).is_integer() or not low <= value <= high:
-            raise ValueError(f"{name} must be a whole number in [{low}, {high}], got {value}.")
-    total = len(class_ids) * int(images_per_class)
+    images_per_class = _whole_number("The number of images per class", images_per_class, 1, max_images)
+    num_inference_steps = _whole_number("The number of steps", num_inference_steps, 1, max_steps)
+    total = len(class_ids) * images_per_class
+    seed = _whole_number("The seed", seed, 0, max(MAX_SEED - total + 1, 0), f" (image i uses seed + i <= {MAX_SEED})")
     if total > max_images:
         raise ValueError(
             f"{len(class_ids)} classes x {int(images_per_class)} images per class = {total} images; this demo makes "
@@ -148,20 +194,148 @@ def generate_grid(
     guidance_scale: float | list[float],
     num_inference_steps: int,
     seed: int,
+    callback_on_step_end: Callable | None = None,
 ) -> tuple[PIL.Image.Image, torch.LongTensor]:
     """Generates `images_per_class` images per class (image i seeded with `seed + i`, as `pipelines/generate.py`);
-    returns the labelled grid (a row per class) and the count vectors `(num_images, codebook_size)`."""
+    returns the labelled grid (a row per class) and the count vectors `(num_images, codebook_size)`.
+    `callback_on_step_end` goes to the pipeline (see [`StepwiseRun`])."""
     labels = [class_id for class_id in class_ids for _ in range(images_per_class)]
     generators = [torch.Generator().manual_seed(seed + i) for i in range(len(labels))]
     output = pipeline(
-        labels, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, generator=generators
+        labels,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        generator=generators,
+        callback_on_step_end=callback_on_step_end,
     )
     rows = [output.images[r * images_per_class : (r + 1) * images_per_class] for r in range(len(class_ids))]
     grid = labelled_grid(rows, row_labels=[class_name(pipeline, class_id) for class_id in class_ids])
     return grid, output.counts
 
 
+class GenerationCancelled(Exception):
+    """Raised in the pipeline's step callback to stop a generation that nobody waits for any more."""
+
+
+class StepwiseRun:
+    """Runs `work(callback)` (a pipeline call given `callback` as its `callback_on_step_end`) in a worker thread, one
+    FSDD step at a time, for a Gradio generator function.
+
+    After every step the worker reports it and waits until the consumer of [`steps`] asks for the next one. Gradio
+    asks after it has sent the previous update, and stops asking when the request is cancelled or its page closed;
+    it then closes the generator, and the worker stops at its next step callback (a consumer that neither asks nor
+    closes is given up after `max_wait` seconds). `lock` (shared by the runs of one demo) keeps a stopping run from
+    overlapping the next one on the same pipeline.
+    """
+
+    def __init__(self, work: Callable[[Callable], object], lock: threading.Lock, max_wait: float = STEP_WAIT_SECONDS):
+        self.work = work
+        self.lock = lock
+        self.max_wait = max_wait
+        self.reports: queue.Queue = queue.Queue()
+        self.go = threading.Semaphore(0)
+        self.stop = threading.Event()
+
+    def callback(self, pipeline, step_index: int, timestep, tensors: dict) -> dict:
+        self.reports.put(("step", step_index + 1))
+        if not self.go.acquire(timeout=self.max_wait) or self.stop.is_set():
+            raise GenerationCancelled(f"stopped after step {step_index + 1}")
+        return {}
+
+    def _run(self) -> None:
+        with self.lock:
+            try:
+                self.reports.put(("done", self.work(self.callback)))
+            except GenerationCancelled:
+                self.reports.put(("cancelled", None))
+            except Exception as error:  # handed to the consumer, which raises it
+                self.reports.put(("error", error))
+
+    def steps(self) -> Iterator[int]:
+        """Yields the number of every finished step; returns what `work` returned."""
+        threading.Thread(target=self._run, daemon=True, name="tokenset-generation").start()
+        try:
+            while True:
+                kind, value = self.reports.get()
+                if kind == "step":
+                    yield value
+                    self.go.release()
+                elif kind == "done":
+                    return value
+                elif kind == "error":
+                    raise value
+                else:
+                    raise GenerationCancelled(f"no request for the next step within {self.max_wait} s")
+        finally:
+            self.stop.set()
+            self.go.release()
+
+
 # ---------------------------------------------------------------------- the "Set tokenizer" tab
+
+
+def check_uploaded_image(path: str | os.PathLike, max_pixels: int = MAX_UPLOAD_PIXELS) -> None:
+    """Raises `ValueError` unless `path` is an image PIL can read, of at most `max_pixels` pixels; the size is read
+    from the header, so a decompression bomb is refused before it is decoded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+            with PIL.Image.open(path) as image:
+                width, height = image.size
+    except PIL.Image.DecompressionBombError as error:
+        raise ValueError(f"The image is too large: {error}") from error
+    except (OSError, SyntaxError, ValueError) as error:  # PIL.UnidentifiedImageError is an OSError
+        raise ValueError(
+            "The uploaded file is not an image this demo can read (PNG, JPEG, WebP, GIF, BMP, ...)."
+        ) from error
+    if width * height > max_pixels:
+        raise ValueError(
+            f"The image is {width} x {height} px ({width * height / 1e6:.1f} megapixels); this demo takes images of "
+            f"at most {max_pixels / 1e6:.1f} megapixels. Shrink it first."
+        )
+    try:
+        with PIL.Image.open(path) as image:
+            image.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"The image file is damaged or truncated ({error}).") from error
+
+
+def guard_input(component: gr.components.Component, name: str, kind: str) -> gr.components.Component:
+    """Makes an input refuse a value of the wrong kind (what the API lets through: a string in a number field, a
+    string where a list is expected) with a message naming the field, instead of Gradio's processing error.
+
+    Args:
+        kind (`str`): `"number"` (number and slider fields) or `"list"` (a multiselect dropdown).
+    """
+    preprocess = component.preprocess
+
+    def checked_preprocess(payload):
+        wrong = not _is_number(payload) if kind == "number" else not isinstance(payload, (list, tuple))
+        if payload is not None and wrong:
+            allowed = "a number" if kind == "number" else "a list of class ids or names"
+            raise _user_error(f"{name} must be {allowed}, got {type(payload).__name__} {payload!r}.")
+        return preprocess(payload)
+
+    component.preprocess = checked_preprocess
+    return component
+
+
+def guard_uploads(image: gr.Image) -> gr.Image:
+    """Makes `image` check every upload ([`check_uploaded_image`]) before Gradio decodes it (its `preprocess`
+    opens the file); a refused file is explained to the visitor."""
+    preprocess = image.preprocess
+
+    def checked_preprocess(payload):
+        path = getattr(payload, "path", None)
+        if path:
+            try:
+                check_uploaded_image(path)
+            except ValueError as error:
+                raise _user_error(str(error)) from error
+        return preprocess(payload)
+
+    image.preprocess = checked_preprocess
+    return image
 
 
 def token_orders(token_ids: torch.LongTensor, generator: torch.Generator) -> dict[str, torch.LongTensor]:
@@ -223,47 +397,64 @@ def _user_error(message: str) -> gr.Error:
     return gr.Error(message, print_exception=False)
 
 
+def model_name(pipeline: TokenSetPipeline) -> str:
+    """How the interface names the model: a Hub repo id as is, the bundled model as such, a local folder by its name
+    (never an absolute path of the machine serving the demo)."""
+    source = pipeline.config.get("_name_or_path") or ""
+    if not source:
+        return "a pipeline in memory"
+    if not os.path.isdir(source):
+        return source
+    try:
+        if Path(source).resolve() == Path(bundled_pipeline_path()).resolve():
+            return "the bundled digits model"
+    except FileNotFoundError:
+        pass
+    return Path(source).resolve().name
+
+
 def model_summary(pipeline: TokenSetPipeline) -> str:
     tokenizer, transformer = pipeline.image_tokenizer.config, pipeline.transformer.config
-    source = pipeline.config.get("_name_or_path") or "a pipeline in memory"
     return (
-        f"Model `{source}`: {tokenizer.image_size} px images as sets of M = {tokenizer.num_tokens} tokens from a "
+        f"Model **{model_name(pipeline)}**: {tokenizer.image_size} px images as sets of M = {tokenizer.num_tokens} tokens from a "
         f"codebook of C = {tokenizer.codebook_size}; {transformer.num_classes} classes; on "
         f"`{pipeline.device}`."
     )
 
 
-def build_demo(
-    pipeline: TokenSetPipeline,
-    max_images: int = MAX_IMAGES,
-    max_steps: int = MAX_STEPS,
-    examples_dir: str | os.PathLike | None = EXAMPLES_DIR,
-) -> gr.Blocks:
-    """The two-tab interface around `pipeline`.
+@dataclass
+class DemoSettings:
+    """What every tab builder gets besides the pipeline.
 
     Args:
-        pipeline ([`TokenSetPipeline`]): the loaded pipeline; its progress bar is switched on (the "Generate" tab
-            shows it).
         max_images (`int`, defaults to 16): the most images one "Generate" request may ask for.
         max_steps (`int`, defaults to 50): the most FSDD steps one request may ask for.
         examples_dir (path, *optional*): PNG/JPEG files offered as examples in the "Set tokenizer" tab.
-
-    API names (for `gradio_client`): `/generate` and `/tokenize`.
     """
-    if max_images < 1 or max_steps < 1:
-        raise ValueError(f"`max_images` and `max_steps` must be at least 1, got {max_images} and {max_steps}.")
-    pipeline.set_progress_bar_config(disable=False, desc="FSDD steps")
+
+    max_images: int = MAX_IMAGES
+    max_steps: int = MAX_STEPS
+    examples_dir: str | os.PathLike | None = EXAMPLES_DIR
+
+    def example_images(self) -> list[str]:
+        if self.examples_dir is None or not Path(self.examples_dir).is_dir():
+            return []
+        suffixes = (".png", ".jpg", ".jpeg")
+        return sorted(str(p) for p in Path(self.examples_dir).iterdir() if p.suffix.lower() in suffixes)
+
+
+def build_generate_tab(pipeline: TokenSetPipeline, settings: DemoSettings) -> None:
+    """Tab "Generate" (API name `/generate`); called inside the demo's `gr.Blocks`."""
+    max_images, max_steps = settings.max_images, settings.max_steps
     num_classes = pipeline.transformer.config.num_classes
     choices = class_choices(pipeline)
     initial_classes = [class_id for _, class_id in choices] if num_classes <= max_images else [choices[0][1]]
     mode, constant, schedule = default_guidance(pipeline)
-    examples = []
-    if examples_dir is not None and Path(examples_dir).is_dir():
-        examples = sorted(
-            str(p) for p in Path(examples_dir).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg")
-        )
 
-    # Gradio finds the progress tracker by the default value of the last parameter; it follows the pipeline's tqdm.
+    lock = threading.Lock()  # one generation at a time, also while a cancelled one is stopping
+
+    # Gradio finds the progress tracker by the default value of the last parameter. A generator: Gradio stops
+    # iterating it when the request is cancelled or its page closed, and the generation stops after that step.
     def on_generate(
         class_ids,
         images_per_class,
@@ -274,9 +465,14 @@ def build_demo(
         s2,
         steps,
         seed,
-        progress=gr.Progress(track_tqdm=True),  # noqa: B008
+        progress=gr.Progress(),  # noqa: B008
     ):
         try:
+            if class_ids is not None and not isinstance(class_ids, (list, tuple)):
+                raise ValueError(
+                    f"The classes must be a list of class ids or names, got {type(class_ids).__name__} {class_ids!r}."
+                )
+            class_ids = [resolve_class_choice(pipeline, c) for c in class_ids or []]
             class_ids, images_per_class, steps, seed = check_generation_request(
                 class_ids, images_per_class, steps, seed, num_classes, max_images, max_steps
             )
@@ -284,20 +480,117 @@ def build_demo(
         except ValueError as error:
             raise _user_error(str(error)) from error
         start = time.perf_counter()
-        grid, counts = generate_grid(pipeline, class_ids, images_per_class, guidance_scale, steps, seed)
+        run = StepwiseRun(
+            lambda callback: generate_grid(
+                pipeline, class_ids, images_per_class, guidance_scale, steps, seed, callback_on_step_end=callback
+            ),
+            lock,
+        )
+        progress((0, steps), desc="FSDD steps")
+        finished = run.steps()
+        try:
+            while True:
+                try:
+                    step = next(finished)
+                except StopIteration as done:
+                    grid, counts = done.value
+                    break
+                progress((step, steps), desc="FSDD steps")
+                yield gr.update(), f"Step {step} of {steps}..."
+        finally:
+            finished.close()
         sums = counts.sum(-1)
         info = (
             f"{len(counts)} images, {steps} steps, guidance {guidance_scale}, seeds {seed} to {seed + len(counts) - 1}; "
             f"{time.perf_counter() - start:.1f} s. {int((sums == pipeline.scheduler.config.num_tokens).sum())} of "
             f"{len(counts)} count vectors sum to exactly M = {pipeline.scheduler.config.num_tokens}."
         )
-        return grid, info
+        yield grid, info
+
+    with gr.Tab("Generate"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                classes = gr.Dropdown(
+                    choices=choices,
+                    value=initial_classes,
+                    multiselect=True,
+                    filterable=True,
+                    # gradio_client documents the choices as strings: let "3", "3: three" and "three" through to
+                    # `resolve_class_choice`, beside the ids the picker sends.
+                    allow_custom_value=True,
+                    label="Classes",
+                    info="Type to search by name; one row of images per class.",
+                    elem_id="classes",
+                )
+                images_per_class = gr.Slider(1, max_images, value=1, step=1, label="Images per class")
+                guidance_mode = gr.Radio(list(GUIDANCE_MODES), value=mode, label="Classifier-free guidance")
+                guidance_constant = gr.Number(
+                    value=constant, minimum=0, label="Guidance scale (1 = none)", visible=mode == "constant"
+                )
+                with gr.Row(visible=mode == "interval schedule") as schedule_row:
+                    schedule_inputs = [
+                        gr.Number(value=value, minimum=0, label=f"t in [{i}/3, {i + 1}/3)")
+                        for i, value in enumerate(schedule)
+                    ]
+                steps = gr.Slider(1, max_steps, value=min(25, max_steps), step=1, label="FSDD steps")
+                seed = gr.Number(
+                    value=0,
+                    precision=0,
+                    minimum=0,
+                    maximum=MAX_SEED,
+                    label=f"Seed (image i uses seed + i <= {MAX_SEED})",
+                )
+                generate_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
+            with gr.Column(scale=2):
+                grid = gr.Image(label="Samples", type="pil", format="png", show_label=False, elem_id="generate-grid")
+                generate_info = gr.Markdown(elem_id="generate-info")
+        guard_input(classes, "The classes", "list")
+        numbers_by_name = [
+            (images_per_class, "The number of images per class"),
+            (guidance_constant, "The guidance scale"),
+            *((field, f"Interval schedule value {i + 1}") for i, field in enumerate(schedule_inputs)),
+            (steps, "The number of steps"),
+            (seed, "The seed"),
+        ]
+        for component, name in numbers_by_name:
+            guard_input(component, name, "number")
+        guidance_mode.change(
+            lambda m: (gr.Number(visible=m == "constant"), gr.Row(visible=m == "interval schedule")),
+            inputs=guidance_mode,
+            outputs=[guidance_constant, schedule_row],
+            api_name=False,
+        )
+        generate_button.click(
+            on_generate,
+            inputs=[classes, images_per_class, guidance_mode, guidance_constant, *schedule_inputs, steps, seed],
+            outputs=[grid, generate_info],
+            api_name="generate",
+        )
+
+
+def tokenizer_domain_note(pipeline: TokenSetPipeline) -> str:
+    """What the tokenizer was trained on, said plainly when it is the bundled digits model: other pictures only come
+    back as digit-like strokes."""
+    if model_name(pipeline) != "the bundled digits model":
+        return ""
+    size = pipeline.image_tokenizer.config.image_size
+    return (
+        f"The bundled model knows **handwritten digits only** ({size}x{size} px, light strokes on dark): an image of "
+        "anything else is cropped, shrunk to that size and comes back as digit-like strokes."
+    )
+
+
+def build_tokenizer_tab(pipeline: TokenSetPipeline, settings: DemoSettings) -> None:
+    """Tab "Set tokenizer" (API name `/tokenize`); clicking an example runs it."""
+    examples = settings.example_images()
 
     def on_tokenize(image, seed):
         if image is None:
             raise _user_error("Upload an image, or pick one of the examples.")
-        if seed is None or not float(seed).is_integer() or seed < 0:
-            raise _user_error(f"The shuffle seed must be a whole number >= 0, got {seed}.")
+        try:
+            seed = _whole_number("The shuffle seed", seed, 0, MAX_SEED)
+        except ValueError as error:
+            raise _user_error(str(error)) from error
         try:
             result = tokenize_image(pipeline, image, int(seed))
         except ValueError as error:
@@ -314,94 +607,100 @@ def build_demo(
         histogram = count_histogram(result["counts"], width=3 * size, height=size)
         return side_by_side, histogram, orders, describe_token_set(result)
 
-    with gr.Blocks(title="TokenSet") as demo:
-        gr.Markdown(
-            "# TokenSet: images as sets of tokens\n"
-            "[Tokenize Image as a Set](https://arxiv.org/abs/2503.16425) represents an image as an unordered set of "
-            "codebook entries, written as a count vector, and generates count vectors with Fixed-Sum Discrete "
-            f"Diffusion.\n\n{model_summary(pipeline)}"
-        )
-        with gr.Tab("Generate"):
-            with gr.Row():
-                with gr.Column(scale=1):
-                    classes = gr.Dropdown(
-                        choices=choices,
-                        value=initial_classes,
-                        multiselect=True,
-                        filterable=True,
-                        label="Classes",
-                        info="Type to search by name; one row of images per class.",
-                        elem_id="classes",
-                    )
-                    images_per_class = gr.Slider(1, max_images, value=1, step=1, label="Images per class")
-                    guidance_mode = gr.Radio(list(GUIDANCE_MODES), value=mode, label="Classifier-free guidance")
-                    guidance_constant = gr.Number(
-                        value=constant, minimum=0, label="Guidance scale (1 = none)", visible=mode == "constant"
-                    )
-                    with gr.Row(visible=mode == "interval schedule") as schedule_row:
-                        schedule_inputs = [
-                            gr.Number(value=value, minimum=0, label=f"t in [{i}/3, {i + 1}/3)")
-                            for i, value in enumerate(schedule)
-                        ]
-                    steps = gr.Slider(1, max_steps, value=min(25, max_steps), step=1, label="FSDD steps")
-                    seed = gr.Number(value=0, precision=0, minimum=0, label="Seed (image i uses seed + i)")
-                    generate_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
-                with gr.Column(scale=2):
-                    grid = gr.Image(
-                        label="Samples", type="pil", format="png", show_label=False, elem_id="generate-grid"
-                    )
-                    generate_info = gr.Markdown(elem_id="generate-info")
-            guidance_mode.change(
-                lambda m: (gr.Number(visible=m == "constant"), gr.Row(visible=m == "interval schedule")),
-                inputs=guidance_mode,
-                outputs=[guidance_constant, schedule_row],
-                api_name=False,
-            )
-            generate_button.click(
-                on_generate,
-                inputs=[classes, images_per_class, guidance_mode, guidance_constant, *schedule_inputs, steps, seed],
-                outputs=[grid, generate_info],
-                api_name="generate",
-            )
-        with gr.Tab("Set tokenizer"):
-            with gr.Row():
-                with gr.Column(scale=1):
-                    image = gr.Image(
-                        label="Image",
+    with gr.Tab("Set tokenizer"):
+        note = tokenizer_domain_note(pipeline)
+        if note:
+            gr.Markdown(note, elem_id="tokenize-domain")
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = guard_uploads(
+                    gr.Image(
+                        label=f"Image (at most {MAX_UPLOAD_PIXELS / 1e6:.1f} megapixels)",
                         type="pil",
                         sources=["upload", "clipboard"],
                         height=256,
                         elem_id="tokenize-input",
                     )
-                    shuffle_seed = gr.Number(value=0, precision=0, minimum=0, label="Seed of the shuffled order")
-                    tokenize_button = gr.Button(
-                        "Tokenize and reconstruct", variant="primary", elem_id="tokenize-button"
-                    )
-                    if examples:
-                        gr.Examples(
-                            examples=[[path] for path in examples],
-                            inputs=[image],
-                            label="Examples",
-                            elem_id="tokenize-examples",
-                        )
-                with gr.Column(scale=2):
-                    # The figures carry their own captions; Gradio's label badge would cover their first line.
-                    figure = dict(type="pil", format="png", show_label=False)
-                    gr.Markdown("**Reconstruction** from the token set")
-                    reconstruction = gr.Image(label="Reconstruction", elem_id="tokenize-reconstruction", **figure)
-                    gr.Markdown("**The token set as a count vector**: codebook index left to right, count upwards")
-                    histogram = gr.Image(label="Count histogram", elem_id="tokenize-histogram", **figure)
-                    gr.Markdown("**Decoded from four orders of the same tokens**")
-                    orders = gr.Image(label="Token orders", elem_id="tokenize-orders", **figure)
-                    token_info = gr.Markdown()
-            tokenize_button.click(
-                on_tokenize,
+                )
+                shuffle_seed = gr.Number(value=0, precision=0, minimum=0, label="Seed of the shuffled order")
+                tokenize_button = gr.Button("Tokenize and reconstruct", variant="primary", elem_id="tokenize-button")
+            with gr.Column(scale=2):
+                # The figures carry their own captions; Gradio's label badge would cover their first line.
+                figure = dict(type="pil", format="png", show_label=False)
+                gr.Markdown("**Reconstruction** from the token set")
+                reconstruction = gr.Image(label="Reconstruction", elem_id="tokenize-reconstruction", **figure)
+                gr.Markdown("**The token set as a count vector**: codebook index left to right, count upwards")
+                histogram = gr.Image(label="Count histogram", elem_id="tokenize-histogram", **figure)
+                gr.Markdown("**Decoded from four orders of the same tokens**")
+                orders = gr.Image(label="Token orders", elem_id="tokenize-orders", **figure)
+                token_info = gr.Markdown(elem_id="tokenize-info")
+        guard_input(shuffle_seed, "The shuffle seed", "number")
+        outputs = [reconstruction, histogram, orders, token_info]
+        tokenize_button.click(on_tokenize, inputs=[image, shuffle_seed], outputs=outputs, api_name="tokenize")
+        if examples:
+            gr.Examples(
+                examples=[[path, 0] for path in examples],
                 inputs=[image, shuffle_seed],
-                outputs=[reconstruction, histogram, orders, token_info],
-                api_name="tokenize",
+                outputs=outputs,
+                fn=on_tokenize,
+                run_on_click=True,
+                cache_examples=False,
+                label="Examples (click one to run it)",
+                elem_id="tokenize-examples",
             )
-        build_set_tabs(pipeline, max_steps=max_steps, examples=examples)  # "Image variations", "Set interpolation"
-    return demo
+
+
+# The tabs, in order: each is `builder(pipeline, settings)`, called inside the demo's `gr.Blocks`. A new tab is one
+# more builder here (its module imported at the top).
+TabBuilder = Callable[[TokenSetPipeline, DemoSettings], None]
+def build_sets_tabs(pipeline: TokenSetPipeline, settings: DemoSettings) -> None:
+    """The "Image variations" and "Set interpolation" tabs (pipelines/space/tabs_sets.py)."""
+    build_set_tabs(pipeline, max_steps=settings.max_steps, examples=settings.example_images())
+
+
+TAB_BUILDERS: list[TabBuilder] = [build_generate_tab, build_tokenizer_tab, build_sets_tabs]
+
+
+def build_demo(
+    pipeline: TokenSetPipeline,
+    max_images: int = MAX_IMAGES,
+    max_steps: int = MAX_STEPS,
+    examples_dir: str | os.PathLike | None = EXAMPLES_DIR,
+    tabs: Sequence[TabBuilder] | None = None,
+    max_queue_size: int = MAX_QUEUE_SIZE,
+) -> gr.Blocks:
+    """The interface around `pipeline`: a header, then one tab per builder.
+
+    Args:
+        pipeline ([`TokenSetPipeline`]): the loaded pipeline; its progress bar is switched on (the "Generate" tab
+            shows it).
+        max_images (`int`, defaults to 16): the most images one "Generate" request may ask for.
+        max_steps (`int`, defaults to 50): the most FSDD steps one request may ask for.
+        examples_dir (path, *optional*): PNG/JPEG files offered as examples in the "Set tokenizer" tab.
+        tabs (sequence of tab builders, *optional*): defaults to `TAB_BUILDERS`.
+        max_queue_size (`int`, defaults to 8): requests that may wait while one runs; more are refused ("queue is
+            full"). The demo's queue is set here (one request at a time); launch it without calling `queue` again.
+
+    API names (for `gradio_client`): `/generate`, `/tokenize`, `/vary` and `/interpolate`.
+    """
+    if max_images < 1 or max_steps < 1 or max_queue_size < 1:
+        raise ValueError(
+            f"`max_images`, `max_steps` and `max_queue_size` must be at least 1, got {max_images}, {max_steps} and "
+            f"{max_queue_size}."
+        )
+    pipeline.set_progress_bar_config(disable=False, desc="FSDD steps")
+    settings = DemoSettings(max_images=max_images, max_steps=max_steps, examples_dir=examples_dir)
+    with gr.Blocks(title="TokenSet") as demo:
+        gr.Markdown(
+            "# TokenSet: images as sets of tokens\n"
+            "[Tokenize Image as a Set](https://arxiv.org/abs/2503.16425) represents an image as an unordered set of "
+            "codebook entries, written as a count vector, and generates count vectors with Fixed-Sum Discrete "
+            f"Diffusion.\n\n{model_summary(pipeline)}",
+            elem_id="model-summary",
+        )
+        for build_tab in TAB_BUILDERS if tabs is None else tabs:
+            build_tab(pipeline, settings)
+    return demo.queue(default_concurrency_limit=1, max_size=max_queue_size)
 
 
 # ---------------------------------------------------------------------- command line
@@ -418,11 +717,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--max_images", type=int, default=MAX_IMAGES, help="most images per request")
     parser.add_argument("--max_steps", type=int, default=MAX_STEPS, help="most FSDD steps per request")
+    parser.add_argument("--max_queue_size", type=int, default=MAX_QUEUE_SIZE, help="most requests waiting at once")
     parser.add_argument("--server_name", default=None, help="e.g. 0.0.0.0 to listen on all interfaces")
     parser.add_argument("--server_port", type=int, default=None)
     args = parser.parse_args(argv)
-    if args.max_images < 1 or args.max_steps < 1:
-        parser.error(f"--max_images and --max_steps must be at least 1, got {args.max_images} and {args.max_steps}")
+    if args.max_images < 1 or args.max_steps < 1 or args.max_queue_size < 1:
+        parser.error(
+            "--max_images, --max_steps and --max_queue_size must be at least 1, got "
+            f"{args.max_images}, {args.max_steps} and {args.max_queue_size}"
+        )
     return args
 
 
@@ -432,8 +735,10 @@ def main(argv=None) -> None:
         pipeline = load_pipeline(args.model, args.device, DTYPES[args.dtype])
     except FileNotFoundError as error:
         raise SystemExit(f"error: {error} (set --model or ${MODEL_ENV_VAR})") from error
-    demo = build_demo(pipeline, max_images=args.max_images, max_steps=args.max_steps)
-    demo.queue(default_concurrency_limit=1).launch(
+    demo = build_demo(
+        pipeline, max_images=args.max_images, max_steps=args.max_steps, max_queue_size=args.max_queue_size
+    )
+    demo.launch(
         server_name=args.server_name,
         server_port=args.server_port,
         max_file_size="20mb",
