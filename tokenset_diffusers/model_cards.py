@@ -29,7 +29,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
-CardKind = Literal["converted_pipeline", "tokenizer", "trained_pipeline"]
+CardKind = Literal["converted_pipeline", "tokenizer", "trained_pipeline", "vae"]
 
 PAPER_URL = "https://arxiv.org/abs/2503.16425"
 ORIGINAL_REPOSITORY = "https://github.com/Gengzigang/TokenSet"
@@ -103,6 +103,14 @@ _KINDS: dict[str, dict[str, Any]] = {
             "class_names": None,
         },
     },
+    # TokenBridge (arXiv 2503.16430): a continuous VAE trained with `training/train_vae.py`.
+    "vae": {
+        "library_name": "diffusers",
+        "base_tags": ["tokenbridge", "tokenset-diffusers", "autoencoder-kl", "arxiv:2503.16430"],
+        "tags": [],
+        "required": ("repo_id", "image_size", "latent_channels", "downsampling_factor", "scaling_factor", "dataset"),
+        "defaults": {"training_steps": None, "preset": None, "metrics": None, "training_commands": None},
+    },
 }
 
 
@@ -153,7 +161,7 @@ def render_model_card(kind: CardKind, **fields) -> ModelCard:
     card_data = ModelCardData(
         license="mit",
         library_name=values.pop("library_name", None) or spec["library_name"],
-        tags=[*BASE_TAGS, *spec["tags"], *values.pop("tags", ())],
+        tags=[*spec.get("base_tags", BASE_TAGS), *spec["tags"], *values.pop("tags", ())],
         datasets=values.pop("datasets", None) or _default_datasets(kind, values),
     )
     template_fields = {
