@@ -52,6 +52,9 @@ _import_structure = {
         "TokenBridgeTransformer2DModelOutput",
         "TOKENBRIDGE_PRESETS",
     ],
+    "scheduling_masked_ar": ["MaskedARScheduler", "MaskedARSchedulerOutput"],
+    "pipeline_tokenbridge": ["TokenBridgePipeline", "TokenBridgePipelineOutput"],
+    "class_labels": ["ClassLabelsMixin"],
 }
 
 _name_to_module = {name: module for module, names in _import_structure.items() for name in names}
