@@ -29,7 +29,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
-CardKind = Literal["converted_pipeline", "tokenizer", "trained_pipeline", "vae"]
+CardKind = Literal["converted_pipeline", "tokenizer", "trained_pipeline", "vae", "tokenbridge_trained_pipeline"]
 
 PAPER_URL = "https://arxiv.org/abs/2503.16425"
 ORIGINAL_REPOSITORY = "https://github.com/Gengzigang/TokenSet"
@@ -110,6 +110,33 @@ _KINDS: dict[str, dict[str, Any]] = {
         "tags": [],
         "required": ("repo_id", "image_size", "latent_channels", "downsampling_factor", "scaling_factor", "dataset"),
         "defaults": {"training_steps": None, "preset": None, "metrics": None, "training_commands": None},
+    },
+    # A TokenBridgePipeline trained with `training/train_tokenbridge.py`.
+    "tokenbridge_trained_pipeline": {
+        "library_name": "diffusers",
+        "base_tags": ["tokenbridge", "tokenset-diffusers", "arxiv:2503.16430"],
+        "tags": ["class-conditional-image-generation"],
+        "required": (
+            "repo_id",
+            "dataset",
+            "preset",
+            "training_steps",
+            "metrics",
+            "image_size",
+            "sample_size",
+            "latent_channels",
+            "num_classes",
+        ),
+        "defaults": {
+            "example_class_label": 0,
+            "num_inference_steps": 64,
+            "guidance_scale": 1.0,
+            "temperature": 1.0,
+            "training_commands": None,
+            "training_time": None,
+            "hardware": None,
+            "class_names": None,
+        },
     },
 }
 

@@ -39,6 +39,14 @@ TINY_TOKENIZER = {
     "num_res_blocks": 1,
     "norm_num_groups": 8,
 }
+# A VAE (diffusers `AutoencoderKL`) of two levels: 8 px images -> 4 x 4 latents of 4 channels.
+TINY_VAE = {
+    "image_size": 8,
+    "latent_channels": 4,
+    "block_out_channels": [8, 16],
+    "layers_per_block": 1,
+    "norm_num_groups": 4,
+}
 TINY_GENERATOR = {"num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 16}
 CLASS_NAMES = ["red", "green", "blue"]
 

@@ -479,10 +479,17 @@ def main(argv: Optional[list[str]] = None) -> None:
     start_step = state.progress.step
     examples, _ = build_train_examples(data_args, model_args.image_size, accelerator, args.seed)
     batches = build_dataloader(
-        examples, args.train_batch_size, accelerator, args.seed, start_step * args.gradient_accumulation_steps, data_args
+        examples,
+        args.train_batch_size,
+        accelerator,
+        args.seed,
+        start_step * args.gradient_accumulation_steps,
+        data_args,
     )
     eval_dataloader = build_eval_dataloader(data_args, model_args.image_size, args.eval_batch_size, accelerator)
-    accelerator.init_trackers(args.tracker_project_name or "train_vae", config=flat_config(data_args, model_args, args))
+    accelerator.init_trackers(
+        args.tracker_project_name or "train_vae", config=flat_config(data_args, model_args, args)
+    )
 
     history = train(accelerator, state, batches, eval_dataloader, args)
     scaling_factor = save_final_model(accelerator, state, examples, data_args, model_args, args, history, argv)
