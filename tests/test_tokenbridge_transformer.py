@@ -4,8 +4,8 @@ the channel head's sampling distribution, presets, conversion of the released sh
 import pytest
 import torch
 from scipy.stats import chi2
-from tokenbridge_testing import load_fixture, load_json, tiny_transformer
 from tokenbridge_conversion import convert_tokenbridge, select_weights
+from tokenbridge_testing import load_fixture, load_json, tiny_transformer
 
 from tokenset_diffusers import TOKENBRIDGE_PRESETS, TokenBridgeTransformer2DModel
 
