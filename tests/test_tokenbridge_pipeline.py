@@ -5,7 +5,13 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from tokenbridge_testing import load_fixture, load_json, tiny_transformer, tiny_vae
+from tokenbridge_testing import (
+    load_fixture,
+    load_json,
+    single_thread,  # noqa: F401 (autouse)
+    tiny_transformer,
+    tiny_vae,
+)
 
 from tokenset_diffusers import MaskedARScheduler, TokenBridgePipeline, TokenBridgePipelineOutput
 

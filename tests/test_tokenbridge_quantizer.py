@@ -2,7 +2,11 @@
 
 import pytest
 import torch
-from tokenbridge_testing import load_fixture, load_json
+from tokenbridge_testing import (
+    load_fixture,
+    load_json,
+    single_thread,  # noqa: F401 (autouse)
+)
 
 from tokenset_diffusers import TokenBridgeQuantizer
 

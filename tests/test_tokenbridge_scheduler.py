@@ -5,7 +5,10 @@ import math
 import pytest
 import torch
 from scipy.stats import chi2
-from tokenbridge_testing import load_json
+from tokenbridge_testing import (
+    load_json,
+    single_thread,  # noqa: F401 (autouse)
+)
 
 from tokenset_diffusers import MaskedARScheduler
 

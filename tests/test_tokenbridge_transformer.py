@@ -5,7 +5,12 @@ import pytest
 import torch
 from scipy.stats import chi2
 from tokenbridge_conversion import convert_tokenbridge, select_weights
-from tokenbridge_testing import load_fixture, load_json, tiny_transformer
+from tokenbridge_testing import (
+    load_fixture,
+    load_json,
+    single_thread,  # noqa: F401 (autouse)
+    tiny_transformer,
+)
 
 from tokenset_diffusers import TOKENBRIDGE_PRESETS, TokenBridgeTransformer2DModel
 

@@ -4,6 +4,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+import torch
 from safetensors.torch import load_file
 
 
@@ -16,6 +18,16 @@ from vae_conversion import convert_vae  # noqa: E402
 
 # The tiny fixture model's head counts (not stored in weights): 4 in the encoder/decoder and 4 in the channel head.
 TINY_HEADS = {"num_attention_heads": 4, "head_num_attention_heads": 4}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """The tiny models run on one thread: their operations are too small to share, and on a loaded machine threads
+    waiting for each other make them 10x slower. Import this fixture into a test module to apply it there."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def load_fixture(name: str) -> dict:
