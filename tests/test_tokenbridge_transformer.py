@@ -1,10 +1,12 @@
 """TokenBridgeTransformer2DModel against the original's outputs (tests/fixtures/tokenbridge/tokenbridge_tiny.*),
 the channel head's sampling distribution, presets, conversion of the released shapes and round trips."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from scipy.stats import chi2
-from tokenbridge_conversion import convert_tokenbridge, select_weights
 from tokenbridge_testing import (
     load_fixture,
     load_json,
@@ -13,6 +15,10 @@ from tokenbridge_testing import (
 )
 
 from tokenset_diffusers import TOKENBRIDGE_PRESETS, TokenBridgeTransformer2DModel
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "conversion"))
+from tokenbridge_conversion import convert_tokenbridge, select_weights  # noqa: E402
 
 
 ATOL = 1e-5
