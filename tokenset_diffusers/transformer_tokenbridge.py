@@ -396,8 +396,13 @@ class TokenBridgeTransformer2DModel(ModelMixin, ConfigMixin):
         return self.quantizer.num_levels
 
     def channel_order_tensor(self, device: torch.device | str | None = None) -> torch.LongTensor:
-        """`channel_order` as a tensor: head position `i` holds VAE channel `channel_order[i]`."""
-        return torch.tensor(list(self.config.channel_order), device=device)
+        """`channel_order` as a tensor: head position `i` holds VAE channel `channel_order[i]` (made once per device,
+        so that sampling steps copy nothing from the host)."""
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        cache = self.__dict__.setdefault("_channel_order_by_device", {})
+        if device not in cache:
+            cache[device] = torch.tensor(list(self.config.channel_order), device=device)
+        return cache[device]
 
     @torch.no_grad()
     def initialize_weights(self) -> None:
