@@ -236,3 +236,14 @@ def test_invalid_calls(pipeline, kwargs, match):
 def test_components_must_agree(pipeline):
     with pytest.raises(ValueError, match="num_tokens"):
         TokenBridgePipeline(pipeline.transformer, pipeline.vae, MaskedARScheduler(num_tokens=64))
+
+
+def test_documented_defaults_are_the_real_ones():
+    import inspect
+
+    parameters = inspect.signature(TokenBridgePipeline.__init__).parameters
+    doc = TokenBridgePipeline.__doc__
+    for name in ("default_num_inference_steps", "default_guidance_scale", "default_temperature"):
+        assert f"{name} (`{type(parameters[name].default).__name__}`, defaults to {parameters[name].default})" in doc
+    call = inspect.signature(TokenBridgePipeline.__call__).parameters
+    assert call["guidance_schedule"].default == "linear" and call["output_type"].default == "pil"

@@ -235,3 +235,17 @@ def test_ema_selection():
         select_weights({"model": state_dict, "model_ema": {"z_proj.weight": ema["z_proj.weight"]}})
     with pytest.raises(ValueError, match="model_ema"):
         select_weights({"model": state_dict})
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(io):
+    def loss_and_grad(checkpointing):
+        model = tiny_transformer()
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+        loss = model(io["latents"], io["labels"], io["mask"]).loss
+        loss.backward()
+        return loss.detach(), model.encoder_blocks[0].attn.to_qkv.weight.grad
+
+    plain, checkpointed = loss_and_grad(False), loss_and_grad(True)
+    torch.testing.assert_close(checkpointed[0], plain[0])
+    torch.testing.assert_close(checkpointed[1], plain[1])
