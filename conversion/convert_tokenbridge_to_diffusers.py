@@ -26,14 +26,12 @@ from tokenbridge_conversion import convert_tokenbridge, load_tokenbridge_checkpo
 from vae_conversion import KL16_SCALING_FACTOR, convert_vae, load_vae_checkpoint  # noqa: E402
 
 from tokenset_diffusers import MaskedARScheduler, TokenBridgePipeline  # noqa: E402
-from tokenset_diffusers.model_cards import TEMPLATE_DIR  # noqa: E402
+from tokenset_diffusers.model_cards import render_model_card  # noqa: E402
 from tokenset_diffusers.pipeline_tokenbridge import RELEASED_SAMPLING_DEFAULTS  # noqa: E402
 
 
 # Released sizes by encoder width.
 RELEASED_SIZES = {1024: "L", 1280: "H"}
-TEMPLATE = TEMPLATE_DIR / "tokenbridge_converted_pipeline.md"
-PAPER_FID = {"L": 1.76, "H": 1.55}
 
 
 def load_vae(vae_checkpoint: str | None = None, vae_name_or_path: str | None = None, sample_size: int = 256):
@@ -95,28 +93,9 @@ def model_card(pipeline: TokenBridgePipeline, repo_id: str, size: str | None):
     """The converted release's card (paper numbers, released settings) for L and H; the pipeline's own card else."""
     if size is None:
         return pipeline.model_card(repo_id)
-    from huggingface_hub import ModelCard, ModelCardData
-
-    data = ModelCardData(
-        license="mit",
-        library_name="diffusers",
-        datasets=["ILSVRC/imagenet-1k"],
-        tags=[
-            "tokenbridge",
-            "tokenset-diffusers",
-            "class-conditional-image-generation",
-            "imagenet",
-            "arxiv:2503.16430",
-        ],
-    )
-    return ModelCard.from_template(
-        data,
-        template_path=str(TEMPLATE),
-        repo_id=repo_id,
-        size=size,
-        fid=PAPER_FID,
-        settings=RELEASED_SAMPLING_DEFAULTS[size],
-        num_parameters=sum(p.numel() for p in pipeline.transformer.parameters()),
+    num_parameters = sum(p.numel() for p in pipeline.transformer.parameters())
+    return render_model_card(
+        "tokenbridge_converted_pipeline", repo_id=repo_id, model_size=size, num_parameters=num_parameters
     )
 
 

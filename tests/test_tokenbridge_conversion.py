@@ -144,17 +144,28 @@ def test_transformer_only_without_a_vae(tmp_path):
     assert folder == tmp_path / "out" / "transformer" and (folder / "config.json").is_file()
 
 
-def test_released_card_renders(tmp_path):
-    sys.path.insert(0, str(ROOT / "conversion"))
-    import convert_tokenbridge_to_diffusers as script
+@pytest.mark.parametrize("size, fid, temperature", [("L", "1.76", "0.96"), ("H", "1.55", "0.91")])
+def test_released_card_renders_and_its_snippet_runs(tmp_path, size, fid, temperature, monkeypatch):
     from tokenbridge_testing import tiny_transformer
 
     from tokenset_diffusers import MaskedARScheduler
 
-    pipeline = TokenBridgePipeline(tiny_transformer(), tiny_vae(), MaskedARScheduler(num_tokens=16))
-    card = str(script.model_card(pipeline, "org/tokenbridge-l", "L"))
-    assert "TokenBridge-L" in card and "1.76" in card and "org/tokenbridge-l" in card and "0.96" in card
-    assert "arxiv:2503.16430" in card
+    pipeline = TokenBridgePipeline(
+        tiny_transformer(), tiny_vae(), MaskedARScheduler(num_tokens=16), id2label={207 % 10: "golden retriever"},
+        default_num_inference_steps=2,
+    )  # fmt: skip
+    card = script.model_card(pipeline, "org/tokenbridge", size)
+    text = str(card)
+    assert f"TokenBridge-{size}" in text and f"**{fid}**" in text and temperature in text and "269,472" in text
+    assert card.data.datasets == ["ILSVRC/imagenet-1k"] and "arxiv:2503.16430" in card.data.tags
+    # the usage snippet runs against a local folder (with the tiny model's class names and 2 steps)
+    pipeline.save_pretrained(tmp_path / "folder")
+    monkeypatch.chdir(tmp_path)
+    code = text.split("```python")[1].split("```")[0].replace("org/tokenbridge", str(tmp_path / "folder"))
+    code = code.replace("num_inference_steps=64", "num_inference_steps=2")
+    exec(compile(code, "<card>", "exec"), {})  # noqa: S102
+    assert (tmp_path / "sample.png").is_file()
+    assert "TokenBridge pipeline" in str(script.model_card(pipeline, "org/x", None))  # other sizes: a plain card
 
 
 def test_checkpoints_are_read_with_weights_only(tmp_path):
