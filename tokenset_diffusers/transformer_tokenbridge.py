@@ -114,6 +114,37 @@ class TokenBridgeAttention(nn.Module):
         hidden_states = self.out_dropout(self.to_out(hidden_states))  # (B, N, D)
         return hidden_states
 
+    def forward_cached(
+        self, hidden_states: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor, position: int
+    ) -> torch.Tensor:
+        """
+        Causal attention of one new row (sequence position `position`) over itself and the rows before it, whose keys
+        and values are cached: the same result as row `position` of `forward(..., is_causal=True)` on the whole
+        prefix. Writes the new row's key and value into the caches.
+
+        Args:
+            hidden_states (`torch.Tensor` of shape `(N, 1, D)`): the new row.
+            key_cache, value_cache (`torch.Tensor` of shape `(N, heads, max_rows, head_dim)`): rows `< position` hold
+                the earlier rows' (normalised) keys and values.
+            position (`int`): the new row's index.
+        """
+        batch_size, _, hidden_size = hidden_states.shape
+        heads, head_dim = self.num_attention_heads, self.head_dim
+        # 1. fused projection of the new row, q/k norms, into the caches
+        qkv = self.to_qkv(hidden_states).view(batch_size, 1, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+        query, key, value = qkv.unbind(0)  # 3 x (N, H, 1, d)
+        query, key = self.norm_q(query), self.norm_k(key)  # (N, H, 1, d)
+        key_cache[:, :, position : position + 1] = key
+        value_cache[:, :, position : position + 1] = value
+        # 2. the new row attends to rows 0..position (all earlier: no mask needed)
+        dropout_p = self.attention_dropout if self.training else 0.0
+        hidden_states = F.scaled_dot_product_attention(
+            query, key_cache[:, :, : position + 1], value_cache[:, :, : position + 1], dropout_p=dropout_p
+        )  # (N, H, 1, d)
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, 1, hidden_size)  # (N, 1, D)
+        # 3. output projection
+        return self.out_dropout(self.to_out(hidden_states))  # (N, 1, D)
+
 
 class TokenBridgeFeedForward(nn.Module):
     """Linear -> GELU (exact) -> dropout -> Linear -> dropout."""
@@ -179,6 +210,25 @@ class TokenBridgeChannelBlock(nn.Module):
         hidden_states = hidden_states + gate_mlp * self.ff(norm_hidden_states)  # (N, n, D)
         return hidden_states
 
+    def forward_cached(
+        self,
+        hidden_states: torch.Tensor,
+        conditioning: torch.Tensor,
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor,
+        position: int,
+    ) -> torch.Tensor:
+        """[`forward`] for one new row `(N, 1, D)` with its condition `(N, 1, D)`, the earlier rows' keys and values
+        read from (and this row's written to) the caches (see [`TokenBridgeAttention.forward_cached`])."""
+        modulation = self.adaLN_modulation(F.silu(conditioning))  # (N, 1, 6D)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation.chunk(6, dim=-1)  # 6 x (N, 1, D)
+        norm_hidden_states = self.norm1(hidden_states) * (1 + scale_msa) + shift_msa  # (N, 1, D)
+        attention = self.attn.forward_cached(norm_hidden_states, key_cache, value_cache, position)  # (N, 1, D)
+        hidden_states = hidden_states + gate_msa * attention  # (N, 1, D)
+        norm_hidden_states = self.norm2(hidden_states) * (1 + scale_mlp) + shift_mlp  # (N, 1, D)
+        hidden_states = hidden_states + gate_mlp * self.ff(norm_hidden_states)  # (N, 1, D)
+        return hidden_states
+
 
 class TokenBridgeChannelHead(nn.Module):
     """
@@ -239,6 +289,45 @@ class TokenBridgeChannelHead(nn.Module):
         hidden_states = self.norm(hidden_states)  # (N, n, D)
         scale, shift = self.adaLN_modulation_out(F.silu(conditioning)).chunk(2, dim=-1)  # 2 x (N, n, D)
         return self.norm_out(hidden_states) * (1 + scale) + shift  # (N, n, D)
+
+    def allocate_cache(self, num_rows: int, reference: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Empty key/value caches for [`forward_cached`]: per block, two `(num_rows, heads, num_channels, head_dim)`
+        tensors of `reference`'s dtype and device."""
+        caches = []
+        for block in self.blocks:
+            attention = block.attn
+            shape = (num_rows, attention.num_attention_heads, self.num_channels, attention.head_dim)
+            caches.append(
+                (reference.new_empty(shape), reference.new_empty(shape))  # keys, values
+            )
+        return caches
+
+    def forward_cached(
+        self,
+        inputs: torch.Tensor,
+        conditioning: torch.Tensor,
+        caches: list[tuple[torch.Tensor, torch.Tensor]],
+        position: int,
+    ) -> torch.Tensor:
+        """
+        Row `position` of [`forward`] given the rows before it through `caches` (a KV cache from
+        [`allocate_cache`], filled by the calls for positions `0..position-1`).
+
+        Args:
+            inputs (`torch.Tensor` of shape `(N, 1, D)`): input row `position` (without `channel_embed`).
+            conditioning (`torch.Tensor` of shape `(N, 1, D)`): its adaLN condition.
+            caches: per block, the (keys, values) caches; this row's are written into them.
+            position (`int`): the row's index, `0..num_channels-1`.
+
+        Returns:
+            `torch.Tensor` of shape `(N, 1, D)`: the final hidden state of row `position`.
+        """
+        hidden_states = inputs + self.channel_embed[:, position : position + 1]  # (N, 1, D)
+        for block, (key_cache, value_cache) in zip(self.blocks, caches):
+            hidden_states = block.forward_cached(hidden_states, conditioning, key_cache, value_cache, position)
+        hidden_states = self.norm(hidden_states)  # (N, 1, D)
+        scale, shift = self.adaLN_modulation_out(F.silu(conditioning)).chunk(2, dim=-1)  # 2 x (N, 1, D)
+        return self.norm_out(hidden_states) * (1 + scale) + shift  # (N, 1, D)
 
 
 class TokenBridgeTransformer2DModel(ModelMixin, ConfigMixin):
@@ -591,11 +680,15 @@ class TokenBridgeTransformer2DModel(ModelMixin, ConfigMixin):
         temperature: float = 1.0,
         generator: GeneratorType = None,
         return_logits: bool = False,
+        use_cache: bool = True,
     ) -> torch.LongTensor | tuple[torch.LongTensor, torch.FloatTensor]:
         """
         Draws a token (all `latent_channels` level indices) per row of `features`, channel after channel in head
         order, as the original's sampling: the first input row is `condition + timestep_embed[0]` (in training it is
-        `condition` alone), and the whole prefix is recomputed for each channel (no cache).
+        `condition` alone). With `use_cache` (the default) each channel runs the head on its new row only, reading
+        the earlier rows' keys and values from a KV cache; without it, the whole prefix is recomputed for each channel
+        as the original does. Both compute the same logits (up to float rounding) and, from the same generator, the
+        same tokens.
 
         Args:
             features (`torch.Tensor` of shape `(N, D_dec)`): decoder outputs (guided, if guidance is used).
@@ -603,6 +696,8 @@ class TokenBridgeTransformer2DModel(ModelMixin, ConfigMixin):
             generator (`torch.Generator` or a list of them, *optional*): with a list of G generators, the rows form G
                 equal consecutive groups and group g draws from `generator[g]` (one group per image).
             return_logits (`bool`, defaults to `False`): also return the logits of every step.
+            use_cache (`bool`, defaults to `True`): run the head incrementally with a KV cache (`False`: the
+                original's prefix recomputation, kept as the reference and for benchmarks).
 
         Returns:
             `torch.LongTensor` of shape `(N, latent_channels)`: level indices in **VAE channel order**; with
@@ -618,10 +713,14 @@ class TokenBridgeTransformer2DModel(ModelMixin, ConfigMixin):
             uniforms = _grouped_uniforms((num_rows, num_channels), generator, features.device)  # (N, C)
         conditioning = head.condition_proj(features.to(self.dtype))[:, None] + head.timestep_embed  # (N, C, Dh)
         inputs = conditioning[:, :1]  # (N, 1, Dh): the quirk, row 0 carries timestep_embed[0]
+        caches = head.allocate_cache(num_rows, conditioning) if use_cache else None
         tokens, all_logits = [], []
         for i in range(num_channels):
-            hidden_states = head(inputs, conditioning[:, : i + 1])  # (N, i + 1, Dh)
-            logits = head.proj_out[i](hidden_states[:, -1]).float()  # (N, K)
+            if use_cache:  # the new row only; rows < i come from the cache
+                last = head.forward_cached(inputs, conditioning[:, i : i + 1], caches, i)[:, 0]  # (N, Dh)
+            else:  # the whole prefix again
+                last = head(inputs, conditioning[:, : i + 1])[:, -1]  # (N, Dh)
+            logits = head.proj_out[i](last).float()  # (N, K)
             if temperature == 0:
                 token = logits.argmax(-1)  # (N,)
             else:
@@ -630,7 +729,8 @@ class TokenBridgeTransformer2DModel(ModelMixin, ConfigMixin):
             tokens.append(token)
             all_logits.append(logits)
             if i < num_channels - 1:
-                inputs = torch.cat([inputs, head.token_embeddings[i](token)[:, None]], dim=1)  # (N, i + 2, Dh)
+                embedded = head.token_embeddings[i](token)[:, None]  # (N, 1, Dh)
+                inputs = embedded if use_cache else torch.cat([inputs, embedded], dim=1)  # (N, 1 or i + 2, Dh)
         head_order_tokens = torch.stack(tokens, dim=1)  # (N, C), head order
         inverse_order = torch.argsort(self.channel_order_tensor(features.device))  # (C,)
         vae_order_tokens = head_order_tokens[:, inverse_order]  # (N, C), VAE channel order
