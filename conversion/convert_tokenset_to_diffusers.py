@@ -12,13 +12,13 @@ interval schedule [4, 50, 55]); with one, that component's `save_pretrained` fol
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from class_names import IMAGENET_LABELS_FILE, IMAGENET_LABELS_REPO, load_id2label  # noqa: E402, F401
 from tokenizer_conversion import convert_tokenizer  # noqa: E402
 from transformer_conversion import convert_transformer, load_original_generator_checkpoint  # noqa: E402
 
@@ -27,25 +27,6 @@ from tokenset_diffusers.model_cards import write_model_card  # noqa: E402
 
 
 RELEASED_GUIDANCE_SCALE = [4.0, 50.0, 55.0]
-IMAGENET_LABELS_REPO = "huggingface/label-files"
-IMAGENET_LABELS_FILE = "imagenet-1k-id2label.json"
-
-
-def load_id2label(source: str | None, num_classes: int) -> dict[int, str] | None:
-    """Class names from a JSON file (`{"0": "tench, Tinca tinca", ...}`), or, for `"hub"`, ImageNet's from the Hub
-    dataset `huggingface/label-files` (1,000 classes only); `None` or `"none"` gives no names."""
-    if source is None or source == "none":
-        return None
-    if source == "hub":
-        if num_classes != 1000:
-            return None
-        from huggingface_hub import hf_hub_download
-
-        source = hf_hub_download(IMAGENET_LABELS_REPO, IMAGENET_LABELS_FILE, repo_type="dataset")
-    id2label = {int(key): value for key, value in json.loads(Path(source).read_text()).items()}
-    if len(id2label) != num_classes:
-        raise ValueError(f"{source} names {len(id2label)} classes, but the generator has {num_classes}.")
-    return id2label
 
 
 def convert(

@@ -10,10 +10,10 @@ although counts only take the values `0..num_tokens`; rows above `num_tokens` ar
 keeps the first `num_tokens + 1` rows (`count_embedder.weight`).
 """
 
-import argparse
 import re
 
 import torch
+from checkpoint_loading import load_checkpoint, load_state_dict_strictly
 
 from tokenset_diffusers.transformer_tokenset import TokenSetTransformer1DModel
 
@@ -116,10 +116,7 @@ def load_original_generator_checkpoint(path: str, key: str = "ema") -> dict[str,
     Returns:
         `dict[str, torch.Tensor]`: the original state dict.
     """
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path} holds a {type(checkpoint).__name__}, expected a dict.")
+    checkpoint = load_checkpoint(path)
     if checkpoint and all(torch.is_tensor(value) for value in checkpoint.values()):
         return checkpoint
     if key in checkpoint and isinstance(checkpoint[key], dict):
@@ -170,16 +167,4 @@ def convert_transformer(
     state_dict = convert_transformer_state_dict(original_state_dict)
     with torch.device("meta"):
         model = TokenSetTransformer1DModel(**config)
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
-    if missing or unexpected:
-        raise ValueError(f"Converted state dict does not match the model: missing {missing}, unexpected {unexpected}.")
-    mismatched = [
-        f"{key}: {tuple(state_dict[key].shape)} vs {tuple(tensor.shape)}"
-        for key, tensor in model.state_dict().items()
-        if state_dict[key].shape != tensor.shape
-    ]
-    if mismatched:
-        raise ValueError(f"Converted tensors do not match the model's shapes (checkpoint vs model): {mismatched}.")
-    model.load_state_dict(state_dict, strict=True, assign=True)
-    return model.eval()
+    return load_state_dict_strictly(model, state_dict).eval()

@@ -1,6 +1,10 @@
 """Quality of a digits pipeline (the bundled model by default), judged independently.
 
-    python pipelines/digits_quality.py [--model FOLDER] [--num_samples_per_class 50] [--output quality.json]
+    python pipelines/digits_quality.py [--model FOLDER | tokenbridge-digits] [--num_samples_per_class 50] \
+        [--output quality.json]
+
+TokenSet and TokenBridge pipelines are both judged (the kind is read from the folder's `model_index.json`); for
+TokenBridge, (a) is the VAE's reconstruction through the quantizer, and (c) has no fixed-sum variant.
 
 The judge is a plain scikit-learn classifier (an RBF SVM) on the real digits of the held-out split, which neither
 stage saw in training, after the same 32 px -> 8x8 reduction that every image here goes through:
@@ -29,11 +33,13 @@ from sklearn.svm import SVC
 
 from tokenset_diffusers import (
     FSDDScheduler,
+    TokenBridgePipeline,
     TokenSetPipeline,
     bundled_pipeline_path,
     frechet_distance,
     preprocess_images,
 )
+from tokenset_diffusers.bundled import BUNDLED_MODELS
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,8 +109,23 @@ def feature_statistics(extractor, images: torch.Tensor) -> tuple[np.ndarray, np.
     return features.mean(0), np.cov(features, rowvar=False)
 
 
-def evaluate(model: str | None, per_class: int = 50, seed: int = 0, num_inference_steps: int = 25) -> dict:
-    pipeline = TokenSetPipeline.from_pretrained(model or bundled_pipeline_path())
+def resolve_model(model: str | None) -> Path:
+    """A pipeline folder, or the bundled one of that name (`None`: the TokenSet digits model)."""
+    if model is None or model in BUNDLED_MODELS:
+        return bundled_pipeline_path(model or "digits")
+    return Path(model)
+
+
+def is_tokenbridge(folder: Path) -> bool:
+    return json.loads((folder / "model_index.json").read_text())["_class_name"] == "TokenBridgePipeline"
+
+
+def evaluate(model: str | None, per_class: int = 50, seed: int = 0, num_inference_steps: int | None = None) -> dict:
+    folder = resolve_model(model)
+    if is_tokenbridge(folder):
+        return evaluate_tokenbridge(folder, per_class, seed, num_inference_steps)
+    num_inference_steps = 25 if num_inference_steps is None else num_inference_steps
+    pipeline = TokenSetPipeline.from_pretrained(folder)
     pipeline.set_progress_bar_config(disable=True)
     image_size = pipeline.image_tokenizer.config.image_size
     real_images, real_labels = held_out_digits(image_size)
@@ -145,7 +166,87 @@ def evaluate(model: str | None, per_class: int = 50, seed: int = 0, num_inferenc
     return results
 
 
+@torch.no_grad()
+def tokenbridge_reconstruction_accuracy(pipeline: TokenBridgePipeline, real: torch.Tensor, labels: np.ndarray) -> dict:
+    """(a) for TokenBridge: the VAE's reconstructions of the held-out digits from the posterior mean, through the
+    quantizer (what the generator can produce) and without it, judged 5-fold as for TokenSet."""
+    vae, quantizer = pipeline.vae, pipeline.transformer.quantizer
+    scaling_factor = vae.config.scaling_factor
+    mean = vae.encode(real).latent_dist.mode()  # (N, C, h, w)
+    quantized = quantizer.dequantize(quantizer.quantize(mean * scaling_factor)) / scaling_factor
+    features = {
+        "real": to_judge_features(real),
+        "continuous": to_judge_features(vae.decode(mean).sample),
+        "quantized": to_judge_features(vae.decode(quantized).sample),
+    }
+    correct = dict.fromkeys(features, 0)
+    for train, test in StratifiedKFold(n_splits=5, shuffle=True, random_state=0).split(features["real"], labels):
+        judge = make_judge().fit(features["real"][train], labels[train])
+        for name, values in features.items():
+            correct[name] += (judge.predict(values[test]) == labels[test]).sum()
+    return {
+        "judge_accuracy_on_real": float(correct["real"] / len(labels)),
+        "reconstruction_accuracy": float(correct["quantized"] / len(labels)),
+        "continuous_reconstruction_accuracy": float(correct["continuous"] / len(labels)),
+    }
+
+
+@torch.no_grad()
+def generate_tokenbridge_digits(
+    pipeline: TokenBridgePipeline, per_class: int, seed: int, batch_size: int = 100, **kwargs
+):
+    """`per_class` samples of every class (image i of class c seeded with `seed + 1000 * c + i`): images
+    `(N, 3, S, S)` in [-1, 1] and their labels."""
+    num_classes = pipeline.transformer.config.num_classes
+    labels = [c for c in range(num_classes) for _ in range(per_class)]
+    seeds = [seed + 1000 * c + i for c in range(num_classes) for i in range(per_class)]
+    images = []
+    for start in range(0, len(labels), batch_size):
+        generators = [torch.Generator().manual_seed(s) for s in seeds[start : start + batch_size]]
+        output = pipeline(labels[start : start + batch_size], generator=generators, output_type="pt", **kwargs)
+        images.append(output.images.cpu() * 2 - 1)
+    return torch.cat(images), np.asarray(labels)
+
+
+def evaluate_tokenbridge(
+    folder: Path, per_class: int = 50, seed: int = 0, num_inference_steps: int | None = None
+) -> dict:
+    """(a)-(c) for a TokenBridge pipeline with its stored sampling defaults, and with guidance off."""
+    pipeline = TokenBridgePipeline.from_pretrained(folder)
+    pipeline.set_progress_bar_config(disable=True)
+    image_size = pipeline.vae.config.sample_size
+    real_images, real_labels = held_out_digits(image_size)
+    real = preprocess_images(real_images, image_size)  # (N, 3, S, S) in [-1, 1]
+    results = {"model": str(folder), "kind": "TokenBridge", "held_out_images": len(real_labels)}
+    results.update(tokenbridge_reconstruction_accuracy(pipeline, real, real_labels))
+    judge = make_judge().fit(to_judge_features(real), real_labels)
+    extractor = _load("pipelines/digits_features.py").build()
+    real_mu, real_sigma = feature_statistics(extractor, real)
+    for name, kwargs in {"default": {}, "guidance_off": {"guidance_scale": 1.0}}.items():
+        start = time.perf_counter()
+        images, labels = generate_tokenbridge_digits(
+            pipeline, per_class, seed, num_inference_steps=num_inference_steps, **kwargs
+        )
+        mu, sigma = feature_statistics(extractor, images)
+        results[name] = {
+            "samples": len(labels),
+            "generation_accuracy": float((judge.predict(to_judge_features(images)) == labels).mean()),
+            "fid_digits_features": float(frechet_distance(mu, sigma, real_mu, real_sigma)),
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+    results["settings"] = {
+        "num_inference_steps": num_inference_steps or pipeline.config.default_num_inference_steps,
+        "default_guidance_scale": pipeline.config.default_guidance_scale,
+        "default_temperature": pipeline.config.default_temperature,
+        "samples_per_class": per_class,
+        "seed": seed,
+    }
+    return results
+
+
 def markdown_table(results: dict) -> str:
+    if results.get("kind") == "TokenBridge":
+        return tokenbridge_markdown_table(results)
     rows = [
         "| sampler | generated digits classified as asked | count vectors summing to M | FID (digits features) |",
         "|---|---|---|---|",
@@ -163,11 +264,37 @@ def markdown_table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def tokenbridge_markdown_table(results: dict) -> str:
+    rows = ["| sampler | generated digits classified as asked | FID (digits features) |", "|---|---|---|"]
+    for name in ("default", "guidance_off"):
+        r = results[name]
+        rows.append(
+            f"| {name} | {r['generation_accuracy']:.1%} ({r['samples']} samples) | {r['fid_digits_features']:.2f} |"
+        )
+    rows.append(
+        f"\nReconstructions of the {results['held_out_images']} held-out digits classified correctly: "
+        f"{results['reconstruction_accuracy']:.1%} through the quantizer, "
+        f"{results['continuous_reconstruction_accuracy']:.1%} without it "
+        f"(the judge on the real digits: {results['judge_accuracy_on_real']:.1%})."
+    )
+    return "\n".join(rows)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="a digits pipeline folder (default: the bundled model)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="a digits pipeline folder (TokenSet or TokenBridge) or a bundled model's name "
+        f"({', '.join(sorted(BUNDLED_MODELS))}); default: the bundled TokenSet model",
+    )
     parser.add_argument("--num_samples_per_class", type=int, default=50)
-    parser.add_argument("--num_inference_steps", type=int, default=25)
+    parser.add_argument(
+        "--num_inference_steps",
+        type=int,
+        default=None,
+        help="default: 25 for TokenSet, the stored default for TokenBridge",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)

@@ -47,6 +47,16 @@ _import_structure = {
         "save_statistics",
     ],
     "model_cards": ["render_model_card", "write_model_card", "pipeline_card_fields"],
+    # TokenBridge (arXiv 2503.16430)
+    "quantization_tokenbridge": ["TokenBridgeQuantizer"],
+    "transformer_tokenbridge": [
+        "TokenBridgeTransformer2DModel",
+        "TokenBridgeTransformer2DModelOutput",
+        "TOKENBRIDGE_PRESETS",
+    ],
+    "scheduling_masked_ar": ["MaskedARScheduler", "MaskedARSchedulerOutput"],
+    "pipeline_tokenbridge": ["TokenBridgePipeline", "TokenBridgePipelineOutput"],
+    "class_labels": ["ClassLabelsMixin"],
 }
 
 _name_to_module = {name: module for module, names in _import_structure.items() for name in names}

@@ -29,7 +29,14 @@ from huggingface_hub import ModelCard, ModelCardData
 
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
-CardKind = Literal["converted_pipeline", "tokenizer", "trained_pipeline"]
+CardKind = Literal[
+    "converted_pipeline",
+    "tokenizer",
+    "trained_pipeline",
+    "vae",
+    "tokenbridge_trained_pipeline",
+    "tokenbridge_converted_pipeline",
+]
 
 PAPER_URL = "https://arxiv.org/abs/2503.16425"
 ORIGINAL_REPOSITORY = "https://github.com/Gengzigang/TokenSet"
@@ -43,6 +50,9 @@ RELEASED_SETTINGS = {
     "top_p": 0.8,
     "adjust_start": 0.65,
 }
+
+# TokenBridge (arXiv 2503.16430): the paper's ImageNet 256x256 FID-50K of the released sizes.
+TOKENBRIDGE_PAPER_FID = {"L": 1.76, "H": 1.55}
 
 BASE_TAGS = ["tokenset", "tokenset-diffusers", "image-tokenizer", "discrete-diffusion", "arxiv:2503.16425"]
 _COMMON_DEFAULTS = {"library_name": None, "tags": (), "datasets": None}
@@ -103,6 +113,49 @@ _KINDS: dict[str, dict[str, Any]] = {
             "class_names": None,
         },
     },
+    # TokenBridge (arXiv 2503.16430): a continuous VAE trained with `training/train_vae.py`.
+    "vae": {
+        "library_name": "diffusers",
+        "base_tags": ["tokenbridge", "tokenset-diffusers", "autoencoder-kl", "arxiv:2503.16430"],
+        "tags": [],
+        "required": ("repo_id", "image_size", "latent_channels", "downsampling_factor", "scaling_factor", "dataset"),
+        "defaults": {"training_steps": None, "preset": None, "metrics": None, "training_commands": None},
+    },
+    # A released TokenBridge ImageNet generator converted by `conversion/convert_tokenbridge_to_diffusers.py`.
+    "tokenbridge_converted_pipeline": {
+        "library_name": "diffusers",
+        "base_tags": ["tokenbridge", "tokenset-diffusers", "arxiv:2503.16430"],
+        "tags": ["class-conditional-image-generation", "imagenet"],
+        "required": ("repo_id", "model_size"),
+        "defaults": {"num_parameters": None, "example_class_label": "golden retriever"},
+    },
+    # A TokenBridgePipeline trained with `training/train_tokenbridge.py`.
+    "tokenbridge_trained_pipeline": {
+        "library_name": "diffusers",
+        "base_tags": ["tokenbridge", "tokenset-diffusers", "arxiv:2503.16430"],
+        "tags": ["class-conditional-image-generation"],
+        "required": (
+            "repo_id",
+            "dataset",
+            "preset",
+            "training_steps",
+            "metrics",
+            "image_size",
+            "sample_size",
+            "latent_channels",
+            "num_classes",
+        ),
+        "defaults": {
+            "example_class_label": 0,
+            "num_inference_steps": 64,
+            "guidance_scale": 1.0,
+            "temperature": 1.0,
+            "training_commands": None,
+            "training_time": None,
+            "hardware": None,
+            "class_names": None,
+        },
+    },
 }
 
 
@@ -131,6 +184,9 @@ def render_model_card(kind: CardKind, **fields) -> ModelCard:
               `image_size`, `codebook_size`, `num_tokens`, `num_classes` ([`pipeline_card_fields`] reads these four
               from a pipeline); optional `example_class_label`, `num_inference_steps`, `guidance_scale`,
               `training_commands`, `training_time`, `hardware`, `class_names` (`list[str]`).
+            - `"tokenbridge_converted_pipeline"`: `model_size` (`"L"` or `"H"`, required); `num_parameters` (of the
+              generator, optional); `example_class_label` (`"golden retriever"`). The paper's FID and the released
+              sampling settings of that size are filled in.
 
     Returns:
         `huggingface_hub.ModelCard`; `.save(path)` writes it, `.push_to_hub(repo_id)` uploads it as `README.md`.
@@ -153,7 +209,7 @@ def render_model_card(kind: CardKind, **fields) -> ModelCard:
     card_data = ModelCardData(
         license="mit",
         library_name=values.pop("library_name", None) or spec["library_name"],
-        tags=[*BASE_TAGS, *spec["tags"], *values.pop("tags", ())],
+        tags=[*spec.get("base_tags", BASE_TAGS), *spec["tags"], *values.pop("tags", ())],
         datasets=values.pop("datasets", None) or _default_datasets(kind, values),
     )
     template_fields = {
@@ -168,6 +224,11 @@ def render_model_card(kind: CardKind, **fields) -> ModelCard:
     if "example_class_label" in values:
         # A Python literal for the usage snippet: "golden retriever" (with double quotes) or 207.
         template_fields["example_class_code"] = json.dumps(values["example_class_label"])
+    if kind == "tokenbridge_converted_pipeline":
+        from .pipeline_tokenbridge import RELEASED_SAMPLING_DEFAULTS
+
+        template_fields["paper_fid"] = TOKENBRIDGE_PAPER_FID
+        template_fields["released"] = RELEASED_SAMPLING_DEFAULTS[values["model_size"]]
     if "guidance_scale" in values:
         template_fields["guidance_text"] = _describe_guidance(values["guidance_scale"])
     return ModelCard.from_template(card_data, template_path=str(template_path(kind)), **template_fields)
@@ -212,6 +273,8 @@ def _check_kind(kind: str) -> None:
 def _check_values(kind: str, values: Mapping[str, Any]) -> None:
     if kind == "converted_pipeline" and values["generator_size"] not in PAPER_GFID:
         raise ValueError(f"`generator_size` must be one of {sorted(PAPER_GFID)}, got {values['generator_size']!r}.")
+    if kind == "tokenbridge_converted_pipeline" and values["model_size"] not in TOKENBRIDGE_PAPER_FID:
+        raise ValueError(f"`model_size` must be one of {sorted(TOKENBRIDGE_PAPER_FID)}, got {values['model_size']!r}.")
     if kind == "tokenizer" and values["source"] not in ("converted", "trained"):
         raise ValueError(f"`source` must be 'converted' or 'trained', got {values['source']!r}.")
     if values.get("metrics") is not None and not isinstance(values["metrics"], Mapping):
@@ -226,7 +289,9 @@ def _check_values(kind: str, values: Mapping[str, Any]) -> None:
 
 def _default_datasets(kind: str, values: Mapping[str, Any]) -> list[str] | None:
     """ImageNet for the released models; a trained model names its dataset through the `datasets` field."""
-    if kind == "converted_pipeline" or (kind == "tokenizer" and values["source"] == "converted"):
+    if kind in ("converted_pipeline", "tokenbridge_converted_pipeline") or (
+        kind == "tokenizer" and values["source"] == "converted"
+    ):
         return ["ILSVRC/imagenet-1k"]
     return None
 

@@ -1,6 +1,5 @@
 """TokenSetPipeline: class-conditional image generation with Fixed-Sum Discrete Diffusion and the set tokenizer."""
 
-import difflib
 import json
 import math
 import numbers
@@ -16,8 +15,9 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
+from .class_labels import ClassLabelsMixin, LocalFolderLoadingMixin, label_to_id, normalise_id2label
+from .class_labels import short_repr as _short_repr
 from .image_processing import postprocess_images
-from .loading import check_local_folder
 from .modeling_tokenset_vqvae import TokenSetVQVAE
 from .scheduling_fsdd import FSDDScheduler
 from .set_ops import GeneratorType, checks_values, counts_to_tokens, sample_fixed_sum_noise
@@ -73,7 +73,7 @@ class TokenSetPipelineOutput(BaseOutput):
     counts: torch.LongTensor
 
 
-class TokenSetPipeline(DiffusionPipeline):
+class TokenSetPipeline(LocalFolderLoadingMixin, ClassLabelsMixin, DiffusionPipeline):
     """Class-conditional generation with TokenSet: FSDD over count vectors, then the set tokenizer's decoder.
 
     Args:
@@ -102,45 +102,22 @@ class TokenSetPipeline(DiffusionPipeline):
     ):
         super().__init__()
         _check_components(image_tokenizer, transformer, scheduler)
-        id2label = _normalise_id2label(id2label, transformer.config.num_classes)
+        id2label = normalise_id2label(id2label, transformer.config.num_classes)
         if default_guidance_scale is not None:
             default_guidance_scale = list(_guidance_schedule(default_guidance_scale, "default_guidance_scale"))
         self.register_modules(image_tokenizer=image_tokenizer, transformer=transformer, scheduler=scheduler)
         # Registered so that save_pretrained writes them into model_index.json (diffusers' DiT pipeline loses them).
         self.register_to_config(id2label=id2label, default_guidance_scale=default_guidance_scale)
-        self.labels = _label_to_id(id2label)
+        self.labels = label_to_id(id2label)
         self._guidance_scale = None  # set by every call, read at every step
         self._num_timesteps = None
 
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "TokenSetPipeline":
-        """Loads a pipeline from a local folder or a Hub repo id.
-
-        A repo id is first downloaded with `huggingface_hub.snapshot_download` (honouring `cache_dir`, `revision`,
-        `local_files_only`, `token`, and `HF_HUB_OFFLINE`), then the folder is loaded. Other keyword arguments
-        (`dtype`, ...) go to `DiffusionPipeline.from_pretrained`. Loading through this class runs no code from the
-        folder; `DiffusionPipeline.from_pretrained(path, trust_remote_code=True)` loads the same pipeline through the
-        small files [`save_pretrained`] writes.
-        """
-        path = os.fspath(pretrained_model_name_or_path)
-        check_local_folder(path, cls.__name__)
-        if not os.path.isdir(path):
-            from huggingface_hub import snapshot_download
-
-            path = snapshot_download(
-                path,
-                cache_dir=kwargs.pop("cache_dir", None),
-                revision=kwargs.pop("revision", None),
-                local_files_only=kwargs.pop("local_files_only", False),
-                token=kwargs.pop("token", None),
-            )
-        else:
-            for name in ("cache_dir", "revision", "token"):
-                kwargs.pop(name, None)
-        _check_model_index(path)
-        return super().from_pretrained(path, **kwargs)
+    def _check_folder(cls, folder: str) -> None:
+        """Called by `from_pretrained` before loading: model_index.json must name this pipeline's component classes."""
+        _check_model_index(folder)
 
     @classmethod
     def load_config(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -238,60 +215,6 @@ class TokenSetPipeline(DiffusionPipeline):
             "images = pipeline([0, 1, 2]).images\n```\n"
         )
         return ModelCard(text)
-
-    # ------------------------------------------------------------------ labels
-
-    def get_label_ids(self, label: str | list[str]) -> list[int]:
-        """Maps class names (a string or a list of strings) to class ids.
-
-        Raises `ValueError` for an unknown name, listing the closest known names.
-        """
-        if not self.labels:
-            raise ValueError("This pipeline has no `id2label`; pass class ids (integers) instead of names.")
-        names = [label] if isinstance(label, str) else list(label)
-        ids = []
-        for name in names:
-            if not isinstance(name, str):
-                raise ValueError(f"`get_label_ids` takes class names (strings), got {name!r}.")
-            if name not in self.labels:
-                close = difflib.get_close_matches(name, self.labels.keys(), n=5)
-                hint = f" Close matches: {close}." if close else ""
-                raise ValueError(f"Unknown class name {name!r}.{hint}")
-            ids.append(self.labels[name])
-        return ids
-
-    def prepare_class_labels(self, class_labels: int | str | Sequence[int | str]) -> torch.LongTensor:
-        """Class ids (an int, a name, or a list of either) as a `torch.LongTensor` of shape `(batch_size,)`;
-        raises `ValueError` for unknown names and out-of-range ids."""
-        if isinstance(class_labels, (str, numbers.Integral)) and not isinstance(class_labels, bool):
-            items = [class_labels]
-        elif isinstance(class_labels, (torch.Tensor, np.ndarray)):
-            _check_label_array(class_labels)
-            items = class_labels.flatten().tolist()
-        elif isinstance(class_labels, (list, tuple)):
-            items = list(class_labels)
-        else:
-            raise ValueError(
-                "`class_labels` must be a class id (int), a class name (str), or a list, tuple, array or tensor of "
-                f"them, got {type(class_labels).__name__} {_short_repr(class_labels)}."
-            )
-        if not items:
-            raise ValueError("`class_labels` is empty; pass at least one class id or name.")
-        num_classes = self.transformer.config.num_classes
-        ids = []
-        for item in items:
-            if isinstance(item, str):
-                ids.extend(self.get_label_ids(item))
-            elif isinstance(item, numbers.Integral) and not isinstance(item, bool):
-                if not 0 <= item < num_classes:
-                    raise ValueError(f"Class id {item} is out of range: this model has {num_classes} classes.")
-                ids.append(int(item))
-            else:
-                raise ValueError(
-                    f"`class_labels` must hold class ids (int) or names (str), got {type(item).__name__} "
-                    f"{_short_repr(item)}."
-                )
-        return torch.tensor(ids, dtype=torch.long)
 
     # ------------------------------------------------------------------ guidance
 
@@ -619,28 +542,9 @@ def _check_components(image_tokenizer, transformer, scheduler) -> None:
         raise ValueError(f"The components disagree on codebook_size (C) and num_tokens (M): {described}.")
 
 
-def _normalise_id2label(id2label: dict | None, num_classes: int) -> dict[int, str] | None:
-    if id2label is None:
-        return None
-    try:
-        normalised = {int(key): str(value) for key, value in dict(id2label).items()}
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"`id2label` must map class ids to names, got {id2label!r}.") from error
-    out_of_range = [key for key in normalised if not 0 <= key < num_classes]
-    if out_of_range:
-        raise ValueError(
-            f"`id2label` has ids {out_of_range[:10]} outside [0, {num_classes}), the transformer's number of classes."
-        )
-    return dict(sorted(normalised.items()))
-
-
-def _label_to_id(id2label: dict[int, str] | None) -> dict[str, int]:
-    labels = {}
-    for key, value in (id2label or {}).items():
-        labels[value] = key
-        for synonym in value.split(","):
-            labels.setdefault(synonym.strip(), key)
-    return labels
+# Kept importable under their former names.
+_normalise_id2label = normalise_id2label
+_label_to_id = label_to_id
 
 
 def _guidance_schedule(guidance_scale: float | Sequence[float], name: str) -> tuple[float, ...]:
@@ -667,29 +571,9 @@ def _guidance_schedule(guidance_scale: float | Sequence[float], name: str) -> tu
     return tuple(float(v) for v in values)
 
 
-def _short_repr(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}..."
-
-
 def _check_positive_integer(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"`{name}` must be a positive integer, got {type(value).__name__} {_short_repr(value)}.")
-
-
-def _check_label_array(class_labels: torch.Tensor | np.ndarray) -> None:
-    """A tensor or array of class labels must hold integers (or, for numpy, names)."""
-    if isinstance(class_labels, torch.Tensor):
-        integer = not (
-            class_labels.is_floating_point() or class_labels.is_complex() or class_labels.dtype == torch.bool
-        )
-    else:
-        integer = class_labels.dtype.kind in "iuUO"
-    if not integer:
-        raise ValueError(
-            f"`class_labels` must hold integer class ids, got a {type(class_labels).__name__} of dtype "
-            f"{class_labels.dtype}."
-        )
 
 
 def _check_generator(generator: Any, num_images: int) -> None:

@@ -5,6 +5,9 @@ instead of BatchNorm: its output does not depend on the other images of the batc
 it has no running statistics to keep in sync across processes.
 """
 
+import contextlib
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -94,3 +97,32 @@ def adaptive_generator_weight(
     generator_grad = torch.autograd.grad(generator_loss, last_layer_weight, retain_graph=True)[0]
     weight = reconstruction_grad.norm() / (generator_grad.norm() + 1e-4)
     return weight.clamp(0.0, max_weight).detach()
+
+
+def discriminator_update(
+    accelerator,
+    discriminator: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler,
+    pairs: list[tuple[torch.Tensor, torch.Tensor]],
+    max_grad_norm: Optional[float],
+) -> torch.Tensor:
+    """One optimiser step of the (prepared) `discriminator` on `(real, reconstructed)` micro-batches: one forward of
+    both halves per micro-batch (so DDP sees one forward), gradients synchronised on the last, hinge loss, optional
+    clipping. Returns the mean hinge loss (a 0-d tensor on the device)."""
+    total = torch.zeros((), device=accelerator.device)
+    for index, (real, fake) in enumerate(pairs):
+        sync = index == len(pairs) - 1
+        with contextlib.nullcontext() if sync else accelerator.no_sync(discriminator):
+            with accelerator.autocast():
+                logits = discriminator(torch.cat([real, fake]))  # (2B, 1, h, w)
+                logits_real, logits_fake = logits.chunk(2)
+                loss = hinge_discriminator_loss(logits_real, logits_fake)
+            accelerator.backward(loss / len(pairs))
+        total += loss.detach() / len(pairs)
+    if max_grad_norm is not None:
+        accelerator.clip_grad_norm_(discriminator.parameters(), max_grad_norm)
+    optimizer.step()
+    lr_scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total

@@ -39,6 +39,27 @@ TINY_TOKENIZER = {
     "num_res_blocks": 1,
     "norm_num_groups": 8,
 }
+# A VAE (diffusers `AutoencoderKL`) of two levels: 8 px images -> 4 x 4 latents of 4 channels.
+TINY_VAE = {
+    "image_size": 8,
+    "latent_channels": 4,
+    "block_out_channels": [8, 16],
+    "layers_per_block": 1,
+    "norm_num_groups": 4,
+}
+# A TokenBridge generator for TINY_VAE's 4 x 4 x 4 latents: widths 16, one block each, 16 quantizer levels.
+TINY_TOKENBRIDGE = {
+    "buffer_size": 2,
+    "encoder_hidden_size": 16,
+    "encoder_num_layers": 1,
+    "decoder_hidden_size": 16,
+    "decoder_num_layers": 1,
+    "num_attention_heads": 2,
+    "head_hidden_size": 16,
+    "head_num_layers": 1,
+    "head_num_attention_heads": 2,
+    "quantizer_bits": 4,
+}
 TINY_GENERATOR = {"num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 16}
 CLASS_NAMES = ["red", "green", "blue"]
 
@@ -89,6 +110,17 @@ def save_tiny_tokenizer(path: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     TokenSetVQVAE(TokenSetVQVAEConfig(**TINY_TOKENIZER)).save_pretrained(path)
+    return path
+
+
+def save_tiny_vae(path: Path, seed: int = 0, scaling_factor: float = 2.0) -> Path:
+    """A randomly initialised `AutoencoderKL` of the `TINY_VAE` size, saved with `save_pretrained`."""
+    import torch
+
+    from training.train_vae import VAEModelArguments
+
+    torch.manual_seed(seed)
+    VAEModelArguments(**TINY_VAE, scaling_factor=scaling_factor).build_model().save_pretrained(path)
     return path
 
 

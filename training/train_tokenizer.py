@@ -69,9 +69,10 @@ from training.data import (
 from training.discriminator import (
     PatchGANDiscriminator,
     adaptive_generator_weight,
-    hinge_discriminator_loss,
+    discriminator_update,
     hinge_generator_loss,
 )
+from training.image_losses import build_perceptual_loss, reconstruction_metrics
 
 
 logger = logging.getLogger(__name__)
@@ -179,20 +180,6 @@ class TokenizerTrainingState:
 # ---------------------------------------------------------------------------------------------------------- building
 
 
-def build_perceptual_loss(args: TokenizerTrainingArguments) -> Optional[torch.nn.Module]:
-    """LPIPS (VGG) when `perceptual_weight > 0`; it needs the `lpips` package and its weights (not downloaded here)."""
-    if args.perceptual_weight == 0:
-        return None
-    try:
-        import lpips
-    except ImportError as error:
-        raise ValueError(
-            f"`perceptual_weight`={args.perceptual_weight} needs the `lpips` package (pip install lpips) with its "
-            "VGG weights available; set `perceptual_weight` to 0 to train without a perceptual loss."
-        ) from error
-    return lpips.LPIPS(net="vgg").eval().requires_grad_(False)
-
-
 def build_training_state(
     accelerator: Accelerator, model_args: TokenizerModelArguments, args: TokenizerTrainingArguments
 ) -> TokenizerTrainingState:
@@ -252,15 +239,6 @@ def set_decoder_only(model: TokenSetVQVAE, decoder_only: bool) -> None:
 # ---------------------------------------------------------------------------------------------------------- training
 
 
-def reconstruction_metrics(reconstruction: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image PSNR (dB) and mean absolute error of images in [-1, 1], both measured on the [0, 1] scale
-    (`reconstruction` is clipped to [-1, 1] first). Returns two `(batch_size,)` tensors."""
-    difference = (reconstruction.float().clamp(-1, 1) - target.float()) / 2  # (B, C, H, W), [0, 1] scale
-    mse = difference.pow(2).flatten(1).mean(1)  # (B,)
-    psnr = 10 * torch.log10(1.0 / mse.clamp_min(1e-10))  # (B,)
-    return psnr, difference.abs().flatten(1).mean(1)
-
-
 def tokenizer_losses(
     state: TokenizerTrainingState,
     accelerator: Accelerator,
@@ -309,23 +287,14 @@ def discriminator_step(
     accelerator: Accelerator, state: TokenizerTrainingState, pairs: list, args: TokenizerTrainingArguments
 ) -> torch.Tensor:
     """One optimiser step of the discriminator on (real, reconstructed) micro-batches; returns the mean hinge loss."""
-    discriminator = state.discriminator
-    total = torch.zeros((), device=accelerator.device)
-    for index, (real, fake) in enumerate(pairs):
-        sync = index == len(pairs) - 1
-        with contextlib.nullcontext() if sync else accelerator.no_sync(discriminator):
-            with accelerator.autocast():
-                logits = discriminator(torch.cat([real, fake]))  # (2B, 1, h, w): one forward for DDP
-                logits_real, logits_fake = logits.chunk(2)
-                loss = hinge_discriminator_loss(logits_real, logits_fake)
-            accelerator.backward(loss / len(pairs))
-        total += loss.detach() / len(pairs)
-    if args.max_grad_norm is not None:
-        accelerator.clip_grad_norm_(discriminator.parameters(), args.max_grad_norm)
-    state.discriminator_optimizer.step()
-    state.discriminator_lr_scheduler.step()
-    state.discriminator_optimizer.zero_grad(set_to_none=True)
-    return total
+    return discriminator_update(
+        accelerator,
+        state.discriminator,
+        state.discriminator_optimizer,
+        state.discriminator_lr_scheduler,
+        pairs,
+        args.max_grad_norm,
+    )
 
 
 def train_step(

@@ -1,0 +1,162 @@
+"""Class names and ids for the class-conditional pipelines (TokenSet and TokenBridge), and their Hub loading.
+
+A pipeline stores `id2label` (`{id: "name, synonym, ..."}`) in its `model_index.json`; [`ClassLabelsMixin`] maps
+names (any synonym) and ids to a `torch.LongTensor` of class ids, failing with the closest names for an unknown one.
+[`LocalFolderLoadingMixin`] lets `from_pretrained` take a Hub repo id although the components live outside diffusers.
+"""
+
+import difflib
+import numbers
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .loading import check_local_folder
+
+
+def normalise_id2label(id2label: dict | None, num_classes: int) -> dict[int, str] | None:
+    """`id2label` with int keys and str values, sorted; `ValueError` for ids outside `[0, num_classes)`."""
+    if id2label is None:
+        return None
+    try:
+        normalised = {int(key): str(value) for key, value in dict(id2label).items()}
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"`id2label` must map class ids to names, got {id2label!r}.") from error
+    out_of_range = [key for key in normalised if not 0 <= key < num_classes]
+    if out_of_range:
+        raise ValueError(
+            f"`id2label` has ids {out_of_range[:10]} outside [0, {num_classes}), the transformer's number of classes."
+        )
+    return dict(sorted(normalised.items()))
+
+
+def label_to_id(id2label: dict[int, str] | None) -> dict[str, int]:
+    """Name -> id for every full name and every comma-separated synonym (the first class to use a synonym wins)."""
+    labels = {}
+    for key, value in (id2label or {}).items():
+        labels[value] = key
+        for synonym in value.split(","):
+            labels.setdefault(synonym.strip(), key)
+    return labels
+
+
+class ClassLabelsMixin:
+    """`get_label_ids` and `prepare_class_labels` for a pipeline with `self.labels` (from [`label_to_id`]) and a
+    `transformer` whose config has `num_classes`."""
+
+    labels: dict[str, int]
+
+    def get_label_ids(self, label: str | list[str]) -> list[int]:
+        """Maps class names (a string or a list of strings) to class ids.
+
+        Raises `ValueError` for an unknown name, listing the closest known names.
+        """
+        if not self.labels:
+            raise ValueError("This pipeline has no `id2label`; pass class ids (integers) instead of names.")
+        names = [label] if isinstance(label, str) else list(label)
+        ids = []
+        for name in names:
+            if not isinstance(name, str):
+                raise ValueError(f"`get_label_ids` takes class names (strings), got {name!r}.")
+            if name not in self.labels:
+                close = difflib.get_close_matches(name, self.labels.keys(), n=5)
+                hint = f" Close matches: {close}." if close else ""
+                raise ValueError(f"Unknown class name {name!r}.{hint}")
+            ids.append(self.labels[name])
+        return ids
+
+    def prepare_class_labels(self, class_labels: int | str | Sequence[int | str]) -> torch.LongTensor:
+        """Class ids (an int, a name, or a list, tuple, array or tensor of either) as a `torch.LongTensor` of shape
+        `(batch_size,)`; raises `ValueError` for unknown names, out-of-range ids and anything else."""
+        if isinstance(class_labels, (str, numbers.Integral)) and not isinstance(class_labels, bool):
+            items = [class_labels]
+        elif isinstance(class_labels, (torch.Tensor, np.ndarray)):
+            _check_label_array(class_labels)
+            items = class_labels.flatten().tolist()
+        elif isinstance(class_labels, (list, tuple)):
+            items = list(class_labels)
+        else:
+            raise ValueError(
+                "`class_labels` must be a class id (int), a class name (str), or a list, tuple, array or tensor of "
+                f"them, got {type(class_labels).__name__} {short_repr(class_labels)}."
+            )
+        if not items:
+            raise ValueError("`class_labels` is empty; pass at least one class id or name.")
+        num_classes = self.transformer.config.num_classes
+        ids = []
+        for item in items:
+            if isinstance(item, str):
+                ids.extend(self.get_label_ids(item))
+            elif isinstance(item, numbers.Integral) and not isinstance(item, bool):
+                if not 0 <= item < num_classes:
+                    raise ValueError(f"Class id {item} is out of range: this model has {num_classes} classes.")
+                ids.append(int(item))
+            else:
+                raise ValueError(
+                    f"`class_labels` must hold class ids (int) or names (str), got {type(item).__name__} "
+                    f"{short_repr(item)}."
+                )
+        return torch.tensor(ids, dtype=torch.long)
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """`repr(value)`, cut to `limit` characters, for error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+def _check_label_array(class_labels: torch.Tensor | np.ndarray) -> None:
+    """A tensor or array of class labels must hold integers (or, for numpy, names)."""
+    if isinstance(class_labels, torch.Tensor):
+        integer = not (
+            class_labels.is_floating_point() or class_labels.is_complex() or class_labels.dtype == torch.bool
+        )
+    else:
+        integer = class_labels.dtype.kind in "iuUO"
+    if not integer:
+        raise ValueError(
+            f"`class_labels` must hold integer class ids, got a {type(class_labels).__name__} of dtype "
+            f"{class_labels.dtype}."
+        )
+
+
+class LocalFolderLoadingMixin:
+    """`from_pretrained` for a `DiffusionPipeline` whose components live outside diffusers."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
+        """Loads a pipeline from a local folder or a Hub repo id.
+
+        diffusers refuses Hub ids whose components live outside diffusers (its issue #5553), so a repo id is first
+        downloaded with `huggingface_hub.snapshot_download` (honouring `cache_dir`, `revision`, `local_files_only`,
+        `token`, and `HF_HUB_OFFLINE`), then the folder is loaded. Other keyword arguments (`dtype`, ...) go to
+        `DiffusionPipeline.from_pretrained`. A path that looks local but is no folder is reported as such, not as a
+        bad repo id, and the folder is checked by `_check_folder` before anything is loaded.
+        """
+        path = os.fspath(pretrained_model_name_or_path)
+        check_local_folder(path, cls.__name__)
+        if not os.path.isdir(path):
+            from huggingface_hub import snapshot_download
+
+            path = snapshot_download(
+                path,
+                cache_dir=kwargs.pop("cache_dir", None),
+                revision=kwargs.pop("revision", None),
+                local_files_only=kwargs.pop("local_files_only", False),
+                token=kwargs.pop("token", None),
+            )
+        else:
+            for name in ("cache_dir", "revision", "token"):
+                kwargs.pop(name, None)
+        cls._check_folder(path)
+        return super().from_pretrained(path, **kwargs)
+
+    @classmethod
+    def _check_folder(cls, folder: str) -> None:
+        """Checks a folder before it is loaded (nothing here; pipelines override it)."""
+
+
+__all__ = ["ClassLabelsMixin", "LocalFolderLoadingMixin", "label_to_id", "normalise_id2label", "short_repr"]

@@ -1,0 +1,514 @@
+# ruff: noqa: E402
+"""Train TokenBridge's generator (`TokenBridgeTransformer2DModel`) on a frozen continuous VAE.
+
+    accelerate launch training/train_tokenbridge.py --config training/configs/digits_tokenbridge.yaml [--flag value ...]
+
+The recipe of the original (ORIGINAL.md section 7): every step takes VAE posterior samples (`mean + std * noise` of
+the image or of its mirror image, from the latent cache of `training/encode_latents.py`, or from the VAE on the fly),
+scales them by the VAE's `scaling_factor`, drops labels to the unconditional id with probability
+`label_dropout_prob`, masks a truncated-normal share of the positions (one ratio per batch, from
+[`MaskedARScheduler.sample_training_mask`]) and minimises the model's cross-entropy at the masked positions. AdamW
+with betas (0.9, 0.95), weight decay on tensors of >= 2 dimensions only, `lr = base_learning_rate x global batch /
+256`, linear warm-up then cosine to 0, gradient clipping at 3.0, EMA 0.9999. Every draw comes from generators seeded
+by (seed, process, step) (dropout: torch's global RNG, seeded the same way at the start of each step), so a resumed run
+repeats an uninterrupted one step for step.
+
+Output: `output_dir/transformer` (EMA weights) and `output_dir` as a complete `TokenBridgePipeline` folder (the VAE,
+the EMA transformer, a `MaskedARScheduler`, the class names, the sampling defaults) with a model card.
+"""
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+
+if __package__ in (None, ""):  # run as a file: make the repository root importable instead of training/
+    script_dir = str(Path(__file__).resolve().parent)
+    sys.path = [path for path in sys.path if Path(path or ".").resolve() != Path(script_dir)]
+    sys.path.insert(0, str(Path(script_dir).parent))
+
+import contextlib
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers import AutoencoderKL
+from tqdm.auto import tqdm
+
+from tokenset_diffusers.model_cards import write_model_card
+from tokenset_diffusers.pipeline_tokenbridge import TokenBridgePipeline
+from tokenset_diffusers.scheduling_masked_ar import MaskedARScheduler
+from tokenset_diffusers.transformer_tokenbridge import RELEASED_CHANNEL_ORDER, TokenBridgeTransformer2DModel
+from training.common import (
+    ExponentialMovingAverage,
+    MetricWindow,
+    PendingMetrics,
+    RunArguments,
+    TrainingProgress,
+    arg,
+    build_accelerator,
+    build_lr_scheduler,
+    build_optimizer,
+    check_choices,
+    check_positive,
+    config_path,
+    derived_seed,
+    flat_config,
+    launch_command,
+    parameters_checksum,
+    parse_config,
+    push_folder_to_hub,
+    reduce_metrics,
+    resume_if_requested,
+    save_checkpoint,
+    step_generator,
+    write_run_summary,
+)
+from training.data import (
+    DataArguments,
+    build_dataloader,
+    build_train_examples,
+    class_names,
+    num_classes_of,
+    random_horizontal_flip,
+)
+from training.latents import LatentExamples, sample_latents
+
+
+@dataclass
+class TokenBridgeModelArguments:
+    """The generator's architecture (defaults: TokenBridge-L, `TOKENBRIDGE_PRESETS["L"]`), where its data come from,
+    and the sampling defaults stored in the saved pipeline. The grid size, channels and classes come from the data."""
+
+    buffer_size: int = arg(64, "Buffer rows of the MAE encoder and decoder.")
+    encoder_hidden_size: int = arg(1024, "MAE encoder width.")
+    encoder_num_layers: int = arg(16, "MAE encoder blocks.")
+    decoder_hidden_size: int = arg(1024, "MAE decoder width.")
+    decoder_num_layers: int = arg(16, "MAE decoder blocks.")
+    num_attention_heads: int = arg(16, "Attention heads of the encoder and decoder.")
+    head_hidden_size: int = arg(1024, "Channel head width.")
+    head_num_layers: int = arg(4, "Channel head blocks.")
+    head_num_attention_heads: int = arg(8, "Channel head attention heads.")
+    mlp_ratio: float = arg(4.0, "MLP width as a multiple of the block width.")
+    quantizer_bits: int = arg(6, "Quantizer levels per channel = 2 ** bits.")
+    quant_min: float = arg(-5.0, "Quantizer range, lower end (scaled latent units).")
+    quant_max: float = arg(5.0, "Quantizer range, upper end.")
+    std_range: float = arg(3.0, "Quantizer table clamp, in standard deviations.")
+    channel_order: Optional[list[int]] = arg(
+        None, "Head order of the VAE channels; None: the released order for 16 channels, else 0..C-1."
+    )
+    attention_dropout: float = arg(0.1, "Dropout on attention weights (training).")
+    dropout: float = arg(0.1, "Dropout after projections and in MLPs (training).")
+    label_dropout_prob: float = arg(0.1, "Probability of training a row as unconditional (for guidance).")
+    mask_ratio_min: float = arg(0.7, "Lower end of the truncated-normal mask ratio.")
+    mask_ratio_std: float = arg(0.25, "Standard deviation of the truncated-normal mask ratio (mean 1).")
+    latents_dir: Optional[str] = arg(None, "Latent cache of `training/encode_latents.py` to train on.")
+    vae_name_or_path: Optional[str] = arg(
+        None, "`AutoencoderKL` folder or Hub id; default: the latent cache's. Encodes images on the fly without one."
+    )
+    vae_subfolder: Optional[str] = arg(None, "Subfolder of `vae_name_or_path` holding the VAE.")
+    num_classes: Optional[int] = arg(None, "Number of classes; default: from the data.")
+    default_num_inference_steps: int = arg(64, "Sampling iterations stored in the pipeline (released: 256 / 64).")
+    default_guidance_scale: float = arg(1.0, "Guidance scale stored in the pipeline (released L: 3.1, H: 3.45).")
+    default_temperature: float = arg(1.0, "Temperature stored in the pipeline (released L: 0.96, H: 0.91).")
+
+    def __post_init__(self):
+        check_choices(self)
+        if self.latents_dir is None and self.vae_name_or_path is None:
+            raise ValueError(
+                "Set `latents_dir` (a cache from training/encode_latents.py) or `vae_name_or_path` (to encode "
+                "`dataset_name`'s images on the fly); both are None."
+            )
+        check_positive(self, "mask_ratio_std", "default_num_inference_steps", "default_guidance_scale")
+
+    def build_transformer(self, sample_size: int, latent_channels: int, num_classes: int):
+        config = {name: getattr(self, name) for name in TRANSFORMER_FIELDS}
+        channel_order = self.channel_order
+        if channel_order is None:
+            channel_order = RELEASED_CHANNEL_ORDER if latent_channels == 16 else list(range(latent_channels))
+        return TokenBridgeTransformer2DModel(
+            sample_size=sample_size,
+            latent_channels=latent_channels,
+            num_classes=num_classes,
+            channel_order=list(channel_order),
+            **config,
+        )
+
+
+TRANSFORMER_FIELDS = (
+    "buffer_size",
+    "encoder_hidden_size",
+    "encoder_num_layers",
+    "decoder_hidden_size",
+    "decoder_num_layers",
+    "num_attention_heads",
+    "head_hidden_size",
+    "head_num_layers",
+    "head_num_attention_heads",
+    "mlp_ratio",
+    "quantizer_bits",
+    "quant_min",
+    "quant_max",
+    "std_range",
+    "attention_dropout",
+    "dropout",
+    "label_dropout_prob",
+    "mask_ratio_min",
+)
+
+
+@dataclass
+class TokenBridgeTrainingArguments(RunArguments):
+    """Run settings; the defaults are the original's ImageNet recipe for TokenBridge-L (ORIGINAL.md section 7)."""
+
+    output_dir: str = arg("outputs/tokenbridge", "Folder for checkpoints, logs, `transformer/` and the pipeline.")
+    max_train_steps: int = arg(250_228, "Optimiser steps (400 epochs of ImageNet at global batch 2048).")
+    train_batch_size: int = arg(64, "Latents per process per micro-batch (the original: 64 x 32 GPUs).")
+    base_learning_rate: Optional[float] = arg(
+        5e-5, "If set, learning_rate = base_learning_rate x global batch / 256 (the original's rule)."
+    )
+    lr_scheduler: Literal["constant", "constant_with_warmup", "cosine"] = arg(
+        "cosine", "Linear warm-up, then this schedule (cosine: half a cosine down to 0)."
+    )
+    lr_warmup_steps: int = arg(62_557, "Linear warm-up steps (the original: 100 epochs).")
+    weight_decay: float = arg(0.02, "AdamW weight decay of tensors with >= 2 dimensions (others: none).")
+    adam_beta2: float = arg(0.95, "AdamW beta2.")
+    max_grad_norm: Optional[float] = arg(3.0, "Gradient clipping norm.")
+    ema_decay: float = arg(0.9999, "EMA decay of the saved weights.")
+    checkpointing_steps: int = arg(5_000, "Save a resumable checkpoint every this many steps.")
+    random_flip: bool = arg(
+        True, "Train on randomly mirrored images (off for data such as digits whose mirror images are not examples)."
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_positive(self, "base_learning_rate")
+
+
+@dataclass
+class TokenBridgeData:
+    """What the data determine: the examples, the latent grid, the classes, and the VAE."""
+
+    examples: torch.utils.data.Dataset
+    vae: AutoencoderKL
+    sample_size: int
+    num_classes: int
+    id2label: Optional[dict[int, str]]
+    cached: bool
+
+
+@dataclass
+class TokenBridgeTrainingState:
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: ExponentialMovingAverage
+    progress: TrainingProgress
+    scheduler: MaskedARScheduler
+
+
+# ---------------------------------------------------------------------------------------------------------- building
+
+
+def build_data(
+    accelerator: Accelerator, data_args: DataArguments, model_args: TokenBridgeModelArguments, seed: int
+) -> TokenBridgeData:
+    """The latent cache (or the images to encode on the fly) and the frozen VAE."""
+    vae_path, vae_subfolder = model_args.vae_name_or_path, model_args.vae_subfolder
+    if model_args.latents_dir is not None:
+        examples = LatentExamples(model_args.latents_dir, data_args.train_split)
+        info = examples.info
+        if data_args.max_train_samples is not None:
+            examples = torch.utils.data.Subset(examples, range(min(data_args.max_train_samples, len(examples))))
+        if vae_path is None:
+            vae_path, vae_subfolder = info["vae_name_or_path"], info.get("vae_subfolder")
+        names, num_classes = info.get("class_names"), info.get("num_classes")
+    else:
+        examples, dataset = None, None
+    vae = AutoencoderKL.from_pretrained(vae_path, subfolder=vae_subfolder)
+    vae = vae.to(accelerator.device).eval().requires_grad_(False)
+    stride = 2 ** (len(vae.config.block_out_channels) - 1)
+    if model_args.latents_dir is not None:
+        if (
+            info["scaling_factor"] != vae.config.scaling_factor
+            or info["latent_channels"] != vae.config.latent_channels
+        ):
+            raise ValueError(
+                f"The VAE {vae_path} (scaling_factor {vae.config.scaling_factor}, {vae.config.latent_channels} "
+                f"channels) is not the one of the latent cache {model_args.latents_dir} ({info['scaling_factor']}, "
+                f"{info['latent_channels']})."
+            )
+        sample_size = info["latent_shape"][-1]
+    else:
+        examples, dataset = build_train_examples(data_args, vae.config.sample_size, accelerator, seed)
+        names = class_names(dataset, data_args.label_column)
+        num_classes = num_classes_of(dataset, data_args.label_column)
+        sample_size = vae.config.sample_size // stride
+    if model_args.num_classes is not None:
+        if num_classes is not None and num_classes != model_args.num_classes:
+            raise ValueError(f"`num_classes`={model_args.num_classes} disagrees with the data's {num_classes}.")
+        num_classes = model_args.num_classes
+    if num_classes is None:
+        raise ValueError("The number of classes is unknown for this (streamed) dataset; set `num_classes`.")
+    return TokenBridgeData(
+        examples=examples,
+        vae=vae,
+        sample_size=sample_size,
+        num_classes=num_classes,
+        id2label=dict(enumerate(names)) if names is not None else None,
+        cached=model_args.latents_dir is not None,
+    )
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """The original's weight decay: on every tensor of >= 2 dimensions that is not a bias (embeddings, positions,
+    `unconditional_embedding` and `mask_token` included); none on 1-D tensors (norms, biases)."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        (decay if parameter.ndim >= 2 and not name.endswith(".bias") else no_decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def effective_learning_rate(args: TokenBridgeTrainingArguments, num_processes: int) -> float:
+    """`base_learning_rate x global batch / 256` when `base_learning_rate` is set, else `learning_rate`."""
+    if args.base_learning_rate is None:
+        return args.learning_rate
+    global_batch = args.train_batch_size * num_processes * args.gradient_accumulation_steps
+    return args.base_learning_rate * global_batch / 256
+
+
+def build_training_state(
+    accelerator: Accelerator,
+    model_args: TokenBridgeModelArguments,
+    args: TokenBridgeTrainingArguments,
+    data: TokenBridgeData,
+) -> TokenBridgeTrainingState:
+    """Transformer, optimiser, schedule, EMA and scheduler, prepared and registered for checkpointing."""
+    model = model_args.build_transformer(data.sample_size, data.vae.config.latent_channels, data.num_classes)
+    if args.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    ema = ExponentialMovingAverage(model, args.ema_decay)
+    ema.shadow.to(accelerator.device)
+    learning_rate = effective_learning_rate(args, accelerator.num_processes)
+    optimizer = build_optimizer(parameter_groups(model, args.weight_decay), args, learning_rate=learning_rate)
+    lr_scheduler = build_lr_scheduler(optimizer, args)
+    progress = TrainingProgress()
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(lr_scheduler, ema, progress)
+    scheduler = MaskedARScheduler(
+        num_tokens=data.sample_size**2,
+        mask_ratio_min=model_args.mask_ratio_min,
+        mask_ratio_std=model_args.mask_ratio_std,
+    )
+    return TokenBridgeTrainingState(model, optimizer, lr_scheduler, ema, progress, scheduler)
+
+
+# ---------------------------------------------------------------------------------------------------------- training
+
+
+def batch_latents(
+    batch: dict, data: TokenBridgeData, generator: torch.Generator, accelerator: Accelerator, random_flip: bool
+) -> torch.Tensor:
+    """Scaled posterior samples `(batch_size, C, h, w)`: from the cached moments (image or mirror at random), or from
+    the VAE's posterior of the (randomly flipped) images."""
+    if data.cached:
+        moments = batch["moments"].to(accelerator.device)  # (B, 2, 2C, h, w)
+        latents = sample_latents(moments, generator, random_flip)  # (B, C, h, w)
+    else:
+        pixel_values = batch["pixel_values"].to(accelerator.device)  # (B, 3, H, W)
+        flipped = random_horizontal_flip(pixel_values, generator)  # drawn even when unused: the same random stream
+        pixel_values = flipped if random_flip else pixel_values
+        with torch.no_grad(), accelerator.autocast():
+            latents = data.vae.encode(pixel_values).latent_dist.sample(generator=generator).float()  # (B, C, h, w)
+    return latents * data.vae.config.scaling_factor
+
+
+def drop_labels(
+    class_labels: torch.LongTensor, probability: float, num_classes: int, generator: torch.Generator
+) -> torch.LongTensor:
+    """Replaces each label by the unconditional id `num_classes` with `probability` (for classifier-free guidance)."""
+    drop = torch.rand(class_labels.shape, generator=generator, device=generator.device) < probability  # (B,)
+    return torch.where(drop.to(class_labels.device), torch.full_like(class_labels, num_classes), class_labels)
+
+
+def train_step(
+    accelerator: Accelerator,
+    state: TokenBridgeTrainingState,
+    data: TokenBridgeData,
+    micro_batches: list[dict],
+    model_args: TokenBridgeModelArguments,
+    args: TokenBridgeTrainingArguments,
+) -> dict[str, torch.Tensor | float]:
+    """One optimiser step; returns the metrics averaged over micro-batches and processes."""
+    step = state.progress.step
+    state.model.train()
+    # Dropout draws from torch's global RNG: seeded by (seed, process, step), like every other draw of the step.
+    torch.manual_seed(derived_seed(args.seed, "dropout", accelerator.process_index, step))
+    sums = {}
+    for index, batch in enumerate(micro_batches):
+        generator = step_generator(args.seed, accelerator.process_index, step, index, accelerator.device)
+        latents = batch_latents(batch, data, generator, accelerator, args.random_flip)  # (B, C, h, w)
+        class_labels = batch["label"].to(accelerator.device)  # (B,)
+        class_labels = drop_labels(class_labels, model_args.label_dropout_prob, data.num_classes, generator)
+        # The mask from a CPU generator of its own (the scheduler draws its ratio on the host), then to the device.
+        mask_generator = torch.Generator().manual_seed(
+            derived_seed(args.seed, "mask", accelerator.process_index, step, index)
+        )
+        mask = state.scheduler.sample_training_mask(latents.shape[0], mask_generator).to(accelerator.device)  # (B, L)
+        sync = index == len(micro_batches) - 1
+        with contextlib.nullcontext() if sync else accelerator.no_sync(state.model):
+            with accelerator.autocast():
+                loss = state.model(latents, class_labels, mask).loss
+            accelerator.backward(loss / len(micro_batches))
+        sums["loss"] = sums.get("loss", 0.0) + loss.detach().float() / len(micro_batches)
+        sums["mask_ratio"] = sums.get("mask_ratio", 0.0) + mask.float().mean() / len(micro_batches)
+    if args.max_grad_norm is not None:
+        sums["grad_norm"] = accelerator.clip_grad_norm_(state.model.parameters(), args.max_grad_norm)
+    state.optimizer.step()
+    state.lr_scheduler.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    state.ema.update(accelerator.unwrap_model(state.model))
+    metrics = reduce_metrics(accelerator, sums)
+    metrics["lr"] = state.lr_scheduler.get_last_lr()[0]
+    return metrics
+
+
+def train(
+    accelerator: Accelerator,
+    state: TokenBridgeTrainingState,
+    data: TokenBridgeData,
+    batches,
+    model_args: TokenBridgeModelArguments,
+    args: TokenBridgeTrainingArguments,
+) -> list[dict]:
+    """Runs steps until `max_train_steps`, logging and checkpointing; returns the per-step metrics."""
+    history, window, pending = [], MetricWindow(), PendingMetrics()
+    progress_bar = tqdm(
+        initial=state.progress.step, total=args.max_train_steps, disable=not accelerator.is_local_main_process
+    )
+    while state.progress.step < args.max_train_steps:
+        micro_batches = [next(batches) for _ in range(args.gradient_accumulation_steps)]
+        metrics = train_step(accelerator, state, data, micro_batches, model_args, args)
+        state.progress.step += 1
+        step = state.progress.step
+        pending.add(step, metrics)  # read back at the next logging step: no per-step host synchronisation
+        progress_bar.update(1)
+        last = step == args.max_train_steps
+        if step % args.logging_steps == 0 or last:
+            entries = pending.flush()
+            for entry in entries:
+                window.add(entry)
+            history.extend(entries)
+            progress_bar.set_postfix(loss=f"{entries[-1]['loss']:.4f}")
+            accelerator.log(window.pop_means(), step=step)
+        if step % args.checkpointing_steps == 0 or last:
+            save_checkpoint(accelerator, args.output_dir, step, args.checkpoints_total_limit)
+    progress_bar.close()
+    return history
+
+
+# ------------------------------------------------------------------------------------------------------------ saving
+
+
+def save_final_outputs(
+    accelerator: Accelerator,
+    state: TokenBridgeTrainingState,
+    data: TokenBridgeData,
+    data_args: DataArguments,
+    model_args: TokenBridgeModelArguments,
+    args: TokenBridgeTrainingArguments,
+    history: list[dict],
+    argv: Optional[list[str]],
+) -> None:
+    """Saves the EMA transformer to `output_dir/transformer` and makes `output_dir` a `TokenBridgePipeline` folder
+    with a model card (pushed to the Hub if asked)."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        output_dir = Path(args.output_dir)
+        transformer = state.ema.shadow
+        pipeline = TokenBridgePipeline(
+            transformer=transformer,
+            vae=data.vae,
+            scheduler=state.scheduler,
+            id2label=data.id2label,
+            default_num_inference_steps=model_args.default_num_inference_steps,
+            default_guidance_scale=model_args.default_guidance_scale,
+            default_temperature=model_args.default_temperature,
+        )
+        pipeline.save_pretrained(output_dir)
+        final = {"loss": history[-1]["loss"]} if history else {}
+        names = [data.id2label[i] for i in sorted(data.id2label)] if data.id2label else None
+        write_model_card(
+            output_dir,
+            "tokenbridge_trained_pipeline",
+            repo_id=args.hub_model_id or str(output_dir),
+            dataset=data_args.dataset_name or model_args.latents_dir,
+            preset=config_path(argv) or "command line",
+            training_steps=state.progress.step,
+            metrics=final,
+            image_size=data.vae.config.sample_size,
+            sample_size=data.sample_size,
+            latent_channels=data.vae.config.latent_channels,
+            num_classes=data.num_classes,
+            class_names=names,
+            example_class_label=names[0] if names else 0,
+            num_inference_steps=model_args.default_num_inference_steps,
+            guidance_scale=model_args.default_guidance_scale,
+            temperature=model_args.default_temperature,
+            training_commands=[launch_command("training/train_tokenbridge.py", argv)],
+        )
+        if args.push_to_hub:
+            push_folder_to_hub(str(output_dir), args.hub_model_id, args.hub_private_repo, "TokenBridge pipeline")
+    accelerator.wait_for_everyone()
+
+
+def parse_args(argv: Optional[list[str]] = None):
+    return parse_config((DataArguments, TokenBridgeModelArguments, TokenBridgeTrainingArguments), argv)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    data_args, model_args, args = parse_args(argv)
+    accelerator = build_accelerator(args)
+    set_seed(args.seed)  # the same initial weights on every process
+    data = build_data(accelerator, data_args, model_args, args.seed)
+    state = build_training_state(accelerator, model_args, args, data)
+    resume_if_requested(accelerator, args, state.progress)
+    start_step = state.progress.step
+    batches = build_dataloader(
+        data.examples,
+        args.train_batch_size,
+        accelerator,
+        args.seed,
+        start_step * args.gradient_accumulation_steps,
+        data_args,
+    )
+    accelerator.init_trackers(
+        args.tracker_project_name or "train_tokenbridge", config=flat_config(data_args, model_args, args)
+    )
+
+    history = train(accelerator, state, data, batches, model_args, args)
+    save_final_outputs(accelerator, state, data, data_args, model_args, args, history, argv)
+    write_run_summary(
+        accelerator,
+        args.output_dir,
+        {
+            "start_step": start_step,
+            "final_step": state.progress.step,
+            "history": history,
+            "learning_rate": effective_learning_rate(args, accelerator.num_processes),
+            "sample_size": data.sample_size,
+            "num_classes": data.num_classes,
+            "model_checksum": parameters_checksum(accelerator.unwrap_model(state.model)),
+            "ema_checksum": parameters_checksum(state.ema.shadow),
+            "all_finite": all(math.isfinite(value) for entry in history for value in entry.values()),
+        },
+    )
+    accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main()

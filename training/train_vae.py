@@ -1,0 +1,522 @@
+# ruff: noqa: E402
+"""Train a continuous VAE (diffusers `AutoencoderKL`) from scratch, as TokenBridge's quantizer needs one.
+
+    accelerate launch training/train_vae.py --config training/configs/digits_vae.yaml [--flag value ...]
+
+The released TokenBridge uses MAR's KL-16 (`AutoencoderKL` with 5 levels [128, 128, 256, 256, 512], stride 16,
+16 latent channels), which only fits 256 px ImageNet; this script trains the same architecture family on any image
+dataset (`training/configs/imagenet256_vae_kl16.yaml` is KL-16's shape and LDM's recipe, `digits_vae.yaml` a small
+model trained here on CPU in minutes).
+
+Loss per micro-batch: `reconstruction_weight * L1/L2(decode(z), image)` with `z` drawn from the posterior
+(`mean + std * noise`, the noise from the step's generator) + `kl_weight * KL(posterior || N(0, I))` (mean over latent
+elements) (+ `perceptual_weight * LPIPS` when the `lpips` package is installed) + from `discriminator_start_step` on,
+`adaptive_weight * discriminator_weight * hinge GAN loss` of a PatchGAN discriminator trained alongside. AdamW,
+warm-up + cosine (or constant) LR, gradient clipping, EMA of the weights; the EMA model is evaluated (PSNR / L1 of
+`decode(mean)` on `eval_split`) and saved to `output_dir/vae` (`AutoencoderKL.from_pretrained`) with its
+`scaling_factor` set to 1 / std of posterior samples of the training images (LDM's convention) unless the config
+fixes it.
+"""
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+
+if __package__ in (None, ""):  # run as a file: make the repository root importable instead of training/
+    script_dir = str(Path(__file__).resolve().parent)
+    sys.path = [path for path in sys.path if Path(path or ".").resolve() != Path(script_dir)]
+    sys.path.insert(0, str(Path(script_dir).parent))
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers import AutoencoderKL
+from tqdm.auto import tqdm
+
+from tokenset_diffusers.model_cards import write_model_card
+from training.common import (
+    ExponentialMovingAverage,
+    MetricWindow,
+    PendingMetrics,
+    RunArguments,
+    TrainingProgress,
+    arg,
+    build_accelerator,
+    build_lr_scheduler,
+    build_optimizer,
+    check_choices,
+    check_positive,
+    config_path,
+    derived_seed,
+    flat_config,
+    launch_command,
+    parameters_checksum,
+    parse_config,
+    push_folder_to_hub,
+    reduce_metrics,
+    resume_if_requested,
+    save_checkpoint,
+    step_generator,
+    write_run_summary,
+)
+from training.data import (
+    DataArguments,
+    build_dataloader,
+    build_eval_dataloader,
+    build_train_examples,
+    random_horizontal_flip,
+)
+from training.discriminator import (
+    PatchGANDiscriminator,
+    adaptive_generator_weight,
+    discriminator_update,
+    hinge_generator_loss,
+)
+from training.image_losses import build_perceptual_loss, reconstruction_metrics
+
+
+@dataclass
+class VAEModelArguments:
+    """Architecture of the `AutoencoderKL`; the defaults are MAR's KL-16 (TokenBridge's VAE, ORIGINAL.md section 2)."""
+
+    image_size: int = arg(256, "Image side in pixels.")
+    in_channels: int = arg(3, "Image channels.")
+    latent_channels: int = arg(16, "Latent channels (TokenBridge quantizes each one).")
+    block_out_channels: list[int] = arg(
+        [128, 128, 256, 256, 512], "Width of each resolution level; the stride is 2 ** (levels - 1)."
+    )
+    layers_per_block: int = arg(2, "ResNet blocks per encoder level (the decoder has one more).")
+    encoder_attention_in_last_level: bool = arg(True, "Self-attention after each ResNet block of the lowest level.")
+    mid_block_add_attention: bool = arg(True, "Self-attention in the encoder's and decoder's mid blocks.")
+    norm_num_groups: int = arg(32, "GroupNorm groups; must divide every width.")
+    scaling_factor: Optional[float] = arg(
+        None, "Latent scaling factor saved in the config; None: 1 / std of posterior samples of training images."
+    )
+
+    def __post_init__(self):
+        check_positive(self, "image_size", "in_channels", "latent_channels", "layers_per_block", "scaling_factor")
+        stride = 2 ** (len(self.block_out_channels) - 1)
+        if not self.block_out_channels or self.image_size % stride:
+            raise ValueError(
+                f"`image_size` {self.image_size} must be divisible by the stride {stride} of "
+                f"`block_out_channels` {self.block_out_channels}."
+            )
+        if any(width % self.norm_num_groups for width in self.block_out_channels):
+            raise ValueError(
+                f"`norm_num_groups` {self.norm_num_groups} must divide every width of {self.block_out_channels}."
+            )
+
+    def build_model(self) -> AutoencoderKL:
+        num_levels = len(self.block_out_channels)
+        down_block_types = ["DownEncoderBlock2D"] * num_levels
+        if self.encoder_attention_in_last_level:
+            down_block_types[-1] = "AttnDownEncoderBlock2D"
+        return AutoencoderKL(
+            in_channels=self.in_channels,
+            out_channels=self.in_channels,
+            down_block_types=down_block_types,
+            up_block_types=["UpDecoderBlock2D"] * num_levels,
+            block_out_channels=list(self.block_out_channels),
+            layers_per_block=self.layers_per_block,
+            act_fn="silu",
+            latent_channels=self.latent_channels,
+            norm_num_groups=self.norm_num_groups,
+            sample_size=self.image_size,
+            scaling_factor=1.0 if self.scaling_factor is None else self.scaling_factor,
+            mid_block_add_attention=self.mid_block_add_attention,
+        )
+
+
+@dataclass
+class VAETrainingArguments(RunArguments):
+    """Run and loss settings; the defaults follow LDM's KL autoencoder recipe (which MAR's KL-16 came from)."""
+
+    output_dir: str = arg("outputs/vae", "Folder for checkpoints, logs and `vae/`.")
+    train_batch_size: int = arg(12, "Images per process per micro-batch.")
+    max_train_steps: int = arg(500_000, "Optimiser steps.")
+    learning_rate: float = arg(4.5e-6 * 12 * 8, "Peak AdamW learning rate.")
+    adam_beta1: float = arg(0.5, "AdamW beta1 (LDM: 0.5).")
+    adam_beta2: float = arg(0.9, "AdamW beta2 (LDM: 0.9).")
+    ema_decay: float = arg(0.999, "EMA decay of the saved weights.")
+    checkpointing_steps: int = arg(10_000, "Save a resumable checkpoint every this many steps.")
+    random_flip: bool = arg(True, "Flip training images left-right with probability 1/2.")
+    reconstruction_loss: Literal["l1", "l2"] = arg("l1", "Pixel reconstruction loss (mean over pixels).")
+    reconstruction_weight: float = arg(1.0, "Weight of the reconstruction loss.")
+    kl_weight: float = arg(
+        1e-6, "Weight of KL(posterior || N(0, I)), averaged over latent elements (see training/README.md for LDM's)."
+    )
+    perceptual_weight: float = arg(0.0, "Weight of the LPIPS loss; > 0 needs the `lpips` package and its weights.")
+    discriminator_start_step: Optional[int] = arg(50_001, "Step at which the GAN loss starts; None: no GAN.")
+    discriminator_weight: float = arg(0.5, "Weight of the adaptively scaled GAN loss.")
+    discriminator_learning_rate: Optional[float] = arg(None, "Discriminator learning rate (default: learning_rate).")
+    discriminator_base_channels: int = arg(64, "Channels of the discriminator's first layer.")
+    discriminator_num_layers: int = arg(3, "Stride-2 layers of the PatchGAN discriminator.")
+    discriminator_norm_num_groups: int = arg(32, "GroupNorm groups of the discriminator.")
+    eval_steps: int = arg(10_000, "Evaluate PSNR / L1 of the EMA model on `eval_split` every this many steps.")
+    eval_batch_size: int = arg(32, "Images per process per evaluation batch.")
+    scaling_factor_samples: int = arg(1024, "Training images whose posterior samples set `scaling_factor`.")
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choices(self)
+        check_positive(self, "eval_steps", "eval_batch_size", "discriminator_learning_rate", "scaling_factor_samples")
+        check_positive(
+            self,
+            "reconstruction_weight",
+            "kl_weight",
+            "perceptual_weight",
+            "discriminator_weight",
+            "discriminator_start_step",
+            allow_zero=True,
+        )
+
+
+class VAEWithPosterior(torch.nn.Module):
+    """The VAE's training forward as one module call (so DDP synchronises its gradients): image ->
+    (reconstruction of a posterior sample, posterior mean, posterior log-variance)."""
+
+    def __init__(self, vae: AutoencoderKL):
+        super().__init__()
+        self.vae = vae
+
+    def forward(
+        self, pixel_values: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        posterior = self.vae.encode(pixel_values).latent_dist  # moments (B, 2 * C_lat, h, w)
+        latents = posterior.sample(generator=generator)  # (B, C_lat, h, w): mean + std * noise
+        reconstruction = self.vae.decode(latents).sample  # (B, C, H, W)
+        return reconstruction, posterior.mean, posterior.logvar
+
+
+@dataclass
+class VAETrainingState:
+    """Everything a training step touches (prepared by accelerate where it applies)."""
+
+    model: torch.nn.Module  # VAEWithPosterior, prepared
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: ExponentialMovingAverage  # of the AutoencoderKL
+    progress: TrainingProgress
+    discriminator: Optional[torch.nn.Module] = None
+    discriminator_optimizer: Optional[torch.optim.Optimizer] = None
+    discriminator_lr_scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None
+    perceptual: Optional[torch.nn.Module] = None
+
+
+# ---------------------------------------------------------------------------------------------------------- building
+
+
+def build_training_state(
+    accelerator: Accelerator, model_args: VAEModelArguments, args: VAETrainingArguments
+) -> VAETrainingState:
+    """Model, discriminator, optimisers, schedules and EMA, prepared and registered for checkpointing."""
+    vae = model_args.build_model()
+    if args.gradient_checkpointing:
+        vae.enable_gradient_checkpointing()
+    ema = ExponentialMovingAverage(vae, args.ema_decay)
+    ema.shadow.to(accelerator.device)
+    optimizer = build_optimizer(vae.parameters(), args)
+    lr_scheduler = build_lr_scheduler(optimizer, args)
+    progress = TrainingProgress()
+    model, optimizer = accelerator.prepare(VAEWithPosterior(vae), optimizer)
+    state = VAETrainingState(model, optimizer, lr_scheduler, ema, progress)
+    accelerator.register_for_checkpointing(lr_scheduler, ema, progress)
+    if args.discriminator_start_step is not None:
+        discriminator = PatchGANDiscriminator(
+            model_args.in_channels,
+            args.discriminator_base_channels,
+            args.discriminator_num_layers,
+            args.discriminator_norm_num_groups,
+        )
+        if discriminator.output_size(model_args.image_size) < 1:
+            raise ValueError(
+                f"`discriminator_num_layers`={args.discriminator_num_layers} is too deep for "
+                f"{model_args.image_size} px images; use fewer layers."
+            )
+        discriminator_optimizer = build_optimizer(
+            discriminator.parameters(), args, learning_rate=args.discriminator_learning_rate
+        )
+        state.discriminator_lr_scheduler = build_lr_scheduler(discriminator_optimizer, args)
+        state.discriminator, state.discriminator_optimizer = accelerator.prepare(
+            discriminator, discriminator_optimizer
+        )
+        accelerator.register_for_checkpointing(state.discriminator_lr_scheduler)
+    state.perceptual = build_perceptual_loss(args)
+    if state.perceptual is not None:
+        state.perceptual.to(accelerator.device)
+    return state
+
+
+# ---------------------------------------------------------------------------------------------------------- training
+
+
+def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Mean over batch and latent elements of KL(N(mean, exp(logvar)) || N(0, 1))."""
+    mean, logvar = mean.float(), logvar.float()
+    return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
+
+
+def vae_losses(
+    state: VAETrainingState,
+    accelerator: Accelerator,
+    pixel_values: torch.Tensor,
+    generator: torch.Generator,
+    use_gan: bool,
+    args: VAETrainingArguments,
+) -> dict[str, torch.Tensor]:
+    """The VAE's loss on one micro-batch and its parts (all scalars), plus the `reconstruction` itself."""
+    reconstruction, mean, logvar = state.model(pixel_values, generator)
+    reconstruction = reconstruction.float()  # (B, C, H, W)
+    if args.reconstruction_loss == "l1":
+        reconstruction_loss = F.l1_loss(reconstruction, pixel_values)
+    else:
+        reconstruction_loss = F.mse_loss(reconstruction, pixel_values)
+    nll_loss = args.reconstruction_weight * reconstruction_loss
+    if state.perceptual is not None:
+        nll_loss = nll_loss + args.perceptual_weight * state.perceptual(reconstruction, pixel_values).mean()
+    kl_loss = kl_divergence(mean, logvar)
+    loss = nll_loss + args.kl_weight * kl_loss
+    losses = {
+        "reconstruction_loss": reconstruction_loss.detach(),
+        "kl_loss": kl_loss.detach(),
+        "posterior_std": (0.5 * logvar.detach().float()).exp().mean(),
+    }
+    if use_gan:
+        # The unwrapped discriminator, frozen: gradients reach the VAE only, and DDP sees no forward.
+        logits_fake = accelerator.unwrap_model(state.discriminator)(reconstruction)  # (B, 1, h, w)
+        generator_loss = hinge_generator_loss(logits_fake)
+        last_layer = accelerator.unwrap_model(state.model).vae.decoder.conv_out.weight
+        adaptive_weight = adaptive_generator_weight(nll_loss, generator_loss, last_layer) * args.discriminator_weight
+        loss = loss + adaptive_weight * generator_loss
+        losses.update(generator_loss=generator_loss.detach(), adaptive_weight=adaptive_weight)
+    losses.update(loss=loss, reconstruction=reconstruction)
+    return losses
+
+
+def train_step(
+    accelerator: Accelerator, state: VAETrainingState, micro_batches: list[dict], args: VAETrainingArguments
+) -> dict[str, torch.Tensor | float]:
+    """One optimiser step of the VAE (and of the discriminator once the GAN is on); returns the metrics averaged over
+    micro-batches and processes (0-d device tensors, and the learning rate)."""
+    step = state.progress.step
+    vae = accelerator.unwrap_model(state.model).vae
+    use_gan = state.discriminator is not None and step >= args.discriminator_start_step
+    if use_gan:
+        accelerator.unwrap_model(state.discriminator).requires_grad_(False)
+    state.model.train()
+
+    sums, pairs = {}, []
+    for index, batch in enumerate(micro_batches):
+        generator = step_generator(args.seed, accelerator.process_index, step, index, accelerator.device)
+        pixel_values = batch["pixel_values"].to(accelerator.device)  # (B, C, H, W)
+        if args.random_flip:
+            pixel_values = random_horizontal_flip(pixel_values, generator)
+        sync = index == len(micro_batches) - 1
+        with contextlib.nullcontext() if sync else accelerator.no_sync(state.model):
+            with accelerator.autocast():
+                losses = vae_losses(state, accelerator, pixel_values, generator, use_gan, args)
+            accelerator.backward(losses["loss"] / len(micro_batches))
+        reconstruction = losses.pop("reconstruction")
+        if use_gan:
+            pairs.append((pixel_values, reconstruction.detach()))
+        for name, value in losses.items():
+            sums[name] = sums.get(name, 0.0) + value.detach() / len(micro_batches)
+
+    if args.max_grad_norm is not None:
+        sums["grad_norm"] = accelerator.clip_grad_norm_(state.model.parameters(), args.max_grad_norm)
+    state.optimizer.step()
+    state.lr_scheduler.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    state.ema.update(vae)
+
+    if use_gan:
+        accelerator.unwrap_model(state.discriminator).requires_grad_(True)
+        sums["discriminator_loss"] = discriminator_update(
+            accelerator,
+            state.discriminator,
+            state.discriminator_optimizer,
+            state.discriminator_lr_scheduler,
+            pairs,
+            args.max_grad_norm,
+        )
+    metrics = reduce_metrics(accelerator, sums)
+    metrics["lr"] = state.lr_scheduler.get_last_lr()[0]
+    return metrics
+
+
+@torch.no_grad()
+def evaluate(accelerator: Accelerator, vae: AutoencoderKL, eval_dataloader) -> dict[str, float]:
+    """PSNR and L1 (on the [0, 1] scale) of `decode(posterior mean)` over the held-out images of every process."""
+    totals = torch.zeros(3, device=accelerator.device)  # psnr sum, l1 sum, image count
+    for batch in eval_dataloader:
+        pixel_values = batch["pixel_values"].to(accelerator.device)  # (B, C, H, W)
+        with accelerator.autocast():
+            reconstruction = vae.decode(vae.encode(pixel_values).latent_dist.mode()).sample  # (B, C, H, W)
+        psnr, l1 = reconstruction_metrics(reconstruction, pixel_values)
+        totals += torch.stack([psnr.sum(), l1.sum(), torch.tensor(float(len(psnr)), device=psnr.device)])
+    totals = accelerator.reduce(totals, reduction="sum")
+    count = max(totals[2].item(), 1.0)
+    return {"eval/psnr": totals[0].item() / count, "eval/l1": totals[1].item() / count}
+
+
+def train(
+    accelerator: Accelerator, state: VAETrainingState, batches, eval_dataloader, args: VAETrainingArguments
+) -> list[dict]:
+    """Runs steps until `max_train_steps`, logging, evaluating and checkpointing; returns the per-step metrics."""
+    history, window, pending = [], MetricWindow(), PendingMetrics()
+    progress_bar = tqdm(
+        initial=state.progress.step, total=args.max_train_steps, disable=not accelerator.is_local_main_process
+    )
+    while state.progress.step < args.max_train_steps:
+        micro_batches = [next(batches) for _ in range(args.gradient_accumulation_steps)]
+        metrics = train_step(accelerator, state, micro_batches, args)
+        state.progress.step += 1
+        step = state.progress.step
+        progress_bar.update(1)
+        last = step == args.max_train_steps
+        evaluating = eval_dataloader is not None and (step % args.eval_steps == 0 or last)
+        if evaluating:
+            eval_metrics = evaluate(accelerator, state.ema.shadow, eval_dataloader)
+            metrics.update(eval_metrics)
+        pending.add(step, metrics)  # read back at the next logging step: no per-step host synchronisation
+        if step % args.logging_steps == 0 or last or evaluating:
+            entries = pending.flush()
+            for entry in entries:
+                window.add({name: value for name, value in entry.items() if not name.startswith("eval/")})
+            history.extend(entries)
+            progress_bar.set_postfix(loss=f"{entries[-1]['loss']:.4f}")
+        if step % args.logging_steps == 0 or last:
+            accelerator.log(window.pop_means(), step=step)
+        if evaluating:
+            accelerator.log(eval_metrics, step=step)
+        if step % args.checkpointing_steps == 0 or last:
+            save_checkpoint(accelerator, args.output_dir, step, args.checkpoints_total_limit)
+    progress_bar.close()
+    return history
+
+
+# ------------------------------------------------------------------------------------------------------------ saving
+
+
+@torch.no_grad()
+def estimate_scaling_factor(
+    accelerator: Accelerator, vae: AutoencoderKL, examples, num_samples: int, batch_size: int, seed: int
+) -> float:
+    """1 / std of posterior samples (`mean + std * noise`) of the first `num_samples` training images: the factor
+    that gives the generator latents of unit variance (LDM's convention; MAR's 0.2325 for KL-16 is such a value)."""
+    generator = torch.Generator(device=accelerator.device).manual_seed(derived_seed(seed, "scaling_factor"))
+    count = min(num_samples, len(examples))
+    total, total_squares, num_values = 0.0, 0.0, 0
+    for start in range(0, count, batch_size):
+        batch = [examples[index]["pixel_values"] for index in range(start, min(start + batch_size, count))]
+        pixel_values = torch.stack(batch).to(accelerator.device)  # (B, C, H, W)
+        latents = vae.encode(pixel_values).latent_dist.sample(generator=generator).double()  # (B, C_lat, h, w)
+        total += latents.sum().item()
+        total_squares += latents.pow(2).sum().item()
+        num_values += latents.numel()
+    variance = total_squares / num_values - (total / num_values) ** 2
+    return 1.0 / math.sqrt(max(variance, 1e-12))
+
+
+def save_final_model(
+    accelerator: Accelerator,
+    state: VAETrainingState,
+    examples,
+    data_args: DataArguments,
+    model_args: VAEModelArguments,
+    args: VAETrainingArguments,
+    history: list[dict],
+    argv: Optional[list[str]],
+) -> Optional[float]:
+    """Saves the EMA VAE to `output_dir/vae` (scaling factor set, model card) and pushes it if asked. Returns the
+    scaling factor on the main process."""
+    accelerator.wait_for_everyone()
+    scaling_factor = None
+    if accelerator.is_main_process:
+        vae = state.ema.shadow
+        scaling_factor = model_args.scaling_factor
+        if scaling_factor is None:
+            scaling_factor = estimate_scaling_factor(
+                accelerator, vae, examples, args.scaling_factor_samples, args.eval_batch_size, args.seed
+            )
+        vae.register_to_config(scaling_factor=scaling_factor)
+        folder = Path(args.output_dir) / "vae"
+        vae.save_pretrained(folder)
+        final = history[-1] if history else {}
+        downsampling = 2 ** (len(model_args.block_out_channels) - 1)
+        write_model_card(
+            folder,
+            "vae",
+            repo_id=args.hub_model_id or str(folder),
+            image_size=model_args.image_size,
+            latent_channels=model_args.latent_channels,
+            downsampling_factor=downsampling,
+            scaling_factor=scaling_factor,
+            dataset=data_args.dataset_name,
+            training_steps=state.progress.step,
+            preset=config_path(argv),
+            metrics={name: value for name, value in final.items() if name != "step"} or None,
+            training_commands=[launch_command("training/train_vae.py", argv)],
+        )
+        if args.push_to_hub:
+            push_folder_to_hub(str(folder), args.hub_model_id, args.hub_private_repo, "VAE (AutoencoderKL)")
+    accelerator.wait_for_everyone()
+    return scaling_factor
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    data_args, model_args, args = parse_args(argv)
+    accelerator = build_accelerator(args)
+    set_seed(args.seed)
+    state = build_training_state(accelerator, model_args, args)
+    resume_if_requested(accelerator, args, state.progress)
+    start_step = state.progress.step
+    examples, _ = build_train_examples(data_args, model_args.image_size, accelerator, args.seed)
+    batches = build_dataloader(
+        examples,
+        args.train_batch_size,
+        accelerator,
+        args.seed,
+        start_step * args.gradient_accumulation_steps,
+        data_args,
+    )
+    eval_dataloader = build_eval_dataloader(data_args, model_args.image_size, args.eval_batch_size, accelerator)
+    accelerator.init_trackers(
+        args.tracker_project_name or "train_vae", config=flat_config(data_args, model_args, args)
+    )
+
+    history = train(accelerator, state, batches, eval_dataloader, args)
+    scaling_factor = save_final_model(accelerator, state, examples, data_args, model_args, args, history, argv)
+    write_run_summary(
+        accelerator,
+        args.output_dir,
+        {
+            "start_step": start_step,
+            "final_step": state.progress.step,
+            "history": history,
+            "scaling_factor": scaling_factor,
+            "model_checksum": parameters_checksum(accelerator.unwrap_model(state.model).vae),
+            "ema_checksum": parameters_checksum(state.ema.shadow),
+            "discriminator_checksum": (
+                parameters_checksum(accelerator.unwrap_model(state.discriminator))
+                if state.discriminator is not None
+                else None
+            ),
+            "all_finite": all(math.isfinite(value) for entry in history for value in entry.values()),
+        },
+    )
+    accelerator.end_training()
+
+
+def parse_args(argv: Optional[list[str]] = None):
+    return parse_config((DataArguments, VAEModelArguments, VAETrainingArguments), argv)
+
+
+if __name__ == "__main__":
+    main()
