@@ -98,7 +98,9 @@ def test_pipeline_samples_the_original_distribution(tiny_pipeline, setting):
         assert (ours.sum(-1) == M).float().mean() > 0.9
     p_values = contingency_p_values(ours, reference)
     worst = min(p_values, key=p_values.get)
-    assert p_values[worst] > P_MIN, f"{setting}: {worst} differs from the original's samples (p = {p_values[worst]:.3g})"
+    assert p_values[worst] > P_MIN, (
+        f"{setting}: {worst} differs from the original's samples (p = {p_values[worst]:.3g})"
+    )
 
 
 def test_the_distribution_test_detects_the_point_mass_variant(tiny_pipeline, monkeypatch):

@@ -653,6 +653,8 @@ def build_tokenizer_tab(pipeline: TokenSetPipeline, settings: DemoSettings) -> N
 # The tabs, in order: each is `builder(pipeline, settings)`, called inside the demo's `gr.Blocks`. A new tab is one
 # more builder here (its module imported at the top).
 TabBuilder = Callable[[TokenSetPipeline, DemoSettings], None]
+
+
 def build_sets_tabs(pipeline: TokenSetPipeline, settings: DemoSettings) -> None:
     """The "Image variations" and "Set interpolation" tabs (pipelines/space/tabs_sets.py)."""
     build_set_tabs(pipeline, max_steps=settings.max_steps, examples=settings.example_images())
