@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from tokenset_diffusers.modeling_tokenset_vqvae import TokenSetVQVAE
-from training.common import parameters_checksum
+from training.common import parameters_checksum, read_provenance
 from training.testing_utils import (
     TINY_TOKENIZER,
     checkpoint_steps,
@@ -126,6 +126,13 @@ def test_resume_matches_uninterrupted_run(single_process_run, workdir):
     for key in ("model_checksum", "ema_checksum", "discriminator_checksum"):
         assert resumed[key] == reference[key]
     assert not list(resumed_dir.glob(".partial-*"))
+    # The saved tokenizer records both command lines that made it, and the real step count; its card lists them.
+    provenance = read_provenance(resumed_dir / "image_tokenizer")
+    first, resume = provenance["commands"]
+    assert first.endswith(f"--output_dir {output_dir}") and resume.endswith("--resume_from_checkpoint latest")
+    assert provenance["steps"] == MAX_STEPS and provenance["dataset"] == str(workdir / "images")
+    card = (resumed_dir / "image_tokenizer" / "README.md").read_text()
+    assert first in card and resume in card and card.index(first) < card.index(resume)
 
 
 def test_two_processes_stay_in_sync(workdir):

@@ -52,10 +52,12 @@ from training.common import (
     parameters_checksum,
     parse_config,
     push_folder_to_hub,
+    record_launch,
     reduce_metrics,
     resume_if_requested,
     save_checkpoint,
     step_generator,
+    write_provenance,
     write_run_summary,
 )
 from training.data import (
@@ -443,8 +445,10 @@ def save_final_model(
     args: TokenizerTrainingArguments,
     history: list[dict],
     argv: Optional[list[str]],
+    commands: list[str],
 ) -> None:
-    """Saves the EMA tokenizer to `output_dir/image_tokenizer` with a model card (and pushes it if asked)."""
+    """Saves the EMA tokenizer to `output_dir/image_tokenizer` with a model card and its provenance (every command
+    line of the run, resumes included, and the step count), and pushes it if asked."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         folder = Path(args.output_dir) / "image_tokenizer"
@@ -463,8 +467,9 @@ def save_final_model(
             training_steps=state.progress.step,
             preset=config_path(argv),
             metrics={name: value for name, value in final.items() if name != "step"} or None,
-            training_commands=[launch_command("training/train_tokenizer.py", argv)],
+            training_commands=commands,
         )
+        write_provenance(folder, commands=commands, steps=state.progress.step, dataset=data_args.dataset_name)
         if args.push_to_hub:
             push_folder_to_hub(str(folder), args.hub_model_id, args.hub_private_repo, "TokenSet set tokenizer")
     accelerator.wait_for_everyone()
@@ -477,6 +482,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     state = build_training_state(accelerator, model_args, args)
     resume_if_requested(accelerator, args, state.progress)
     start_step = state.progress.step
+    command = launch_command("training/train_tokenizer.py", argv)
+    commands = record_launch(accelerator, args.output_dir, command, resumed=start_step > 0)
     examples, _ = build_train_examples(data_args, model_args.image_size, accelerator, args.seed)
     batches = build_dataloader(
         examples,
@@ -491,7 +498,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     accelerator.init_trackers(args.tracker_project_name or "train_tokenizer", config=config)
 
     history = train(accelerator, state, batches, eval_dataloader, args)
-    save_final_model(accelerator, state, data_args, args, history, argv)
+    save_final_model(accelerator, state, data_args, args, history, argv, commands)
     write_run_summary(
         accelerator,
         args.output_dir,
