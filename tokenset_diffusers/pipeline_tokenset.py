@@ -38,9 +38,11 @@ It imports {class_name} from the installed tokenset-diffusers package; see {inst
 try:
     from {module} import {class_name}  # noqa: F401
 except ImportError as error:
-    raise ImportError("This model needs the tokenset-diffusers package; see {install_hint}.") from error
+    raise ImportError(
+        "This model needs the tokenset-diffusers package; see {install_hint}."
+    ) from error
 '''
-INSTALL_HINT = "the Install section of the model card (README.md)"
+INSTALL_HINT = "the Usage section of the model card (README.md)"
 
 
 @dataclass
@@ -201,6 +203,8 @@ class TokenSetPipeline(DiffusionPipeline):
         """A minimal model card for this pipeline: metadata, sizes, sampling defaults and a usage snippet."""
         from huggingface_hub import ModelCard, ModelCardData
 
+        from .model_cards import INSTALL_COMMANDS
+
         # No `pipeline_tag`: the Hub has none for class-conditional generation ("unconditional-image-generation"
         # would be wrong); the tag says it.
         data = ModelCardData(
@@ -216,6 +220,7 @@ class TokenSetPipeline(DiffusionPipeline):
             f"- classes: {config.num_classes}; codebook size C = {config.codebook_size}; tokens per image "
             f"M = {config.num_tokens}\n"
             f"- default guidance: {self.config.default_guidance_scale or 1.0}\n\n"
+            f"```bash\n{INSTALL_COMMANDS}\n```\n\n"
             "```python\nfrom tokenset_diffusers import TokenSetPipeline\n\n"
             f'pipeline = TokenSetPipeline.from_pretrained("{repo_id}")\n'
             "images = pipeline([0, 1, 2]).images\n```\n"
