@@ -265,3 +265,111 @@ def test_model_card_is_not_tagged_unconditional(pipeline):
     card = pipeline.model_card("org/tiny")
     assert card.data.pipeline_tag != "unconditional-image-generation"
     assert "class-conditional-image-generation" in card.data.tags
+
+
+# ---------------------------------------------------------------- transformers conventions (the set tokenizer)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(pipeline, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tokenizer") / "image_tokenizer"
+    pipeline.image_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _images(n=2, size=32):
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+
+def test_tokenizer_returns_hidden_states_and_attentions(pipeline):
+    model = pipeline.image_tokenizer
+    config = model.config
+    pixel_values = _images()
+    plain = model(pixel_values)
+    full = model(pixel_values, output_hidden_states=True, output_attentions=True)
+    # (attention probabilities come from the eager computation: float rounding apart, the same reconstruction)
+    torch.testing.assert_close(full.reconstruction, plain.reconstruction, rtol=0, atol=1e-4)
+    assert plain.encoder_hidden_states is None and plain.decoder_attentions is None
+    num_patches = (config.image_size // config.patch_size) ** 2
+    length = num_patches + 1 + config.num_tokens
+    assert len(full.encoder_hidden_states) == config.encoder_num_hidden_layers + 1
+    assert len(full.decoder_hidden_states) == config.decoder_num_hidden_layers + 1
+    assert full.encoder_hidden_states[0].shape == (2, length, config.encoder_hidden_size)
+    assert len(full.encoder_attentions) == config.encoder_num_hidden_layers
+    heads = config.encoder_num_attention_heads
+    assert full.encoder_attentions[0].shape == (2, heads, length, length)
+    # The first layer's attention, recomputed by torch's MultiheadAttention from the first hidden state.
+    layer = model.encoder.layers[0]
+    reference = torch.nn.MultiheadAttention(config.encoder_hidden_size, heads, batch_first=True)
+    reference.in_proj_weight.data.copy_(layer.self_attn.in_proj.weight)
+    reference.in_proj_bias.data.copy_(layer.self_attn.in_proj.bias)
+    normed = layer.layer_norm1(full.encoder_hidden_states[0])
+    with torch.no_grad():
+        _, weights = reference(normed, normed, normed, need_weights=True, average_attn_weights=False)
+    torch.testing.assert_close(full.encoder_attentions[0], weights, rtol=0, atol=1e-5)
+    # As a tuple: the five plain outputs, then the ones asked for.
+    as_tuple = model(pixel_values, output_hidden_states=True, return_dict=False)
+    assert len(as_tuple) == 7 and len(model(pixel_values, return_dict=False)) == 5
+
+
+def test_eager_attention_is_honoured(tokenizer_dir, monkeypatch):
+    from tokenset_diffusers import TokenSetVQVAE
+
+    sdpa = TokenSetVQVAE.from_pretrained(tokenizer_dir).eval()
+    eager = TokenSetVQVAE.from_pretrained(tokenizer_dir, attn_implementation="eager").eval()
+    assert eager.config._attn_implementation == "eager" and sdpa.config._attn_implementation == "sdpa"
+    pixel_values = _images()
+    with torch.no_grad():
+        expected = sdpa(pixel_values).reconstruction
+    calls = []
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counting_sdpa(*args, **kwargs):
+        calls.append(1)
+        return real_sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting_sdpa)
+    with torch.no_grad():
+        eager_output = eager(pixel_values).reconstruction
+        assert calls == []  # the eager model never runs SDPA
+        sdpa(pixel_values)
+        assert len(calls) == sdpa.config.encoder_num_hidden_layers + sdpa.config.decoder_num_hidden_layers
+    torch.testing.assert_close(eager_output, expected, rtol=0, atol=1e-4)
+    with pytest.raises(ValueError, match="attn_implementation"):
+        eager.encoder.layers[0].self_attn(torch.zeros(1, 3, eager.config.encoder_hidden_size), "flex_attention")
+
+
+def test_auto_model_loads_a_saved_tokenizer(pipeline, tokenizer_dir, tmp_path):
+    from transformers import AutoConfig, AutoModel
+
+    from tokenset_diffusers import TokenSetVQVAE, TokenSetVQVAEConfig
+
+    config = json.loads((tokenizer_dir / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_tokenset_vqvae.TokenSetVQVAEConfig",
+        "AutoModel": "modeling_tokenset_vqvae.TokenSetVQVAE",
+    }
+    # After `import tokenset_diffusers` (done above): registered, no remote code needed.
+    assert isinstance(AutoConfig.from_pretrained(tokenizer_dir), TokenSetVQVAEConfig)
+    model = AutoModel.from_pretrained(tokenizer_dir)
+    assert type(model) is TokenSetVQVAE
+    pixel_values = _images()
+    with torch.no_grad():
+        expected = pipeline.image_tokenizer.encode(pixel_values).token_ids
+    assert torch.equal(model.encode(pixel_values).token_ids, expected)
+    # In a process that imports transformers only: through the saved files, with trust_remote_code.
+    torch.save(pixel_values, tmp_path / "pixels.pt")
+    script = (
+        "import sys, torch; from transformers import AutoModel;"
+        "m = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True);"
+        "print(type(m).__module__, m.encode(torch.load(sys.argv[2])).token_ids.tolist())"
+    )
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tokenizer_dir), str(tmp_path / "pixels.pt")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    module, token_ids = result.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert module == "tokenset_diffusers.modeling_tokenset_vqvae"
+    assert torch.equal(torch.tensor(json.loads(token_ids)), expected)

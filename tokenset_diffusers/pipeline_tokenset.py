@@ -15,6 +15,7 @@ from diffusers.utils import BaseOutput
 
 from .image_processing import postprocess_images
 from .modeling_tokenset_vqvae import TokenSetVQVAE
+from .remote_code import write_import_file
 from .scheduling_fsdd import FSDDScheduler
 from .set_ops import GeneratorType, counts_to_tokens, sample_fixed_sum_noise
 from .transformer_tokenset import TokenSetTransformer1DModel
@@ -30,19 +31,6 @@ OUTPUT_TYPES = ("pil", "np", "pt", "counts", "latent")
 # only imports the class from the installed package: the code that runs is the package's, never a copy.
 # `TokenSetPipeline.from_pretrained` reads the same entries as the package modules and imports nothing from the folder.
 REMOTE_CODE_MODULE = "pipeline_tokenset"
-_REMOTE_CODE_TEMPLATE = '''"""Lets diffusers load this folder: `DiffusionPipeline.from_pretrained(path_or_repo_id, trust_remote_code=True)`.
-
-It imports {class_name} from the installed tokenset-diffusers package; see {install_hint}.
-"""
-
-try:
-    from {module} import {class_name}  # noqa: F401
-except ImportError as error:
-    raise ImportError(
-        "This model needs the tokenset-diffusers package; see {install_hint}."
-    ) from error
-'''
-INSTALL_HINT = "the Usage section of the model card (README.md)"
 
 
 @dataclass
@@ -441,9 +429,7 @@ def write_remote_code_files(folder: str | os.PathLike) -> None:
         files[os.path.join(name, f"{short_name}.py")] = (module, component_class)
         index[name] = [short_name, component_class]
     for relative, (module, component_class) in files.items():
-        text = _REMOTE_CODE_TEMPLATE.format(module=module, class_name=component_class, install_hint=INSTALL_HINT)
-        with open(os.path.join(folder, relative), "w", encoding="utf-8") as file:
-            file.write(text)
+        write_import_file(os.path.join(folder, relative), module, component_class)
     with open(index_path, "w", encoding="utf-8") as file:
         file.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
