@@ -6,6 +6,7 @@ two gloo processes on a saved `datasets` folder, streamed, with gradient accumul
 """
 
 import math
+import re
 
 import pytest
 import torch
@@ -64,8 +65,21 @@ def single_process_run(workdir):
     output_dir = workdir / "run"
     args = ["--config", str(workdir / "tiny.yaml"), "--dataset_name", str(workdir / "images")]
     args += ["--eval_split", "validation"]
-    launch("train_tokenizer.py", [*args, "--output_dir", str(output_dir)], 1, workdir)
+    result = launch("train_tokenizer.py", [*args, "--output_dir", str(output_dir)], 1, workdir)
+    (workdir / "run_console.txt").write_text(result.stdout + result.stderr)
     return output_dir, args
+
+
+def test_evaluation_reaches_the_console(single_process_run, workdir):
+    """Evaluation metrics are printed (and shown on the progress bar), not only sent to the tracker."""
+    console = (workdir / "run_console.txt").read_text()
+    printed = re.findall(r"step (\d+): evaluation of the EMA model: PSNR ([\d.]+) dB, L1 ([\d.]+)", console)
+    (summary,) = read_summaries(single_process_run[0])
+    logged = {entry["step"]: entry for entry in summary["history"] if "eval/psnr" in entry}
+    assert [int(step) for step, _, _ in printed] == sorted(logged) == [4, 8]
+    for step, psnr, l1 in printed:
+        assert float(psnr) == pytest.approx(logged[int(step)]["eval/psnr"], abs=0.006)
+        assert float(l1) == pytest.approx(logged[int(step)]["eval/l1"], abs=6e-5)
 
 
 def test_single_process_run_trains_and_saves(single_process_run):

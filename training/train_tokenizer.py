@@ -404,6 +404,7 @@ def train(
 ) -> list[dict]:
     """Runs steps until `max_train_steps`, logging, evaluating and checkpointing; returns the per-step metrics."""
     history, window, pending = [], MetricWindow(), PendingMetrics()
+    last_eval = None  # the latest evaluation, shown on the progress bar beside the loss
     progress_bar = tqdm(
         initial=state.progress.step, total=args.max_train_steps, disable=not accelerator.is_local_main_process
     )
@@ -418,13 +419,22 @@ def train(
         if evaluating:
             eval_metrics = evaluate(accelerator, state.ema.shadow, eval_dataloader)
             metrics.update(eval_metrics)
+            if accelerator.is_local_main_process:  # on the console too, not only in the tracker
+                tqdm.write(
+                    f"step {step}: evaluation of the EMA model: PSNR {eval_metrics['eval/psnr']:.2f} dB, "
+                    f"L1 {eval_metrics['eval/l1']:.4f}"
+                )
         pending.add(step, metrics)  # read back at the next logging step: no per-step host synchronisation
         if step % args.logging_steps == 0 or last or evaluating:
             entries = pending.flush()
             for entry in entries:
                 window.add({name: value for name, value in entry.items() if not name.startswith("eval/")})
             history.extend(entries)
-            progress_bar.set_postfix(loss=f"{entries[-1]['loss']:.4f}")
+            postfix = {"loss": f"{entries[-1]['loss']:.4f}"}
+            if last_eval is not None or evaluating:
+                last_eval = eval_metrics if evaluating else last_eval
+                postfix.update(psnr=f"{last_eval['eval/psnr']:.2f}", l1=f"{last_eval['eval/l1']:.4f}")
+            progress_bar.set_postfix(postfix)
         if step % args.logging_steps == 0 or last:
             accelerator.log(window.pop_means(), step=step)
         if evaluating:
