@@ -4,7 +4,7 @@ Prints one table row per (device, precision, preset, batch size):
 - CPU, float32 (the original-equivalent path), batch 1 and 2;
 - CUDA when available: float32, bf16 autocast over float32 weights (what the original's `--mixed-precision bf16
   --force-fp32` does), and bf16 weights with the float32 modules kept in float32 (what
-  `from_pretrained(..., torch_dtype=torch.bfloat16)` gives), with throughput and peak memory.
+  `from_pretrained(..., dtype=torch.bfloat16)` gives), with throughput and peak memory.
 
 Weights are random (timings do not depend on them). Run: `python benchmarks/bench_transformer.py [--presets S B]`.
 """
@@ -36,7 +36,7 @@ CODEBOOK_SIZE, NUM_TOKENS, NUM_CLASSES = 4096, 128, 1000
 
 
 def cast_keeping_fp32_modules(model: TokenSetTransformer1DModel, dtype: torch.dtype) -> TokenSetTransformer1DModel:
-    """Cast like `from_pretrained(torch_dtype=dtype)`: parameters of `_keep_in_fp32_modules` stay float32."""
+    """Cast like `from_pretrained(dtype=dtype)`: parameters of `_keep_in_fp32_modules` stay float32."""
     keep = set(model._keep_in_fp32_modules)
     for name, parameter in model.named_parameters():
         if not keep.intersection(name.split(".")):

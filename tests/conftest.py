@@ -1,5 +1,7 @@
 """Shared test fixtures: the original implementation's stored inputs and outputs (tests/fixtures/)."""
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -7,6 +9,10 @@ from safetensors.torch import load_file
 
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+# `trust_remote_code=True` loads copy a folder's import-only files into diffusers' and transformers' module cache;
+# keep them out of $HOME (read when diffusers / transformers are first imported, which is after this file).
+os.environ.setdefault("HF_MODULES_CACHE", tempfile.mkdtemp(prefix="tokenset_hf_modules_"))
 
 
 @pytest.fixture(scope="session")

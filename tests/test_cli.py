@@ -192,3 +192,62 @@ def test_conversion_writes_a_model_card(converted_pipeline, original_checkpoints
     )  # fmt: skip
     card = ModelCard.load(folder / "README.md")
     assert card.data.library_name == "transformers" and "org/tiny-tokenizer" in card.text
+
+
+@pytest.mark.parametrize("suffix, image_format", [(".jpg", "JPEG"), (".webp", "WEBP"), (".png", "PNG")])
+def test_generate_cli_image_suffix_writes_a_grid_in_that_format(converted_pipeline, tmp_path, suffix, image_format):
+    output = generate_script.main(
+        ["--model", str(converted_pipeline), "--class_labels", "1", "2", "--num_inference_steps", "2",
+         "--output", str(tmp_path / f"grid{suffix}")]
+    )  # fmt: skip
+    assert output.is_file()
+    with PIL.Image.open(output) as image:
+        assert image.format == image_format
+        _assert_not_blank(image)
+
+
+def test_generate_cli_one_image_per_class_is_a_near_square_grid(converted_pipeline, tmp_path):
+    """Ten classes, one image each: 4 columns x 3 rows of captioned cells, the images in class order."""
+    output = generate_script.main(
+        ["--model", str(converted_pipeline), "--num_inference_steps", "2", "--output", str(tmp_path / "all.png")]
+    )
+    grid = np.asarray(PIL.Image.open(output).convert("RGB"))
+    pipeline = TokenSetPipeline.from_pretrained(converted_pipeline)
+    pipeline.set_progress_bar_config(disable=True)
+    generators = [torch.Generator().manual_seed(i) for i in range(10)]
+    images = pipeline(list(range(10)), num_inference_steps=2, generator=generators).images
+    cell = images[0].resize((96, 96), PIL.Image.NEAREST)  # 32 px upscaled by 3 to the 96 px minimum cell
+    assert grid.shape[1] < grid.shape[0] * 1.5 and grid.shape[0] < grid.shape[1] * 1.5  # near square
+    assert 4 * 96 < grid.shape[1] < 5 * 96 and 3 * 96 < grid.shape[0] < 4 * 96
+    # The first image sits in the first cell, below its caption.
+    expected = np.asarray(cell)
+    found = any(np.array_equal(grid[top : top + 96, 4 : 4 + 96], expected) for top in range(0, grid.shape[0] - 96))
+    assert found
+
+
+def test_generate_help_parses_before_importing_torch_and_shows_every_default():
+    import subprocess
+    import sys
+
+    script = (
+        "import importlib.util, sys, contextlib, io;"
+        "spec = importlib.util.spec_from_file_location('generate', 'pipelines/generate.py');"
+        "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module);"
+        "module.parse_args(['--class_labels', '3', '7']);"
+        "print(sorted({'torch', 'diffusers', 'tokenset_diffusers'} & set(sys.modules)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=Path(__file__).parents[1], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    parser_help = subprocess.run(
+        [sys.executable, "pipelines/generate.py", "--help"], cwd=Path(__file__).parents[1], capture_output=True,
+        text=True, timeout=120,
+    ).stdout  # fmt: skip
+    options = parser_help[parser_help.index("options:") :]
+    flags = [line.split()[0] for line in options.splitlines() if line.strip().startswith("--")]
+    assert len(flags) == 11  # every flag but --help
+    for flag in flags:
+        block = options[options.index(flag) :].split("\n  --")[0]
+        assert "default" in block, flag

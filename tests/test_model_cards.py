@@ -218,3 +218,14 @@ def test_templates_ship_in_the_package_and_model_cards_links_them():
 def test_bad_fields_raise(kind, fields, message):
     with pytest.raises(ValueError, match=message):
         render_model_card(kind, **fields)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cards_install_from_the_repository_and_use_current_arguments(kind):
+    """The package is not on PyPI: no card tells people to `pip install tokenset-diffusers`; no deprecated
+    `torch_dtype`; pipelines show the diffusers-only loading call."""
+    text = render_model_card(kind, **_minimal_fields(kind)).text
+    assert "pip install tokenset-diffusers" not in text and "pip install ." in text and "not on PyPI" in text
+    assert "torch_dtype" not in text
+    if kind != "tokenizer":
+        assert "DiffusionPipeline.from_pretrained(" in text and "trust_remote_code=True" in text

@@ -65,6 +65,9 @@ def test_output_describes_the_tokenizer(pretokenized):
     info = json.loads((output_dir / PRETOKENIZED_INFO_NAME).read_text())
     assert (info["codebook_size"], info["num_tokens"], info["image_size"]) == (32, 8, 16)
     assert info["num_classes"] == len(CLASS_NAMES) and info["num_rows"] == SIZES and info["num_processes"] == 2
+    # Its own command line, after the tokenizer's (none here: that tokenizer was not trained by training/).
+    assert info["tokenizer_steps"] is None
+    assert len(info["commands"]) == 1 and info["commands"][0].startswith("accelerate launch training/pretokenize.py")
     stored = load_from_disk(str(output_dir))["train"]
     assert stored.features["label"] == ClassLabel(names=CLASS_NAMES)
     assert not list(root.glob(".partial-*")) and not list(root.glob(".shards-*"))  # temporary folders are gone

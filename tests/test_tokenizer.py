@@ -118,7 +118,7 @@ def test_fixture_encode(converted, tiny_io):
 
 def test_fixture_decoder_features(converted, tiny_io):
     with torch.no_grad():
-        features = converted.decoder(codes_from_z_quantized(tiny_io["z_quantized"]))
+        features = converted.decoder(codes_from_z_quantized(tiny_io["z_quantized"]))[0]
     torch.testing.assert_close(features, tiny_io["decoder_features"], rtol=0, atol=1e-5)
 
 
@@ -265,7 +265,7 @@ def test_bf16_matches_fp32(original_state_dict, tiny_io):
     model = convert_tokenizer({k: v.bfloat16() for k, v in original_state_dict.items()}, num_attention_heads=4)
     with torch.no_grad():
         token_ids = model.encode(tiny_io["pixel_values"]).token_ids
-        features = model.decoder(model.quantizer.embed(tiny_io["token_ids"]))
+        features = model.decoder(model.quantizer.embed(tiny_io["token_ids"]))[0]
         reconstruction = model.decode(tiny_io["token_ids"])
     assert features.dtype == reconstruction.dtype == torch.bfloat16
 
@@ -375,7 +375,7 @@ def test_sdpa_attention_matches_multihead_attention():
     hidden_states = torch.randn(2, 5, 32)
     with torch.no_grad():
         expected = reference(hidden_states, hidden_states, hidden_states, need_weights=False)[0]
-        torch.testing.assert_close(attention(hidden_states), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(attention(hidden_states)[0], expected, rtol=1e-5, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

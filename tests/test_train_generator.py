@@ -50,6 +50,10 @@ PRESET = {
 }
 
 
+UPSTREAM_TOKENIZER_COMMAND = "accelerate launch training/train_tokenizer.py --config tokenizer.yaml"
+UPSTREAM_PRETOKENIZE_COMMAND = "accelerate launch training/pretokenize.py --output_dir tokens"
+
+
 def pretokenize_in_process(dataset_dir, tokenizer_dir, output_dir):
     """The pretokenize script's output format, built here directly with the tokenizer (that script has its own test)."""
     tokenizer = TokenSetVQVAE.from_pretrained(tokenizer_dir).eval()
@@ -61,7 +65,18 @@ def pretokenize_in_process(dataset_dir, tokenizer_dir, output_dir):
     arrays = {"token_ids": token_ids, "token_ids_flipped": flipped, "label": np.array(list(source["label"]))}
     features = token_features(32, 8, source.features["label"])
     DatasetDict({"train": to_dataset(arrays, features)}).save_to_disk(str(output_dir))
-    write_pretokenized_info(str(output_dir), {"codebook_size": 32, "num_tokens": 8, "num_classes": 3})
+    write_pretokenized_info(
+        str(output_dir),
+        {
+            "codebook_size": 32,
+            "num_tokens": 8,
+            "num_classes": 3,
+            # What training/pretokenize.py records of where the token sets come from (its own test checks that).
+            "source_dataset": str(dataset_dir),
+            "tokenizer_steps": 5,
+            "commands": [UPSTREAM_TOKENIZER_COMMAND, UPSTREAM_PRETOKENIZE_COMMAND],
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +136,30 @@ def test_outputs_make_a_working_pipeline(single_process_run, workdir):
     )
     assert output.images.shape == (2, 3, 16, 16) and torch.isfinite(output.images).all()
     assert (output_dir / "README.md").is_file()
+
+
+def test_model_card_tells_how_the_weights_were_made(single_process_run, workdir):
+    output_dir, _ = single_process_run
+    card = (output_dir / "README.md").read_text()
+    assert f"# TokenSet on {workdir / 'saved'}" in card  # the source images, not the token-set folder
+    assert "steps: 5 (set tokenizer), 8 (generator)" in card
+    commands = card.split("Reproduce with:")[1].split("```bash")[1].split("```")[0].strip().splitlines()
+    assert commands[:2] == [UPSTREAM_TOKENIZER_COMMAND, UPSTREAM_PRETOKENIZE_COMMAND]
+    assert commands[2].startswith("accelerate launch training/train_generator.py") and len(commands) == 3
+    assert "unconditional-image-generation" not in card
+
+
+def test_resumed_run_records_every_command(workdir, tmp_path):
+    """A fresh run starts the list of command lines, a resume appends to it (what the card then lists)."""
+    from accelerate import Accelerator
+
+    from training.common import read_provenance, record_launch
+
+    accelerator = Accelerator(cpu=True)
+    assert record_launch(accelerator, str(tmp_path), "first", resumed=False) == ["first"]
+    assert record_launch(accelerator, str(tmp_path), "resume", resumed=True) == ["first", "resume"]
+    assert read_provenance(tmp_path)["commands"] == ["first", "resume"]
+    assert record_launch(accelerator, str(tmp_path), "fresh again", resumed=False) == ["fresh again"]
 
 
 def test_resume_matches_uninterrupted_run(single_process_run, workdir):

@@ -6,13 +6,14 @@ two gloo processes on a saved `datasets` folder, streamed, with gradient accumul
 """
 
 import math
+import re
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from tokenset_diffusers.modeling_tokenset_vqvae import TokenSetVQVAE
-from training.common import parameters_checksum
+from training.common import parameters_checksum, read_provenance
 from training.testing_utils import (
     TINY_TOKENIZER,
     checkpoint_steps,
@@ -64,8 +65,21 @@ def single_process_run(workdir):
     output_dir = workdir / "run"
     args = ["--config", str(workdir / "tiny.yaml"), "--dataset_name", str(workdir / "images")]
     args += ["--eval_split", "validation"]
-    launch("train_tokenizer.py", [*args, "--output_dir", str(output_dir)], 1, workdir)
+    result = launch("train_tokenizer.py", [*args, "--output_dir", str(output_dir)], 1, workdir)
+    (workdir / "run_console.txt").write_text(result.stdout + result.stderr)
     return output_dir, args
+
+
+def test_evaluation_reaches_the_console(single_process_run, workdir):
+    """Evaluation metrics are printed (and shown on the progress bar), not only sent to the tracker."""
+    console = (workdir / "run_console.txt").read_text()
+    printed = re.findall(r"step (\d+): evaluation of the EMA model: PSNR ([\d.]+) dB, L1 ([\d.]+)", console)
+    (summary,) = read_summaries(single_process_run[0])
+    logged = {entry["step"]: entry for entry in summary["history"] if "eval/psnr" in entry}
+    assert [int(step) for step, _, _ in printed] == sorted(logged) == [4, 8]
+    for step, psnr, l1 in printed:
+        assert float(psnr) == pytest.approx(logged[int(step)]["eval/psnr"], abs=0.006)
+        assert float(l1) == pytest.approx(logged[int(step)]["eval/l1"], abs=6e-5)
 
 
 def test_single_process_run_trains_and_saves(single_process_run):
@@ -126,6 +140,13 @@ def test_resume_matches_uninterrupted_run(single_process_run, workdir):
     for key in ("model_checksum", "ema_checksum", "discriminator_checksum"):
         assert resumed[key] == reference[key]
     assert not list(resumed_dir.glob(".partial-*"))
+    # The saved tokenizer records both command lines that made it, and the real step count; its card lists them.
+    provenance = read_provenance(resumed_dir / "image_tokenizer")
+    first, resume = provenance["commands"]
+    assert first.endswith(f"--output_dir {output_dir}") and resume.endswith("--resume_from_checkpoint latest")
+    assert provenance["steps"] == MAX_STEPS and provenance["dataset"] == str(workdir / "images")
+    card = (resumed_dir / "image_tokenizer" / "README.md").read_text()
+    assert first in card and resume in card and card.index(first) < card.index(resume)
 
 
 def test_two_processes_stay_in_sync(workdir):

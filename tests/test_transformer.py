@@ -193,7 +193,7 @@ def test_save_pretrained_round_trip(converted, fixture_io, tmp_path):
 
 def test_from_pretrained_bfloat16_keeps_fp32_modules(converted, fixture_io, tmp_path):
     converted.save_pretrained(tmp_path)
-    model = TokenSetTransformer1DModel.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    model = TokenSetTransformer1DModel.from_pretrained(tmp_path, dtype=torch.bfloat16)
     for name, parameter in model.named_parameters():
         keep_fp32 = any(part in FP32_MODULES for part in name.split("."))
         assert parameter.dtype == (torch.float32 if keep_fp32 else torch.bfloat16), name

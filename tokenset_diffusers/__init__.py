@@ -4,7 +4,8 @@ Images become an unordered set of ``num_tokens`` (M) discrete tokens from a code
 entries. A set is written as a count vector of length C that sums to M; a transformer over the C positions
 generates count vectors with Fixed-Sum Discrete Diffusion (FSDD), and the set tokenizer decodes them to images.
 
-Public names are imported lazily, so ``import tokenset_diffusers`` stays cheap.
+Public names are imported lazily. Importing the package registers the set tokenizer with transformers' Auto classes
+(``AutoConfig`` / ``AutoModel`` for ``model_type="tokenset_vqvae"``), which imports transformers and torch.
 """
 
 import importlib
@@ -62,6 +63,20 @@ _import_structure = {
 _name_to_module = {name: module for module, names in _import_structure.items() for name in names}
 
 __all__ = sorted(_name_to_module)
+
+
+def _register_auto_classes() -> None:
+    """`AutoConfig` / `AutoModel.from_pretrained` on a saved set tokenizer, without `trust_remote_code`."""
+    from transformers import AutoConfig, AutoModel
+
+    from .configuration_tokenset_vqvae import TokenSetVQVAEConfig
+    from .modeling_tokenset_vqvae import TokenSetVQVAE
+
+    AutoConfig.register(TokenSetVQVAEConfig.model_type, TokenSetVQVAEConfig, exist_ok=True)
+    AutoModel.register(TokenSetVQVAEConfig, TokenSetVQVAE, exist_ok=True)
+
+
+_register_auto_classes()
 
 
 def __getattr__(name):

@@ -53,6 +53,8 @@ RELEASED_SETTINGS = {
 
 # TokenBridge (arXiv 2503.16430): the paper's ImageNet 256x256 FID-50K of the released sizes.
 TOKENBRIDGE_PAPER_FID = {"L": 1.76, "H": 1.55}
+# Until a release is on PyPI, the package installs from its repository.
+INSTALL_COMMANDS = "# tokenset-diffusers is not on PyPI yet: in a clone of its repository, run\npip install ."
 
 BASE_TAGS = ["tokenset", "tokenset-diffusers", "image-tokenizer", "discrete-diffusion", "arxiv:2503.16425"]
 _COMMON_DEFAULTS = {"library_name": None, "tags": (), "datasets": None}
@@ -219,6 +221,7 @@ def render_model_card(kind: CardKind, **fields) -> ModelCard:
         "paper_rfid": PAPER_RFID,
         "paper_gfid": PAPER_GFID,
         "released": RELEASED_SETTINGS,
+        "install_commands": INSTALL_COMMANDS,
         "metrics": _format_metrics(values.get("metrics")),
     }
     if "example_class_label" in values:

@@ -13,6 +13,8 @@ Images are `(batch_size, 3, image_size, image_size)` tensors in [-1, 1]; token i
 integers in `[0, codebook_size)`; count vectors are `(batch_size, codebook_size)` integers summing to `num_tokens`.
 """
 
+import json
+import os
 from dataclasses import dataclass
 
 import torch
@@ -25,11 +27,15 @@ from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_NAME, ModelOutput
 
 from .configuration_tokenset_vqvae import TokenSetVQVAEConfig
 from .loading import check_saved_component
+from .remote_code import write_import_file
 from .set_ops import counts_to_tokens, tokens_to_counts
 
 
 # Inputs are images in [-1, 1]; anything beyond this magnitude is taken for a wrongly scaled image (e.g. [0, 255]).
 _PIXEL_VALUE_LIMIT = 1.5
+# The attention implementations the ViT layers run (`config._attn_implementation`, set by
+# `from_pretrained(..., attn_implementation=...)`).
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
 
 
 @dataclass
@@ -64,6 +70,16 @@ class TokenSetVQVAEOutput(ModelOutput):
             `mean((z_e - sg(z_q)) ** 2)` over the l2-normalised vectors; trains the encoder. Weight it in the trainer.
         encoder_codes (`torch.FloatTensor` of shape `(batch_size, num_tokens, code_dim)`):
             The encoder's l2-normalised codes z_e before quantisation, in encoder order (for auxiliary losses).
+        encoder_hidden_states (`tuple(torch.FloatTensor)`, *optional*, with `output_hidden_states=True`):
+            The encoder ViT's hidden states `(batch_size, num_patches + 1 + num_tokens, encoder_hidden_size)`: after
+            the embedding, then after each layer (`encoder_num_hidden_layers + 1` tensors).
+        encoder_attentions (`tuple(torch.FloatTensor)`, *optional*, with `output_attentions=True`):
+            Each encoder layer's attention probabilities `(batch_size, num_heads, sequence_length, sequence_length)`.
+        decoder_hidden_states (`tuple(torch.FloatTensor)`, *optional*, with `output_hidden_states=True`):
+            The decoder ViT's hidden states `(batch_size, 1 + num_patches + num_tokens, decoder_hidden_size)`, as for
+            the encoder (`decoder_num_hidden_layers + 1` tensors).
+        decoder_attentions (`tuple(torch.FloatTensor)`, *optional*, with `output_attentions=True`):
+            Each decoder layer's attention probabilities.
     """
 
     reconstruction: torch.FloatTensor | None = None
@@ -71,6 +87,10 @@ class TokenSetVQVAEOutput(ModelOutput):
     codebook_loss: torch.FloatTensor | None = None
     commitment_loss: torch.FloatTensor | None = None
     encoder_codes: torch.FloatTensor | None = None
+    encoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -93,7 +113,18 @@ class TokenSetVQVAEAttention(nn.Module):
         self.in_proj = nn.Linear(hidden_size, 3 * hidden_size)
         self.out_proj = nn.Linear(hidden_size, hidden_size)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, attn_implementation: str = "sdpa", output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns the output `(B, L, D)` and, with `output_attentions`, the attention probabilities `(B, H, L, L)`.
+
+        `attn_implementation` is the model config's: `"sdpa"` (`F.scaled_dot_product_attention`) or `"eager"` (the
+        softmax written out, in float32). Attention probabilities come from the eager computation, also under SDPA.
+        """
+        if attn_implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"`attn_implementation` must be one of {ATTENTION_IMPLEMENTATIONS}, got {attn_implementation!r}."
+            )
         batch_size, seq_len, hidden_size = hidden_states.shape
         # 1. fused projection, split into heads
         qkv = self.in_proj(hidden_states)  # (B, L, 3 * D)
@@ -101,10 +132,16 @@ class TokenSetVQVAEAttention(nn.Module):
         query, key, value = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, L, Dh)
         # 2. attention
         dropout_p = self.attention_dropout if self.training else 0.0
-        attn_output = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p)  # (B, H, L, Dh)
+        attn_weights = None
+        if attn_implementation == "eager" or output_attentions:
+            scores = torch.matmul(query, key.transpose(-1, -2)) * self.head_dim**-0.5  # (B, H, L, L)
+            attn_weights = scores.float().softmax(-1).to(query.dtype)  # (B, H, L, L)
+            attn_output = torch.matmul(F.dropout(attn_weights, p=dropout_p, training=self.training), value)
+        else:
+            attn_output = F.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p)  # (B, H, L, Dh)
         # 3. merge heads and project out
         attn_output = attn_output.transpose(1, 2).reshape(batch_size, seq_len, hidden_size)  # (B, L, D)
-        return self.out_proj(attn_output)  # (B, L, D)
+        return self.out_proj(attn_output), attn_weights if output_attentions else None  # (B, L, D)
 
 
 class TokenSetVQVAEMLP(nn.Module):
@@ -137,10 +174,16 @@ class TokenSetVQVAELayer(GradientCheckpointingLayer):
         self.layer_norm2 = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.mlp = TokenSetVQVAEMLP(hidden_size, int(hidden_size * mlp_ratio))
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        hidden_states = hidden_states + self.self_attn(self.layer_norm1(hidden_states))  # (B, L, D)
+    def forward(
+        self, hidden_states: torch.Tensor, attn_implementation: str = "sdpa", output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns the block's output `(B, L, D)` and, with `output_attentions`, its attention `(B, H, L, L)`."""
+        attn_output, attn_weights = self.self_attn(
+            self.layer_norm1(hidden_states), attn_implementation, output_attentions
+        )  # (B, L, D)
+        hidden_states = hidden_states + attn_output  # (B, L, D)
         hidden_states = hidden_states + self.mlp(self.layer_norm2(hidden_states))  # (B, L, D)
-        return hidden_states
+        return hidden_states, attn_weights
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -207,20 +250,34 @@ class TokenSetVQVAEEncoder(nn.Module):
         self.post_layernorm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.code_projection = nn.Linear(width, config.code_dim)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        attn_implementation: str = "sdpa",
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, tuple | None, tuple | None]:
+        """Returns the codes `(B, M, code_dim)`, and (when asked, else `None`) the hidden states `(B, N + 1 + M, D)`
+        after the embedding and after each layer, and each layer's attention `(B, H, N + 1 + M, N + 1 + M)`."""
         # 1. embed; pixel_values are in [0, 1] here
         hidden_states = self.embeddings(pixel_values)  # (B, N + 1 + M, D)
         hidden_states = self.pre_layernorm(hidden_states)  # (B, N + 1 + M, D)
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
         # 2. transformer
         for layer in self.layers:
-            hidden_states = layer(hidden_states)  # (B, N + 1 + M, D)
+            hidden_states, attn_weights = layer(hidden_states, attn_implementation, output_attentions)  # (B, L, D)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (attn_weights,)
         # 3. keep the latent tokens
         latent_states = hidden_states[:, -self.num_tokens :]  # (B, M, D)
         latent_states = self.post_layernorm(latent_states)  # (B, M, D)
         # 4. the original's layout quirk: (B, M, D) memory read as (B, D, M) (see class docstring), then project
         batch_size, num_tokens, width = latent_states.shape
         latent_states = latent_states.reshape(batch_size, width, num_tokens).transpose(1, 2)  # (B, M, D), mixed
-        return self.code_projection(latent_states)  # (B, M, code_dim)
+        return self.code_projection(latent_states), all_hidden_states, all_attentions  # (B, M, code_dim)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -328,22 +385,35 @@ class TokenSetVQVAEDecoder(nn.Module):
         self.post_layernorm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.feature_projection = TokenSetVQVAEFeatureProjection(config)
 
-    def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        """`codes` `(batch_size, num_tokens, code_dim)` -> features `(batch_size, z_channels, grid, grid)`."""
+    def forward(
+        self,
+        codes: torch.Tensor,
+        attn_implementation: str = "sdpa",
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, tuple | None, tuple | None]:
+        """`codes` `(batch_size, num_tokens, code_dim)` -> features `(batch_size, z_channels, grid, grid)`, and (when
+        asked, else `None`) the hidden states after the embedding and each layer, and each layer's attention."""
         batch_size = codes.shape[0]
         num_patches = self.grid_size**2
         # 1. embed
         hidden_states = self.embeddings(codes)  # (B, N + 1 + M, D)
         hidden_states = self.pre_layernorm(hidden_states)  # (B, N + 1 + M, D)
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
         # 2. transformer
         for layer in self.layers:
-            hidden_states = layer(hidden_states)  # (B, N + 1 + M, D)
+            hidden_states, attn_weights = layer(hidden_states, attn_implementation, output_attentions)  # (B, L, D)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (attn_weights,)
         # 3. keep the mask tokens, back to the patch grid
         image_states = hidden_states[:, 1 : 1 + num_patches]  # (B, N, D)
         image_states = self.post_layernorm(image_states)  # (B, N, D)
         image_states = image_states.transpose(1, 2).reshape(batch_size, -1, self.grid_size, self.grid_size)
         # (B, D, g, g)
-        return self.feature_projection(image_states)  # (B, z_channels, g, g)
+        return self.feature_projection(image_states), all_hidden_states, all_attentions  # (B, z_channels, g, g)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -552,6 +622,16 @@ class TokenSetVQVAE(TokenSetVQVAEPreTrainedModel):
         self.pixel_decoder = TokenSetVQVAEPixelDecoder(config)
         self.post_init()
 
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        """transformers' `save_pretrained`, plus what `AutoModel.from_pretrained(save_directory,
+        trust_remote_code=True)` needs without importing this package first: `auto_map` in config.json and the two
+        files it names (`configuration_tokenset_vqvae.py`, `modeling_tokenset_vqvae.py`), which import the classes
+        from the installed package. After `import tokenset_diffusers`, `AutoModel` finds them without
+        `trust_remote_code`."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_auto_class_files(save_directory)
+
     # -- input checks ---------------------------------------------------------------------------------------------------
 
     def _check_pixel_values(self, pixel_values: torch.Tensor):
@@ -634,7 +714,7 @@ class TokenSetVQVAE(TokenSetVQVAEPreTrainedModel):
         # 1. the ViT sees [0, 1]
         pixel_values = pixel_values.to(self.dtype) * 0.5 + 0.5  # (B, 3, H, W)
         # 2. encode and quantise
-        codes = self.encoder(pixel_values)  # (B, M, d)
+        codes, _, _ = self.encoder(pixel_values, self.config._attn_implementation)  # (B, M, d)
         _, z_quantized, token_ids = self.quantizer(codes)  # (B, M, d), (B, M)
         z_quantized = z_quantized.transpose(1, 2).unsqueeze(2)  # (B, d, 1, M)
         if not return_dict:
@@ -654,7 +734,7 @@ class TokenSetVQVAE(TokenSetVQVAEPreTrainedModel):
         """
         self._check_token_ids(token_ids)
         codes = self.quantizer.embed(token_ids.long())  # (B, M, d)
-        features = self.decoder(codes)  # (B, z_channels, g, g)
+        features, _, _ = self.decoder(codes, self.config._attn_implementation)  # (B, z_channels, g, g)
         images = self.pixel_decoder(features)  # (B, 3, H, W) in ~[0, 1]
         return images * 2.0 - 1.0  # (B, 3, H, W) in ~[-1, 1]
 
@@ -696,6 +776,8 @@ class TokenSetVQVAE(TokenSetVQVAEPreTrainedModel):
         shuffle_tokens: bool = False,
         generator: torch.Generator | None = None,
         return_dict: bool = True,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
     ) -> TokenSetVQVAEOutput | tuple:
         r"""
         Autoencode images (the training pass).
@@ -710,15 +792,27 @@ class TokenSetVQVAE(TokenSetVQVAEPreTrainedModel):
                 Random generator for `shuffle_tokens`.
             return_dict (`bool`, *optional*, defaults to `True`):
                 Whether to return a [`TokenSetVQVAEOutput`] instead of a tuple.
+            output_hidden_states (`bool`, *optional*, defaults to `config.output_hidden_states`):
+                Also return the hidden states of the encoder and decoder ViTs.
+            output_attentions (`bool`, *optional*, defaults to `config.output_attentions`):
+                Also return every ViT layer's attention probabilities (computed the eager way, also under SDPA).
 
         Returns:
             [`TokenSetVQVAEOutput`]: `reconstruction` `(batch_size, num_channels, image_size, image_size)`,
-            `token_ids` `(batch_size, num_tokens)`, `codebook_loss` and `commitment_loss` (scalars).
+            `token_ids` `(batch_size, num_tokens)`, `codebook_loss` and `commitment_loss` (scalars), and the hidden
+            states / attentions asked for. As a tuple: those five, then the ones asked for, in the output's order.
         """
         self._check_pixel_values(pixel_values)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        attn_implementation = self.config._attn_implementation
         # 1. encode and quantise
         pixel_values = pixel_values.to(self.dtype) * 0.5 + 0.5  # (B, 3, H, W) in [0, 1]
-        codes = self.encoder(pixel_values)  # (B, M, d)
+        codes, encoder_hidden_states, encoder_attentions = self.encoder(
+            pixel_values, attn_implementation, output_hidden_states, output_attentions
+        )  # (B, M, d)
         z_e, z_q, token_ids = self.quantizer(codes)  # (B, M, d), (B, M, d), (B, M)
         # 2. VQ losses on the normalised vectors, and the straight-through estimator
         codebook_loss = F.mse_loss(z_q.float(), z_e.detach().float())
@@ -733,17 +827,42 @@ class TokenSetVQVAE(TokenSetVQVAEPreTrainedModel):
             z_straight_through = z_straight_through.gather(
                 1, permutation.unsqueeze(-1).expand(-1, -1, code_dim)
             )  # (B, M, d)
-        features = self.decoder(z_straight_through)  # (B, z_channels, g, g)
+        features, decoder_hidden_states, decoder_attentions = self.decoder(
+            z_straight_through, attn_implementation, output_hidden_states, output_attentions
+        )  # (B, z_channels, g, g)
         reconstruction = self.pixel_decoder(features) * 2.0 - 1.0  # (B, 3, H, W)
-        if not return_dict:
-            return reconstruction, token_ids, codebook_loss, commitment_loss, z_e
-        return TokenSetVQVAEOutput(
+        output = TokenSetVQVAEOutput(
             reconstruction=reconstruction,
             token_ids=token_ids,
             codebook_loss=codebook_loss,
             commitment_loss=commitment_loss,
             encoder_codes=z_e,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attentions=encoder_attentions,
+            decoder_hidden_states=decoder_hidden_states,
+            decoder_attentions=decoder_attentions,
         )
+        return output if return_dict else output.to_tuple()
+
+
+# What `auto_map` in a saved config.json points transformers' Auto classes at (files written next to the weights).
+AUTO_MAP = {
+    "AutoConfig": "configuration_tokenset_vqvae.TokenSetVQVAEConfig",
+    "AutoModel": "modeling_tokenset_vqvae.TokenSetVQVAE",
+}
+
+
+def write_auto_class_files(folder: str | os.PathLike) -> None:
+    """Adds `auto_map` to `folder/config.json` and writes the import-only files it names."""
+    for reference in AUTO_MAP.values():
+        file_module, class_name = reference.split(".")
+        write_import_file(os.path.join(folder, f"{file_module}.py"), f"{__package__}.{file_module}", class_name)
+    config_path = os.path.join(folder, "config.json")
+    with open(config_path, encoding="utf-8") as file:
+        config = json.load(file)
+    config["auto_map"] = dict(AUTO_MAP)
+    with open(config_path, "w", encoding="utf-8") as file:
+        file.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 __all__ = [

@@ -19,6 +19,7 @@ from .class_labels import ClassLabelsMixin, LocalFolderLoadingMixin, label_to_id
 from .class_labels import short_repr as _short_repr
 from .image_processing import postprocess_images
 from .modeling_tokenset_vqvae import TokenSetVQVAE
+from .remote_code import write_import_file
 from .scheduling_fsdd import FSDDScheduler
 from .set_ops import GeneratorType, checks_values, counts_to_tokens, sample_fixed_sum_noise
 from .transformer_tokenset import TokenSetTransformer1DModel
@@ -42,17 +43,6 @@ COMPONENT_CLASSES = {
 # only imports the class from the installed package: the code that runs is the package's, never a copy.
 # `TokenSetPipeline.from_pretrained` reads the same entries as the package modules and imports nothing from the folder.
 REMOTE_CODE_MODULE = "pipeline_tokenset"
-_REMOTE_CODE_TEMPLATE = '''"""Lets diffusers load this folder: `DiffusionPipeline.from_pretrained(path_or_repo_id, trust_remote_code=True)`.
-
-It imports {class_name} from the installed tokenset-diffusers package; see {install_hint}.
-"""
-
-try:
-    from {module} import {class_name}  # noqa: F401
-except ImportError as error:
-    raise ImportError("This model needs the tokenset-diffusers package; see {install_hint}.") from error
-'''
-INSTALL_HINT = "the Install section of the model card (README.md)"
 
 
 @dataclass
@@ -195,6 +185,8 @@ class TokenSetPipeline(LocalFolderLoadingMixin, ClassLabelsMixin, DiffusionPipel
         """A minimal model card for this pipeline: metadata, sizes, sampling defaults and a usage snippet."""
         from huggingface_hub import ModelCard, ModelCardData
 
+        from .model_cards import INSTALL_COMMANDS
+
         # No `pipeline_tag`: the Hub has none for class-conditional generation ("unconditional-image-generation"
         # would be wrong); the tag says it.
         data = ModelCardData(
@@ -210,6 +202,7 @@ class TokenSetPipeline(LocalFolderLoadingMixin, ClassLabelsMixin, DiffusionPipel
             f"- classes: {config.num_classes}; codebook size C = {config.codebook_size}; tokens per image "
             f"M = {config.num_tokens}\n"
             f"- default guidance: {self.config.default_guidance_scale or 1.0}\n\n"
+            f"```bash\n{INSTALL_COMMANDS}\n```\n\n"
             "```python\nfrom tokenset_diffusers import TokenSetPipeline\n\n"
             f'pipeline = TokenSetPipeline.from_pretrained("{repo_id}")\n'
             "images = pipeline([0, 1, 2]).images\n```\n"
@@ -474,9 +467,7 @@ def write_remote_code_files(folder: str | os.PathLike) -> None:
         files[os.path.join(name, f"{short_name}.py")] = (module, component_class)
         index[name] = [short_name, component_class]
     for relative, (module, component_class) in files.items():
-        text = _REMOTE_CODE_TEMPLATE.format(module=module, class_name=component_class, install_hint=INSTALL_HINT)
-        with open(os.path.join(folder, relative), "w", encoding="utf-8") as file:
-            file.write(text)
+        write_import_file(os.path.join(folder, relative), module, component_class)
     with open(index_path, "w", encoding="utf-8") as file:
         file.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
 

@@ -8,7 +8,7 @@ conditions every block on timestep and class through adaLN-Zero, and predicts, f
 
 Precision: the embedders, the adaLN modulation layers and the output projection always compute in float32 (as the
 original did under bf16 autocast with its forced-float32 modules), and the residual stream stays float32; only the
-attention and MLP linear layers run in the model's dtype. `from_pretrained(..., torch_dtype=torch.bfloat16)` keeps the
+attention and MLP linear layers run in the model's dtype. `from_pretrained(..., dtype=torch.bfloat16)` keeps the
 weights of those modules in float32 (`_keep_in_fp32_modules`); after `model.to(torch.bfloat16)` their weights are
 bfloat16 but they are still upcast and computed in float32.
 """
@@ -203,7 +203,7 @@ class TokenSetTransformer1DModel(ModelMixin, ConfigMixin):
     _supports_gradient_checkpointing = True
     _no_split_modules = ["TokenSetTransformerBlock"]
     _repeated_blocks = ["TokenSetTransformerBlock"]
-    # Matched against the components of parameter names. `from_pretrained(torch_dtype=...)` loads these in float32,
+    # Matched against the components of parameter names. `from_pretrained(dtype=...)` loads these in float32,
     # and `enable_layerwise_casting` leaves them alone; their forward computes in float32 in any case.
     _keep_in_fp32_modules = [
         "count_embedder",

@@ -1,5 +1,6 @@
 """Pictures of results: labelled image grids and count-vector histograms (PIL only)."""
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,6 +29,7 @@ def labelled_grid(
     column_labels: Sequence[str] | None = None,
     min_cell_size: int = 96,
     padding: int = 4,
+    cell_labels: Sequence[Sequence[str]] | None = None,
 ) -> PIL.Image.Image:
     """Arranges images in a grid with a label left of each row and above each column.
 
@@ -35,6 +37,7 @@ def labelled_grid(
         rows: a list of rows, each a list of PIL images (of any size; each cell takes the largest).
         row_labels, column_labels: text for each row / column.
         min_cell_size: small images are enlarged by an integer factor to at least this size.
+        cell_labels: text above each image, nested as `rows`.
     """
     rows = [[upscale(image.convert("RGB"), min_cell_size) for image in row] for row in rows]
     if not rows or not any(rows):
@@ -50,19 +53,37 @@ def labelled_grid(
         )
         label_w += 2 * padding
     label_h = (font.size + 2 * padding) if column_labels else 0
+    caption_h = (font.size + padding) if cell_labels else 0
     width = label_w + columns * (cell_w + padding) + padding
-    height = label_h + len(rows) * (cell_h + padding) + padding
+    height = label_h + len(rows) * (caption_h + cell_h + padding) + padding
     grid = PIL.Image.new("RGB", (width, height), "white")
     draw = PIL.ImageDraw.Draw(grid)
     for c, text in enumerate(column_labels or []):
         draw.text((label_w + padding + c * (cell_w + padding), padding), text, fill="black", font=font)
     for r, row in enumerate(rows):
-        top = label_h + padding + r * (cell_h + padding)
+        top = label_h + padding + r * (caption_h + cell_h + padding)
         if row_labels:
-            draw.text((padding, top + cell_h // 2 - font.size // 2), row_labels[r], fill="black", font=font)
+            draw.text(
+                (padding, top + caption_h + cell_h // 2 - font.size // 2), row_labels[r], fill="black", font=font
+            )
         for c, image in enumerate(row):
-            grid.paste(image, (label_w + padding + c * (cell_w + padding), top))
+            left = label_w + padding + c * (cell_w + padding)
+            if cell_labels:
+                draw.text((left, top), cell_labels[r][c], fill="black", font=font)
+            grid.paste(image, (left, top + caption_h))
     return grid
+
+
+def near_square_grid(
+    images: Sequence[PIL.Image.Image], labels: Sequence[str], min_cell_size: int = 96
+) -> PIL.Image.Image:
+    """`images` in `ceil(sqrt(n))` columns, row by row, each captioned with its label (e.g. its class)."""
+    if len(images) != len(labels) or not images:
+        raise ValueError(f"Pass one label per image and at least one image, got {len(images)} and {len(labels)}.")
+    columns = math.ceil(math.sqrt(len(images)))
+    rows = [list(images[i : i + columns]) for i in range(0, len(images), columns)]
+    captions = [list(labels[i : i + columns]) for i in range(0, len(labels), columns)]
+    return labelled_grid(rows, min_cell_size=min_cell_size, cell_labels=captions)
 
 
 def count_histogram(counts: torch.Tensor | np.ndarray, width: int = 256, height: int = 96) -> PIL.Image.Image:

@@ -138,6 +138,34 @@ def launch_command(script: str, args: Optional[list] = None) -> str:
     return " ".join(["accelerate launch", script, *argv])
 
 
+PROVENANCE_NAME = "training_provenance.json"
+
+
+def read_provenance(folder: str | os.PathLike) -> dict:
+    """What `folder/training_provenance.json` records (`commands`, `steps`, `dataset`), or `{}` when absent."""
+    path = Path(folder) / PROVENANCE_NAME
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_provenance(folder: str | os.PathLike, **fields: Any) -> None:
+    """Writes `folder/training_provenance.json` (atomically): how the weights in `folder` came about."""
+    path = Path(folder) / PROVENANCE_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(fields, indent=2))
+    os.replace(temporary, path)
+
+
+def record_launch(accelerator: Accelerator, output_dir: str, command: str, resumed: bool) -> list[str]:
+    """The command lines that produced the run in `output_dir` so far, this launch last: a fresh run starts the list,
+    a resumed one appends to it. Kept in `output_dir/training_provenance.json` (written by the main process)."""
+    previous = read_provenance(output_dir).get("commands", []) if resumed else []
+    commands = [*previous, command]
+    if accelerator.is_main_process:
+        write_provenance(output_dir, commands=commands)
+    return commands
+
+
 def flat_config(*instances: Any) -> dict:
     """The fields of dataclass instances as one flat dict of scalars (what trackers accept)."""
     flat = {}

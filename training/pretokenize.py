@@ -42,7 +42,16 @@ from datasets.distributed import split_dataset_by_node
 from tqdm.auto import tqdm
 
 from tokenset_diffusers.modeling_tokenset_vqvae import TokenSetVQVAE
-from training.common import arg, check_choices, check_positive, create_accelerator, parse_config, setup_logging
+from training.common import (
+    arg,
+    check_choices,
+    check_positive,
+    create_accelerator,
+    launch_command,
+    parse_config,
+    read_provenance,
+    setup_logging,
+)
 from training.data import (
     DataArguments,
     ImageExamples,
@@ -251,6 +260,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     if accelerator.is_main_process:
         DatasetDict(joined).save_to_disk(str(partial_dir))
         train_split = load_split(data_args, data_args.train_split)
+        # How the token sets came about: the tokenizer's own commands (when it was trained here), then this one.
+        tokenizer_provenance = read_provenance(args.tokenizer_name_or_path)
+        commands = [*tokenizer_provenance.get("commands", []), launch_command("training/pretokenize.py", argv)]
         write_pretokenized_info(
             str(partial_dir),
             {
@@ -264,6 +276,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                 "row_order": "stream order, process by process" if data_args.streaming else "source order",
                 "num_processes": accelerator.num_processes,
                 "unreadable_samples": unreadable,
+                "tokenizer_steps": tokenizer_provenance.get("steps"),
+                "commands": commands,
             },
         )
         if output_dir.exists():

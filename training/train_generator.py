@@ -21,6 +21,7 @@ The loss is also logged per bucket of t. The EMA of the weights is saved to `out
 """
 
 import contextlib
+import json
 import logging
 import math
 import sys
@@ -63,6 +64,8 @@ from training.common import (
     parameters_checksum,
     parse_config,
     push_folder_to_hub,
+    read_provenance,
+    record_launch,
     reduce_metrics,
     resume_if_requested,
     save_checkpoint,
@@ -70,6 +73,7 @@ from training.common import (
     write_run_summary,
 )
 from training.data import (
+    PRETOKENIZED_INFO_NAME,
     DataArguments,
     TokenSetExamples,
     build_dataloader,
@@ -450,9 +454,11 @@ def save_final_outputs(
     args: GeneratorTrainingArguments,
     metrics: dict[str, float],
     argv: Optional[list[str]],
+    commands: list[str],
 ) -> None:
     """Saves the EMA transformer to `output_dir/transformer`; with a tokenizer, `output_dir` becomes a complete
-    `TokenSetPipeline` folder with a model card (pushed to the Hub if asked)."""
+    `TokenSetPipeline` folder with a model card (pushed to the Hub if asked). The card lists every command line that
+    produced the weights (tokenizer training and pre-tokenization where recorded, then this run's launches)."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         from tokenset_diffusers.model_cards import pipeline_card_fields
@@ -470,22 +476,42 @@ def save_final_outputs(
                 default_guidance_scale=model_args.default_guidance_scale,
             )
             pipeline.save_pretrained(output_dir)
+            upstream = upstream_provenance(data_args, model_args)
             write_model_card(
                 output_dir,
                 "trained_pipeline",
                 repo_id=args.hub_model_id or str(output_dir),
-                dataset=data_args.dataset_name or model_args.pretokenized_dataset,
+                dataset=upstream["dataset"],
                 preset=config_path(argv) or "command line",
-                tokenizer_steps=f"see {model_args.tokenizer_name_or_path}",
+                tokenizer_steps=upstream["tokenizer_steps"]
+                or f"not recorded (see {model_args.tokenizer_name_or_path})",
                 generator_steps=state.progress.step,
                 metrics=metrics,
-                training_commands=[launch_command("training/train_generator.py", argv)],
+                training_commands=[*upstream["commands"], *commands],
                 **pipeline_card_fields(pipeline),
             )
         if args.push_to_hub:
             folder = output_dir if model_args.tokenizer_name_or_path is not None else output_dir / "transformer"
             push_folder_to_hub(str(folder), args.hub_model_id, args.hub_private_repo, "TokenSet generator")
     accelerator.wait_for_everyone()
+
+
+def upstream_provenance(data_args: DataArguments, model_args: GeneratorModelArguments) -> dict:
+    """How the generator's inputs came about: `dataset` (the source images' name), `tokenizer_steps` (or `None`) and
+    `commands` (the tokenizer's training and the pre-tokenization, where their folders record them)."""
+    if model_args.pretokenized_dataset is not None:
+        info = json.loads((Path(model_args.pretokenized_dataset) / PRETOKENIZED_INFO_NAME).read_text())
+        return {
+            "dataset": info.get("source_dataset") or model_args.pretokenized_dataset,
+            "tokenizer_steps": info.get("tokenizer_steps"),
+            "commands": info.get("commands", []),
+        }
+    tokenizer = read_provenance(model_args.tokenizer_name_or_path)
+    return {
+        "dataset": data_args.dataset_name,
+        "tokenizer_steps": tokenizer.get("steps"),
+        "commands": tokenizer.get("commands", []),
+    }
 
 
 def parse_args(argv: Optional[list[str]] = None):
@@ -501,6 +527,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     state.progress.unreadable.max_bad_samples = data_args.max_bad_samples
     resume_if_requested(accelerator, args, state.progress)
     start_step = state.progress.step
+    command = launch_command("training/train_generator.py", argv)
+    commands = record_launch(accelerator, args.output_dir, command, resumed=start_step > 0)
     batches = build_dataloader(
         data.examples,
         args.train_batch_size,
@@ -516,7 +544,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     history, bucket_losses = train(accelerator, state, data, batches, model_args, args)
     final_metrics = {"loss": history[-1]["loss"], **bucket_losses} if history else {}
-    save_final_outputs(accelerator, state, data, data_args, model_args, args, final_metrics, argv)
+    save_final_outputs(accelerator, state, data, data_args, model_args, args, final_metrics, argv, commands)
     write_run_summary(
         accelerator,
         args.output_dir,

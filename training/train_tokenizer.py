@@ -53,10 +53,12 @@ from training.common import (
     parameters_checksum,
     parse_config,
     push_folder_to_hub,
+    record_launch,
     reduce_metrics,
     resume_if_requested,
     save_checkpoint,
     step_generator,
+    write_provenance,
     write_run_summary,
 )
 from training.data import (
@@ -381,6 +383,7 @@ def train(
 ) -> list[dict]:
     """Runs steps until `max_train_steps`, logging, evaluating and checkpointing; returns the per-step metrics."""
     history, window, pending = [], MetricWindow(), PendingMetrics()
+    last_eval = None  # the latest evaluation, shown on the progress bar beside the loss
     progress_bar = tqdm(
         initial=state.progress.step, total=args.max_train_steps, disable=not accelerator.is_local_main_process
     )
@@ -395,13 +398,22 @@ def train(
         if evaluating:
             eval_metrics = evaluate(accelerator, state.ema.shadow, eval_dataloader)
             metrics.update(eval_metrics)
+            if accelerator.is_local_main_process:  # on the console too, not only in the tracker
+                tqdm.write(
+                    f"step {step}: evaluation of the EMA model: PSNR {eval_metrics['eval/psnr']:.2f} dB, "
+                    f"L1 {eval_metrics['eval/l1']:.4f}"
+                )
         pending.add(step, metrics)  # read back at the next logging step: no per-step host synchronisation
         if step % args.logging_steps == 0 or last or evaluating:
             entries = pending.flush()
             for entry in entries:
                 window.add({name: value for name, value in entry.items() if not name.startswith("eval/")})
             history.extend(entries)
-            progress_bar.set_postfix(loss=f"{entries[-1]['loss']:.4f}")
+            postfix = {"loss": f"{entries[-1]['loss']:.4f}"}
+            if last_eval is not None or evaluating:
+                last_eval = eval_metrics if evaluating else last_eval
+                postfix.update(psnr=f"{last_eval['eval/psnr']:.2f}", l1=f"{last_eval['eval/l1']:.4f}")
+            progress_bar.set_postfix(postfix)
         if step % args.logging_steps == 0 or last:
             accelerator.log(window.pop_means(), step=step)
         if evaluating:
@@ -424,8 +436,10 @@ def save_final_model(
     args: TokenizerTrainingArguments,
     history: list[dict],
     argv: Optional[list[str]],
+    commands: list[str],
 ) -> None:
-    """Saves the EMA tokenizer to `output_dir/image_tokenizer` with a model card (and pushes it if asked)."""
+    """Saves the EMA tokenizer to `output_dir/image_tokenizer` with a model card and its provenance (every command
+    line of the run, resumes included, and the step count), and pushes it if asked."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         folder = Path(args.output_dir) / "image_tokenizer"
@@ -444,8 +458,9 @@ def save_final_model(
             training_steps=state.progress.step,
             preset=config_path(argv),
             metrics={name: value for name, value in final.items() if name != "step"} or None,
-            training_commands=[launch_command("training/train_tokenizer.py", argv)],
+            training_commands=commands,
         )
+        write_provenance(folder, commands=commands, steps=state.progress.step, dataset=data_args.dataset_name)
         if args.push_to_hub:
             push_folder_to_hub(str(folder), args.hub_model_id, args.hub_private_repo, "TokenSet set tokenizer")
     accelerator.wait_for_everyone()
@@ -459,6 +474,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     state.progress.unreadable.max_bad_samples = data_args.max_bad_samples
     resume_if_requested(accelerator, args, state.progress)
     start_step = state.progress.step
+    command = launch_command("training/train_tokenizer.py", argv)
+    commands = record_launch(accelerator, args.output_dir, command, resumed=start_step > 0)
     examples, _ = build_train_examples(data_args, model_args.image_size, accelerator, args.seed)
     batches = build_dataloader(
         examples,
@@ -474,7 +491,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     accelerator.init_trackers(args.tracker_project_name or "train_tokenizer", config=config)
 
     history = train(accelerator, state, batches, eval_dataloader, args)
-    save_final_model(accelerator, state, data_args, args, history, argv)
+    save_final_model(accelerator, state, data_args, args, history, argv, commands)
     write_run_summary(
         accelerator,
         args.output_dir,

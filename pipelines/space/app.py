@@ -10,7 +10,8 @@ row per class. Tab "Set tokenizer": an image becomes a set of M codebook entries
 token set as a count histogram, and reconstructions from the same tokens in four orders (the decoder sees a set, so
 they agree).
 
-The file only needs the installed `tokenset_diffusers` package and gradio, so the folder uploads to a Space as is.
+The file only needs the `tokenset_diffusers` package and gradio; `build_space.py` next to it writes the folder to upload
+(this file, the package source and the requirements). New tabs are builders added to `TAB_BUILDERS`.
 `build_demo(pipeline)` builds the interface around any loaded [`TokenSetPipeline`] (the tests pass a tiny one).
 
 Under load: one request runs at a time and at most `max_queue_size` wait (more are refused with "queue is full");

@@ -1,9 +1,11 @@
-"""Lets diffusers load this folder: `DiffusionPipeline.from_pretrained(path_or_repo_id, trust_remote_code=True)`.
+"""Imports FSDDScheduler from the installed tokenset-diffusers package, for diffusers' and transformers' loaders.
 
-It imports FSDDScheduler from the installed tokenset-diffusers package; see the Install section of the model card (README.md).
+`trust_remote_code=True` loads this folder through this file; see the Usage section of the model card (README.md) for the install line.
 """
 
 try:
     from tokenset_diffusers.scheduling_fsdd import FSDDScheduler  # noqa: F401
 except ImportError as error:
-    raise ImportError("This model needs the tokenset-diffusers package; see the Install section of the model card (README.md).") from error
+    raise ImportError(
+        "This model needs the tokenset-diffusers package; see the Usage section of the model card (README.md)."
+    ) from error
