@@ -63,7 +63,9 @@ def baseline_next_sample(scheduler: FSDDScheduler, sample, original, timestep, g
         return torch.where(collapsed_rows.any(), rounded, prev_sample)
     # The exact mode (not in the original): row by row, as `FSDDScheduler.step`.
     prev_sample = torch.where(collapsed_rows, rounded, prev_sample)
-    prev_sample = greedy_adjust(prev_sample, safe, config.num_tokens, exact=True, tie_break=tie_break, generator=generator)
+    prev_sample = greedy_adjust(
+        prev_sample, safe, config.num_tokens, exact=True, tie_break=tie_break, generator=generator
+    )
     keep_rounded = collapsed_rows & (rounded.sum(-1, keepdim=True) == config.num_tokens)
     return torch.where(keep_rounded, rounded, prev_sample)
 

@@ -11,6 +11,7 @@ import os
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -53,6 +54,35 @@ def mib(function) -> float:
     return live_peak(function) / 2**20
 
 
+def calls_for_batch(scheduler: FSDDScheduler, batch_size: int, step_indices, device) -> list[tuple]:
+    """`(name, original, ours)` for each step index and for add_noise, on inputs of `batch_size` rows."""
+    config = scheduler.config
+    codebook_size, num_tokens = config.codebook_size, config.num_tokens
+    generator = torch.Generator(device).manual_seed(0)
+    probs = model_like_probs(batch_size, codebook_size, num_tokens, generator, device)
+    sample = sample_fixed_sum_noise(batch_size, codebook_size, num_tokens, generator=generator, device=device)
+    calls = []
+    for index in step_indices:
+        t = scheduler.timesteps[index]
+        calls.append(
+            (
+                f"step {index} of 25 (t = {float(t):.2f})",
+                partial(baseline_step, scheduler, probs, t, sample, generator),
+                partial(scheduler.step, probs, t, sample, generator=generator),
+            )
+        )
+    data = sample_fixed_sum_noise(batch_size, codebook_size, num_tokens, generator=generator, device=device)
+    times = torch.rand(batch_size, generator=generator, device=device).clamp(min=1e-5)
+    calls.append(
+        (
+            "add_noise",
+            partial(baseline_add_noise, scheduler, data, sample, times, generator),
+            partial(scheduler.add_noise, data, sample, times, generator=generator),
+        )
+    )
+    return calls
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch_sizes", nargs="+", type=int, default=[8, 64])
@@ -72,34 +102,16 @@ def main():
     scheduler = FSDDScheduler(codebook_size=codebook_size, num_tokens=num_tokens, exact_sum=args.exact_sum)
     scheduler.set_timesteps(25)
     load = " ".join(f"{value:.1f}" for value in os.getloadavg())
-    print(f"{describe(device)}; load average {load}; C = {codebook_size}, M = {num_tokens}, exact_sum={args.exact_sum}")
-    print(f"medians of {args.repeats} interleaved runs; MiB: peak of the tensors the call creates (its inputs excluded)")
+    print(
+        f"{describe(device)}; load average {load}; C = {codebook_size}, M = {num_tokens}, exact_sum={args.exact_sum}"
+    )
+    print(
+        f"medians of {args.repeats} interleaved runs; MiB: peak of the tensors the call creates (its inputs excluded)"
+    )
     print("| batch | operation | original ms | ours ms | speed-up | original MiB | ours MiB |")
     print("|---|---|---|---|---|---|---|")
     for batch_size in args.batch_sizes:
-        generator = torch.Generator(device).manual_seed(0)
-        probs = model_like_probs(batch_size, codebook_size, num_tokens, generator, device)
-        sample = sample_fixed_sum_noise(batch_size, codebook_size, num_tokens, generator=generator, device=device)
-        calls = []
-        for index in args.step_indices:
-            t = scheduler.timesteps[index]
-            calls.append(
-                (
-                    f"step {index} of 25 (t = {float(t):.2f})",
-                    lambda t=t: baseline_step(scheduler, probs, t, sample, generator),
-                    lambda t=t: scheduler.step(probs, t, sample, generator=generator),
-                )
-            )
-        data = sample_fixed_sum_noise(batch_size, codebook_size, num_tokens, generator=generator, device=device)
-        times = torch.rand(batch_size, generator=generator, device=device).clamp(min=1e-5)
-        calls.append(
-            (
-                "add_noise",
-                lambda: baseline_add_noise(scheduler, data, sample, times, generator),
-                lambda: scheduler.add_noise(data, sample, times, generator=generator),
-            )
-        )
-        for name, original, ours in calls:
+        for name, original, ours in calls_for_batch(scheduler, batch_size, args.step_indices, device):
             original_s, ours_s = interleaved_medians([original, ours], args.repeats, device)
             memory = ("-", "-") if args.skip_memory else (f"{mib(original):.0f}", f"{mib(ours):.1f}")
             print(

@@ -17,6 +17,7 @@ import argparse
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -24,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.baseline import baseline_sample_counts, baseline_step  # noqa: E402
 from benchmarks import bench_sampling as sampling  # noqa: E402
+from benchmarks.baseline import baseline_sample_counts, baseline_step  # noqa: E402
 from benchmarks.hardware import describe, peak_memory_gib, reset_peak_memory, synchronize  # noqa: E402
 from tokenset_diffusers import FSDDScheduler  # noqa: E402
 from tokenset_diffusers.set_ops import sample_fixed_sum_noise  # noqa: E402
@@ -50,6 +51,50 @@ def median_of(function, device, repeats: int = 3) -> float:
     return statistics.median(timed(function, device) for _ in range(repeats))
 
 
+def check_preset(preset: str, args, device: torch.device, labels: torch.Tensor, whole_run) -> list[tuple]:
+    """Runs the whole-pipeline rows of `preset` (printed by `whole_run`); returns its step-split rows."""
+    batch_size, steps = args.batch_size, args.num_inference_steps
+    rows = []
+    baseline_model = sampling.build_transformer(preset, device, torch.float32)
+    fast_model = sampling.build_transformer(preset, device, torch.bfloat16)
+    pipeline = sampling.build_pipeline(fast_model, device)
+    baseline_scheduler = FSDDScheduler(codebook_size=sampling.CODEBOOK_SIZE, num_tokens=sampling.NUM_TOKENS)
+
+    def run_fast(num_steps):
+        generator = torch.Generator(device).manual_seed(0)
+        pipeline(labels, num_steps, sampling.GUIDANCE, generator=generator, output_type="counts")
+
+    def run_baseline(num_steps):
+        generator = torch.Generator(device).manual_seed(0)
+        baseline_sample_counts(baseline_model, baseline_scheduler, labels, num_steps, sampling.GUIDANCE, generator)
+
+    scale = 1.0 if preset == "B" else 0.35  # rough cost of S relative to B, for the budget guard only
+    fast_s = whole_run(preset, "ours, bf16, eager", run_fast, 20 * scale)
+    whole_run(preset, "original algorithm, fp32 (TF32), eager", run_baseline, 3 * (fast_s or 20 * scale))
+
+    # The scheduler's share of a step (eager bf16 forward), before compiling changes the model.
+    if elapsed() + 10 * scale < args.budget_s:
+        generator = torch.Generator(device).manual_seed(1)
+        sample = sample_fixed_sum_noise(
+            batch_size, sampling.CODEBOOK_SIZE, sampling.NUM_TOKENS, generator=generator, device=device
+        )
+        scheduler = pipeline.scheduler
+        scheduler.set_timesteps(steps)
+        for index in (5, 12, 22):
+            t = scheduler.timesteps[index]
+            probs = pipeline.guided_probabilities(sample, t, labels, sampling.GUIDANCE)
+            guided = partial(pipeline.guided_probabilities, sample, t, labels, sampling.GUIDANCE)
+            forward = median_of(guided, device)
+            ours = median_of(partial(scheduler.step, probs, t, sample, generator=generator), device)
+            original = median_of(partial(baseline_step, scheduler, probs, t, sample, generator), device)
+            rows.append((preset, index, forward, ours, original))
+
+    if not args.skip_compile:
+        fast_model.compile_repeated_blocks(fullgraph=True)
+        whole_run(preset, "ours, bf16, compile_repeated_blocks", run_fast, 40 * scale + (fast_s or 20 * scale))
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget_s", type=float, default=140.0)
@@ -64,7 +109,9 @@ def main():
     torch.backends.cudnn.allow_tf32 = True
     batch_size, steps = args.batch_size, args.num_inference_steps
     labels = torch.arange(batch_size, device=device) % sampling.NUM_CLASSES
-    print(f"{describe(device)}; batch {batch_size}, {steps} steps, guidance {list(sampling.GUIDANCE)}, budget {args.budget_s} s")
+    print(
+        f"{describe(device)}; batch {batch_size}, {steps} steps, guidance {list(sampling.GUIDANCE)}, budget {args.budget_s} s"
+    )
     print("| preset | path | images/s | s per 25-step call | peak GiB | warm-up s |")
     print("|---|---|---|---|---|---|")
 
@@ -85,46 +132,14 @@ def main():
 
     split_rows = []
     for preset in args.presets:
-        baseline_model = sampling.build_transformer(preset, device, torch.float32)
-        fast_model = sampling.build_transformer(preset, device, torch.bfloat16)
-        pipeline = sampling.build_pipeline(fast_model, device)
-        baseline_scheduler = FSDDScheduler(codebook_size=sampling.CODEBOOK_SIZE, num_tokens=sampling.NUM_TOKENS)
-
-        def run_fast(num_steps):
-            generator = torch.Generator(device).manual_seed(0)
-            pipeline(labels, num_steps, sampling.GUIDANCE, generator=generator, output_type="counts")
-
-        def run_baseline(num_steps):
-            generator = torch.Generator(device).manual_seed(0)
-            baseline_sample_counts(baseline_model, baseline_scheduler, labels, num_steps, sampling.GUIDANCE, generator)
-
-        scale = 1.0 if preset == "B" else 0.35  # rough cost of S relative to B, for the budget guard only
-        fast_s = whole_run(preset, "ours, bf16, eager", run_fast, 20 * scale)
-        whole_run(preset, "original algorithm, fp32 (TF32), eager", run_baseline, 3 * (fast_s or 20 * scale))
-
-        # The scheduler's share of a step (eager bf16 forward), before compiling changes the model.
-        if elapsed() + 10 * scale < args.budget_s:
-            generator = torch.Generator(device).manual_seed(1)
-            sample = sample_fixed_sum_noise(batch_size, sampling.CODEBOOK_SIZE, sampling.NUM_TOKENS, generator=generator, device=device)
-            scheduler = pipeline.scheduler
-            scheduler.set_timesteps(steps)
-            for index in (5, 12, 22):
-                t = scheduler.timesteps[index]
-                probs = pipeline.guided_probabilities(sample, t, labels, sampling.GUIDANCE)
-                forward = median_of(lambda: pipeline.guided_probabilities(sample, t, labels, sampling.GUIDANCE), device)
-                ours = median_of(lambda: scheduler.step(probs, t, sample, generator=generator), device)
-                original = median_of(lambda: baseline_step(scheduler, probs, t, sample, generator), device)
-                split_rows.append((preset, index, forward, ours, original))
-
-        if not args.skip_compile:
-            fast_model.compile_repeated_blocks(fullgraph=True)
-            whole_run(preset, "ours, bf16, compile_repeated_blocks", run_fast, 40 * scale + (fast_s or 20 * scale))
-        del baseline_model, fast_model, pipeline
+        split_rows += check_preset(preset, args, device, labels, whole_run)
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
     print("\nOne step split (medians of 3): guided forward (doubled batch, bf16 eager) and the scheduler step")
-    print("| preset | step of 25 | forward ms | our step ms | share of the step | original's step ms | step speed-up |")
+    print(
+        "| preset | step of 25 | forward ms | our step ms | share of the step | original's step ms | step speed-up |"
+    )
     print("|---|---|---|---|---|---|---|")
     for preset, index, forward, ours, original in split_rows:
         print(

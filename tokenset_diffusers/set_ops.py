@@ -173,9 +173,7 @@ def quantize_to_sum(
     return floors + add.long() - remove.long()
 
 
-def _tie_keys(
-    values: torch.Tensor, tie_break: str, generator: GeneratorType
-) -> Optional[torch.Tensor]:
+def _tie_keys(values: torch.Tensor, tie_break: str, generator: GeneratorType) -> Optional[torch.Tensor]:
     """Random sort keys `(batch_size, length)` for `tie_break="random"`, None for `"index"`."""
     if tie_break not in ("index", "random"):
         raise ValueError(f"`tie_break` must be 'index' or 'random', got {tie_break!r}.")
