@@ -70,6 +70,15 @@ def baseline_next_sample(scheduler: FSDDScheduler, sample, original, timestep, g
     return torch.where(keep_rounded, rounded, prev_sample)
 
 
+def baseline_add_noise(scheduler: FSDDScheduler, data, noise, timesteps, generator=None) -> torch.LongTensor:
+    """The training noiser through the materialised (B, C, M) pdf of the original, drawn and adjusted with it."""
+    num_tokens = scheduler.config.num_tokens
+    time = timesteps.float()[:, None]  # (B, 1)
+    mean = time * data + (1 - time) * noise  # (B, C)
+    pdf = original_transition_pdf(mean, (noise - data).abs() / 4 + 1e-6, num_tokens)  # (B, C, M)
+    return greedy_adjust(sample_categorical(pdf, generator=generator), pdf, num_tokens)
+
+
 def baseline_guided_probabilities(transformer, sample, timestep, class_labels, scale: float) -> torch.Tensor:
     """Guided probabilities with the original's separate operations (several full-size temporaries)."""
     batch_size = sample.shape[0]

@@ -288,3 +288,99 @@ def test_greedy_adjust_with_the_distribution_object_equals_the_tensor():
         assert torch.equal(lazy, full)
         if exact:
             assert (lazy.sum(-1) == total).all()
+
+
+# ---------------------------------------------------------------- the active-position form and the one-pass x0 draw
+
+
+def _sparse_transition(batch_size, codebook_size, num_tokens, generator):
+    """`(mean, std, sample, original)` of an FSDD transition between two sparse count vectors, as in a step."""
+    sample = sample_fixed_sum_noise(batch_size, codebook_size, num_tokens, generator=generator)
+    original = sample_fixed_sum_noise(batch_size, codebook_size, num_tokens // 2, generator=generator) * 2
+    original[0, :5] += 3  # rows with different numbers of active positions
+    noise_estimate = (sample - 0.4 * original) / 0.6
+    mean = 0.5 * original + 0.5 * noise_estimate
+    std = (noise_estimate - original).abs() / 4 * 0.9 + 1e-6
+    return mean, std, sample, original
+
+
+def test_discretized_gaussian_on_active_positions_equals_the_full_computation():
+    """Computing the exponentials only where z or x0 is non-zero changes no probability, no draw, no adjustment
+    (one-shot, exact, the joint fallback of a row subset), and advances the generator alike."""
+    from tokenset_diffusers.set_ops import DiscretizedGaussian, active_positions
+
+    generator = torch.Generator().manual_seed(0)
+    num_tokens = 12
+    mean, std, sample, original = _sparse_transition(4, 200, num_tokens, generator)
+    active = active_positions((sample != 0) | (original != 0))
+    assert active.shape[1] < 200 // 2
+    full = DiscretizedGaussian(mean, std, num_tokens, chunk_size=5)
+    sparse = DiscretizedGaussian(mean, std, num_tokens, chunk_size=5, active=active)
+    assert sparse.shape == full.shape
+    assert torch.equal(sparse.probs(), full.probs())
+    rows = torch.tensor([3, 0])
+    assert torch.equal(sparse[rows].probs(), full[rows].probs())
+    values = torch.randint(-1, num_tokens + 1, (4, 200, 3), generator=generator)
+    assert torch.equal(sparse.prob(values), full.prob(values))
+    streams = [torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)]
+    draws = [distribution.sample(stream) for distribution, stream in zip((full, sparse), streams)]
+    assert torch.equal(draws[0], draws[1])
+    assert torch.equal(streams[0].get_state(), streams[1].get_state())
+    for exact, total in ((False, num_tokens), (True, num_tokens), (True, 3 * num_tokens)):
+        tie_break = "random" if exact else "index"
+        adjusted = [
+            greedy_adjust(draws[0], distribution, total, exact, tie_break, torch.Generator().manual_seed(1))
+            for distribution in (full, sparse)
+        ]
+        assert torch.equal(adjusted[0], adjusted[1])
+
+
+def test_active_positions_pads_to_the_largest_count_and_stays_off_accelerators():
+    from tokenset_diffusers.set_ops import active_positions
+
+    mask = torch.zeros(3, 40, dtype=torch.bool)
+    mask[0, [3, 17, 39]] = True
+    mask[2, 5] = True
+    positions = active_positions(mask)
+    assert positions.shape == (3, 3)
+    assert set(positions[0].tolist()) == {3, 17, 39} and 5 in positions[2].tolist()
+    assert active_positions(torch.ones(2, 40, dtype=torch.bool)) is None  # nothing to save
+    assert active_positions(mask.to("meta")) is None  # the width would be read from the device
+
+
+def _mixed_probs(generator, shape=(6, 300, 20)):
+    """Per-position distributions from peaked (one value holds > 0.8) to flat (top-p needs most of the values)."""
+    sharpness = torch.rand(*shape[:2], 1, generator=generator) * 12
+    return (torch.randn(shape, generator=generator) * sharpness).softmax(-1)
+
+
+@pytest.mark.parametrize(
+    "top_p, top_k, window",
+    [(0.8, None, 16), (0.8, None, 2), (0.5, None, 3), (1.0, None, 16), (None, 2, 16), (0.8, 3, 16)],
+)
+def test_sample_filtered_equals_filtering_then_drawing(top_p, top_k, window):
+    """The one-pass draw == `sample_categorical(filter_probs(...))` with the same generator, at positions where the
+    largest value alone passes top-p, where the window holds the top-p set and where it does not."""
+    from tokenset_diffusers.set_ops import sample_filtered
+
+    probs = _mixed_probs(torch.Generator().manual_seed(0))
+    fast = sample_filtered(probs, top_p, top_k, torch.Generator().manual_seed(3), window=window)
+    reference = sample_categorical(filter_probs(probs, top_p=top_p, top_k=top_k), torch.Generator().manual_seed(3))
+    assert (fast != reference).sum() <= 2  # the normaliser's float32 rounding may move a boundary draw
+
+
+@pytest.mark.parametrize("top_p, top_k, window", [(0.65, None, 2), (None, 2, 16)])
+def test_sample_filtered_frequencies_match_the_filtered_probabilities(top_p, top_k, window):
+    from tokenset_diffusers.set_ops import sample_filtered
+
+    probs = torch.tensor([[[0.3, 0.05, 0.25, 0.1, 0.3], [0.9, 0.05, 0.05, 0.0, 0.0]]])
+    n = 20000
+    draws = sample_filtered(probs.expand(n, -1, -1), top_p, top_k, torch.Generator().manual_seed(0), window=window)
+    frequency = torch.nn.functional.one_hot(draws, 5).float().mean(0)
+    expected = filter_probs(probs, top_p=top_p, top_k=top_k)[0]
+    if top_p is not None:  # the window of 2 does not hold row 0's top-p set; row 1's largest value passes alone
+        assert (expected[0] > 0).sum() == 3 and (expected[1] > 0).sum() == 1
+    bound = 5 * (expected * (1 - expected) / n).sqrt() + 1e-9
+    assert ((frequency - expected).abs() <= bound).all()
+    with pytest.raises(ValueError, match="top_p"):
+        sample_filtered(probs)

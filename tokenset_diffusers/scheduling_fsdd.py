@@ -17,6 +17,7 @@ from diffusers.utils import BaseOutput
 from .set_ops import (
     DiscretizedGaussian,
     GeneratorType,
+    active_positions,
     checks_values,
     discretized_gaussian,
     filter_probs,
@@ -24,6 +25,7 @@ from .set_ops import (
     original_pdf_collapses,
     quantize_to_sum,
     sample_categorical,
+    sample_filtered,
 )
 
 
@@ -246,7 +248,7 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
         probs = model_output.float()  # (B, C, M+1)
 
         # 1. Draw x0 from the (filtered) prediction; adjust it to the sum M late in sampling.
-        original = sample_categorical(self._filter(probs, config.x0_sampling), generator=generator)  # (B, C)
+        original = self._draw(probs, config.x0_sampling, generator)  # (B, C)
         if adjust:
             original = greedy_adjust(
                 original,
@@ -282,11 +284,13 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
         mean, std = self._transition_mean_std(sample, original, index)  # (B, C) each
         collapsed = original_pdf_collapses(mean, std, config.num_tokens)[:, None]  # (B, 1)
         if config.xt_sampling == "multinomial":
-            transition = DiscretizedGaussian(mean, std, config.num_tokens)
+            # Where z and x0 are both 0 the transition is a point mass on 0: exponentials at <= 2M positions of C.
+            active = active_positions((sample != 0) | (original != 0))  # (B, K), or None on accelerators
+            transition = DiscretizedGaussian(mean, std, config.num_tokens, active=active)
             prev_sample = transition.sample(generator=generator)  # (B, C)
         else:
             transition = discretized_gaussian(mean, std, config.num_tokens)  # (B, C, M): filtering sorts it
-            prev_sample = sample_categorical(self._filter(transition, config.xt_sampling), generator=generator)
+            prev_sample = self._draw(transition, config.xt_sampling, generator)
         rounded = quantize_to_sum(mean, config.num_tokens, tie_break=tie_break, generator=generator)  # (B, C)
         if config.xt_sampling == "multinomial" or adjust or config.exact_sum:
             # Collapsed rows enter at the fixed sum, so the adjustment leaves them alone (and costs nothing there).
@@ -348,13 +352,22 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
         prior = noise.float()  # (B, C)
         mean = time * data + (1 - time) * prior  # (B, C)
         std = (prior - data).abs() / 4 + 1e-6  # (B, C)
-        pdf = DiscretizedGaussian(mean, std, self.config.num_tokens)  # never materialised as (B, C, M)
+        active = active_positions((original_samples != 0) | (noise != 0))  # (B, K): elsewhere a point mass on 0
+        pdf = DiscretizedGaussian(mean, std, self.config.num_tokens, active=active)  # never materialised (B, C, M)
         noisy = pdf.sample(generator=generator)  # (B, C)
         exact = self.config.exact_sum
         tie_break = "random" if exact else "index"
         return greedy_adjust(noisy, pdf, self.config.num_tokens, exact=exact, tie_break=tie_break, generator=generator)
 
     # ------------------------------------------------------------------ helpers
+
+    def _draw(self, probs: torch.Tensor, mode: str, generator: GeneratorType) -> torch.LongTensor:
+        """One draw per position from `probs` (B, C, V) filtered by `mode`, in one pass ([`sample_filtered`])."""
+        if mode == "top_p":
+            return sample_filtered(probs, top_p=self.config.top_p, generator=generator)
+        if mode == "top_k":
+            return sample_filtered(probs, top_k=self.config.top_k, generator=generator)
+        return sample_categorical(probs, generator=generator)
 
     def _filter(self, probs: torch.Tensor, mode: str) -> torch.Tensor:
         if mode == "top_p":

@@ -22,6 +22,7 @@ GeneratorType = Optional[Union[torch.Generator, List[torch.Generator]]]
 
 __all__ = [
     "DiscretizedGaussian",
+    "active_positions",
     "checks_values",
     "counts_to_tokens",
     "discretized_gaussian",
@@ -30,6 +31,7 @@ __all__ = [
     "original_pdf_collapses",
     "quantize_to_sum",
     "sample_categorical",
+    "sample_filtered",
     "sample_fixed_sum_noise",
     "tokens_to_counts",
     "uniform_tensor",
@@ -298,6 +300,19 @@ def original_pdf_collapses(mean: torch.Tensor, std: torch.Tensor, num_values: in
     return (torch.exp(largest_exponent) == 0).any(-1)
 
 
+def active_positions(active: torch.BoolTensor) -> Optional[torch.LongTensor]:
+    """The positions of `active` (shape `(batch_size, length)`), padded with inactive ones to the batch's largest
+    count, as `(batch_size, width)` indices; None where that saves nothing or would cost a host-device
+    synchronisation (on an accelerator, see [`checks_values`]: the width is read from the tensor), so that callers
+    then work on every position. Their order carries no meaning."""
+    if not checks_values(active):
+        return None
+    width = int(active.sum(-1).max()) if active.numel() else 0
+    if width >= active.shape[-1] // 2:  # gathering and scattering would cost more than they save
+        return None
+    return active.to(torch.uint8).topk(max(width, 1), dim=-1).indices  # (B, K): the active positions first
+
+
 class DiscretizedGaussian:
     """The distribution of [`discretized_gaussian`], without its `(batch_size, length, num_values)` tensor.
 
@@ -307,14 +322,28 @@ class DiscretizedGaussian:
     `chunk_size`: memory is O(batch_size x length x chunk_size), the values are those of the full computation up to
     float32 rounding, and nothing waits for the device.
 
+    With `active`, the exponentials are computed at those positions only: everywhere else the caller guarantees a
+    point mass on `mode` (an integer mean with a std of 1e-6, as at every position of an FSDD transition where both
+    ends are 0), which is what the full computation gives there too, so every probability and every draw is the
+    full computation's, at a cost of O(batch_size x width x V) instead of O(batch_size x length x V).
+
     Args:
         mean (`torch.Tensor` of shape `(batch_size, length)`), std (same shape, positive).
         num_values (`int`): the number of values k = 0..num_values-1.
         chunk_size (`int`, *optional*): values per chunk; by default 32 on the CPU (where per-operation overhead
             dominates) and 8 on accelerators (where memory does).
+        active (`torch.LongTensor` of shape `(batch_size, width)`, *optional*): the positions (see
+            [`active_positions`]) outside which the distribution is a point mass on `mode`; by default all.
     """
 
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor, num_values: int, chunk_size: Optional[int] = None):
+    def __init__(
+        self,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        num_values: int,
+        chunk_size: Optional[int] = None,
+        active: Optional[torch.LongTensor] = None,
+    ):
         if mean.shape != std.shape or mean.ndim != 2:
             raise ValueError(
                 f"`mean` and `std` must have the same shape (batch_size, length), got {tuple(mean.shape)} and "
@@ -323,16 +352,40 @@ class DiscretizedGaussian:
         _check_integer_argument("num_values", num_values)
         _check_value_range("mean", mean, -float("inf"), float("inf"), "finite means")
         _check_value_range("std", std, float(torch.finfo(torch.float32).tiny), float("inf"), "finite positive stds")
-        self.mean = mean.float()  # (B, L)
-        self.std = std.float()  # (B, L)
+        if active is not None and (active.ndim != 2 or active.shape[0] != mean.shape[0]):
+            raise ValueError(
+                f"`active` must have shape (batch_size={mean.shape[0]}, width), got {tuple(active.shape)}."
+            )
         self.num_values = num_values
         self.chunk_size = chunk_size or (32 if mean.device.type == "cpu" else 8)
-        self.mode = self.mean.round().clamp(0, num_values - 1)  # (B, L), float
-        self.normalizer = sum(weights.sum(-1) for _, weights in self._chunks())  # (B, L)
+        self.active = active
+        self.full_mode = mean.float().round().clamp(0, num_values - 1)  # (B, L), float
+        self.full_shape = mean.shape
+        # What the exponentials are computed for: the active positions (B, K), or all of them.
+        self.mean = self._gather(mean.float())  # (B, K)
+        self.std = self._gather(std.float())  # (B, K)
+        self.mode = self._gather(self.full_mode)  # (B, K)
+        self.normalizer = sum(weights.sum(-1) for _, weights in self._chunks())  # (B, K)
+
+    def _gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` (B, L, ...) at the active positions (B, K, ...)."""
+        if self.active is None:
+            return tensor
+        index = self.active.reshape(*self.active.shape, *([1] * (tensor.ndim - 2))).expand(
+            *self.active.shape, *tensor.shape[2:]
+        )
+        return tensor.gather(1, index)
+
+    def _scatter(self, full: torch.Tensor, active_values: torch.Tensor) -> torch.Tensor:
+        """`full` (B, L, ...) with its active positions replaced by `active_values` (B, K, ...)."""
+        if self.active is None:
+            return active_values
+        index = self.active.reshape(*self.active.shape, *([1] * (full.ndim - 2))).expand_as(active_values)
+        return full.scatter(1, index, active_values)
 
     @property
     def shape(self) -> torch.Size:
-        return torch.Size((*self.mean.shape, self.num_values))
+        return torch.Size((*self.full_shape, self.num_values))
 
     @property
     def ndim(self) -> int:
@@ -340,11 +393,17 @@ class DiscretizedGaussian:
 
     def __getitem__(self, rows) -> "DiscretizedGaussian":
         """The distributions of the batch rows `rows` (any index of dim 0)."""
-        return DiscretizedGaussian(self.mean[rows], self.std[rows], self.num_values, self.chunk_size)
+        subset = DiscretizedGaussian.__new__(DiscretizedGaussian)
+        subset.num_values, subset.chunk_size = self.num_values, self.chunk_size
+        subset.active = None if self.active is None else self.active[rows]
+        subset.full_mode, subset.mean, subset.std = self.full_mode[rows], self.mean[rows], self.std[rows]
+        subset.mode, subset.normalizer = self.mode[rows], self.normalizer[rows]
+        subset.full_shape = subset.full_mode.shape
+        return subset
 
     def _weights(self, values: torch.Tensor) -> torch.Tensor:
-        """`weight_k` for values of shape `(B, L, K)`; (k - m)^2 - (mode - m)^2 is factored for accuracy."""
-        mean, mode, std = self.mean[..., None], self.mode[..., None], self.std[..., None]  # (B, L, 1)
+        """`weight_k` for values of shape `(B, K, J)`; (k - m)^2 - (mode - m)^2 is factored for accuracy."""
+        mean, mode, std = self.mean[..., None], self.mode[..., None], self.std[..., None]  # (B, K, 1)
         exponent = -(values - mode) * (values + mode - 2 * mean) / (2 * std**2)  # <= 0
         # Below -87 the weight is under float32's smallest normal number: 0 next to the mode's 1, and an exp there
         # takes a slow path on common CPUs (over 20x slower), so it is skipped.
@@ -354,39 +413,44 @@ class DiscretizedGaussian:
     def _chunks(self):
         for start in range(0, self.num_values, self.chunk_size):
             stop = min(start + self.chunk_size, self.num_values)
-            values = torch.arange(start, stop, device=self.mean.device, dtype=torch.float32)  # (K,)
-            yield start, self._weights(values)  # (B, L, K)
+            values = torch.arange(start, stop, device=self.mean.device, dtype=torch.float32)  # (J,)
+            yield start, self._weights(values)  # (B, K, J)
 
     def prob(self, values: torch.Tensor) -> torch.Tensor:
-        """`pdf[..., values]` for integer `values` of shape `(batch_size, length)` or `(batch_size, length, K)`;
+        """`pdf[..., values]` for integer `values` of shape `(batch_size, length)` or `(batch_size, length, J)`;
         0 outside [0, V - 1]."""
         squeeze = values.ndim == 2
         values = values[..., None] if squeeze else values
-        inside = (values >= 0) & (values <= self.num_values - 1)
-        probs = self._weights(values.float()) / self.normalizer[..., None]
+        point_mass = (values == self.full_mode[..., None].long()).float() if self.active is not None else None
+        active_values = self._gather(values)
+        inside = (active_values >= 0) & (active_values <= self.num_values - 1)
+        probs = self._weights(active_values.float()) / self.normalizer[..., None]
         probs = torch.where(inside, probs, torch.zeros_like(probs))
+        probs = self._scatter(point_mass, probs)
         return probs[..., 0] if squeeze else probs
 
     def probs(self) -> torch.Tensor:
         """The full `(batch_size, length, num_values)` tensor (what [`discretized_gaussian`] returns)."""
         values = torch.arange(self.num_values, device=self.mean.device)
-        return self.prob(values.expand(*self.mean.shape, -1))
+        return self.prob(values.expand(*self.full_shape, -1))
 
     def sample(self, generator: GeneratorType = None) -> torch.LongTensor:
-        """One draw per position by inverse CDF, with the uniform numbers [`sample_categorical`] would use.
+        """One draw per position by inverse CDF, with the uniform numbers [`sample_categorical`] would use (one per
+        position, active or not, so the generator advances as for the full computation).
 
         Returns:
             `torch.LongTensor` of shape `(batch_size, length)`.
         """
-        uniform = 1.0 - uniform_tensor(self.mean.shape, generator=generator, device=self.mean.device)  # (0, 1]
-        threshold = uniform * self.normalizer  # (B, L)
-        below = torch.zeros_like(self.mean, dtype=torch.long)  # (B, L): values whose CDF is under the threshold
-        running = torch.zeros_like(self.mean)  # (B, L): the CDF before the chunk (unnormalised)
+        uniform = 1.0 - uniform_tensor(self.full_shape, generator=generator, device=self.mean.device)  # (0, 1]
+        threshold = self._gather(uniform) * self.normalizer  # (B, K)
+        below = torch.zeros_like(self.mean, dtype=torch.long)  # (B, K): values whose CDF is under the threshold
+        running = torch.zeros_like(self.mean)  # (B, K): the CDF before the chunk (unnormalised)
         for _, weights in self._chunks():
-            cdf = running[..., None] + weights.cumsum(-1)  # (B, L, K)
+            cdf = running[..., None] + weights.cumsum(-1)  # (B, K, J)
             below += (cdf < threshold[..., None]).sum(-1)
             running = cdf[..., -1]
-        return below.clamp(max=self.num_values - 1)
+        draws = below.clamp(max=self.num_values - 1)
+        return self._scatter(self.full_mode.long(), draws)
 
 
 def filter_probs(probs: torch.Tensor, top_p: Optional[float] = None, top_k: Optional[int] = None) -> torch.Tensor:
@@ -446,9 +510,83 @@ def sample_categorical(probs: torch.Tensor, generator: GeneratorType = None) -> 
     probability zero are never drawn. Returns a `torch.LongTensor` of shape `(batch_size, ...)`.
     """
     uniform = 1.0 - uniform_tensor(probs.shape[:-1], generator=generator, device=probs.device)  # (B, ...) in (0, 1]
-    cdf = probs.float().cumsum(-1)  # (B, ..., V)
-    threshold = uniform[..., None] * cdf[..., -1:]  # (B, ..., 1)
+    return _inverse_cdf(probs, uniform)
+
+
+def _inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.LongTensor:
+    """The value of `probs` (shape `(..., V)`, unnormalised) at which the CDF reaches `uniform` (shape `(...)`, in
+    (0, 1]) times the total."""
+    cdf = probs.float().cumsum(-1)  # (..., V)
+    threshold = uniform[..., None] * cdf[..., -1:]  # (..., 1)
     return (cdf < threshold).sum(-1).clamp(max=probs.shape[-1] - 1)
+
+
+def sample_filtered(
+    probs: torch.Tensor,
+    top_p: Optional[float] = None,
+    top_k: Optional[int] = None,
+    generator: GeneratorType = None,
+    window: int = 16,
+) -> torch.LongTensor:
+    """`sample_categorical(filter_probs(probs, top_p, top_k), generator)` in one pass over `probs`: the same uniform
+    numbers, the same filtered distribution and, up to float32 rounding of the normaliser at a boundary, the same
+    draws (the kept values are visited in the order of their indices, as the full inverse CDF visits them).
+
+    Only the largest values are read: the `top_k` largest; for top-p alone, the largest value (where it holds more
+    than `top_p`, as at most positions of a trained model, it is the draw), then the `window` largest, which hold
+    the top-p mass at nearly every other position; positions that keep their whole window are filtered and drawn in
+    full (on an accelerator, where finding those positions would synchronise, every position is, by sorting: fast
+    there).
+
+    Args:
+        probs (`torch.Tensor` of shape `(batch_size, ..., num_values)`): probabilities.
+        top_p (`float`, *optional*), top_k (`int`, *optional*): as in [`filter_probs`]; at least one of them.
+        generator (`torch.Generator` or a list of them, one per batch row, *optional*).
+        window (`int`, defaults to 16): how many of the largest values top-p alone looks at first.
+
+    Returns:
+        `torch.LongTensor` of shape `(batch_size, ...)`.
+    """
+    if top_p is None and top_k is None:
+        raise ValueError("`sample_filtered` needs `top_p` or `top_k`, got neither; use `sample_categorical`.")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"`top_p` must be in (0, 1], got {top_p}.")
+    num_values = probs.shape[-1]
+    if top_k is not None and not 1 <= top_k <= num_values:
+        raise ValueError(f"`top_k` must be in [1, {num_values}], got {top_k}.")
+    if top_k is None and (top_p == 1.0 or probs.device.type != "cpu"):
+        return sample_categorical(filter_probs(probs, top_p=top_p), generator=generator)
+    uniform = 1.0 - uniform_tensor(probs.shape[:-1], generator=generator, device=probs.device)  # (B, ...) in (0, 1]
+    if top_k is not None:
+        return _draw_from_largest(probs, uniform, top_p, top_k, mark_wide=False)
+    # Where the largest value alone holds more than top_p, top-p keeps only it: the draw is that value.
+    largest, draws = probs.max(dim=-1)  # (B, ...)
+    several = largest <= top_p  # (B, ...): positions that keep more than one value
+    if several.any():  # CPU only: no synchronisation
+        draws[several] = _draw_from_largest(probs[several], uniform[several], top_p, min(window, num_values))
+        wide = several.clone()
+        wide[several] = draws[several] < 0  # positions whose top-p set may reach beyond the window
+        if window < num_values and wide.any():
+            draws[wide] = _inverse_cdf(filter_probs(probs[wide], top_p=top_p), uniform[wide])
+    return draws
+
+
+def _draw_from_largest(
+    probs: torch.Tensor, uniform: torch.Tensor, top_p: Optional[float], width: int, mark_wide: bool = True
+) -> torch.LongTensor:
+    """The inverse-CDF draw among the `width` largest values of `probs` (shape `(..., V)`), top-p filtered; with
+    `mark_wide`, -1 where top-p keeps all of them (its set may reach beyond them) unless `width` is V."""
+    values, indices = probs.float().topk(width, dim=-1)  # (..., W), descending
+    keep = torch.ones_like(values, dtype=torch.bool)
+    if top_p is not None:
+        keep = values.cumsum(-1) - values <= top_p  # the mass before each value
+    # The kept values in the order of their indices (the dropped ones last, with weight 0).
+    order = torch.where(keep, indices, probs.shape[-1]).argsort(dim=-1)  # (..., W)
+    kept = values.masked_fill(~keep, 0.0).gather(-1, order)  # (..., W)
+    draws = indices.gather(-1, order).gather(-1, _inverse_cdf(kept, uniform)[..., None])[..., 0]  # (...)
+    if mark_wide and width < probs.shape[-1]:
+        draws = draws.masked_fill(keep[..., -1], -1)
+    return draws
 
 
 def greedy_adjust(
