@@ -16,6 +16,7 @@ The file only needs the installed `tokenset_diffusers` package and gradio, so th
 
 import argparse
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,10 @@ import torch
 
 from tokenset_diffusers import TokenSetPipeline, bundled_pipeline_path, postprocess_images, preprocess_images
 from tokenset_diffusers.visualization import count_histogram, labelled_grid
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder's tab modules
+from tab_tokenbridge import build_tokenbridge_tab, load_tokenbridge_pipeline  # noqa: E402
 
 
 MODEL_ENV_VAR = "TOKENSET_MODEL"
@@ -233,6 +238,7 @@ def build_demo(
     max_images: int = MAX_IMAGES,
     max_steps: int = MAX_STEPS,
     examples_dir: str | os.PathLike | None = EXAMPLES_DIR,
+    tokenbridge_pipeline=None,
 ) -> gr.Blocks:
     """The two-tab interface around `pipeline`.
 
@@ -395,6 +401,8 @@ def build_demo(
                 outputs=[reconstruction, histogram, orders, token_info],
                 api_name="tokenize",
             )
+        if tokenbridge_pipeline is not None:  # a third tab: pipelines/space/tab_tokenbridge.py
+            build_tokenbridge_tab(tokenbridge_pipeline, max_images)
     return demo
 
 
@@ -408,6 +416,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help=f"pipeline folder or Hub repo id (default: ${MODEL_ENV_VAR}, else the bundled model)",
     )
+    parser.add_argument("--tokenbridge_model", default=None, help="TokenBridge tab's pipeline (default: bundled)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--max_images", type=int, default=MAX_IMAGES, help="most images per request")
@@ -426,7 +435,8 @@ def main(argv=None) -> None:
         pipeline = load_pipeline(args.model, args.device, DTYPES[args.dtype])
     except FileNotFoundError as error:
         raise SystemExit(f"error: {error} (set --model or ${MODEL_ENV_VAR})") from error
-    demo = build_demo(pipeline, max_images=args.max_images, max_steps=args.max_steps)
+    tokenbridge = load_tokenbridge_pipeline(args.tokenbridge_model, args.device, DTYPES[args.dtype])
+    demo = build_demo(pipeline, args.max_images, args.max_steps, tokenbridge_pipeline=tokenbridge)
     demo.queue(default_concurrency_limit=1).launch(
         server_name=args.server_name,
         server_port=args.server_port,
