@@ -8,7 +8,9 @@ Modes (`--mode`):
   size changes any image. Classes are dealt out to the processes; each finished class is stored at once (its PNGs under
   `images/`, its features and logits in `class_features/class_{c:05d}.npz`, written atomically), so an interrupted
   run resumes where it stopped (finished classes are skipped). Then FID against `--reference` (an `.npz` with `mu` /
-  `sigma`, e.g. the ADM statistics, or a folder of images) and the Inception Score.
+  `sigma`, e.g. the ADM statistics, or a folder of images) and the Inception Score. A `TokenBridgePipeline` folder
+  works the same way (its kind is read from `model_index.json`); `--num_inference_steps` is then its masked-AR
+  iterations, `--guidance_scale` one scale (linear schedule) and `--temperature` applies (defaults: the stored ones).
 - `rfid`: encode -> decode a dataset split (`--dataset`: a `datasets` Hub name, a folder of images or a
   `save_to_disk` folder) with a set tokenizer (`--tokenizer`) and compare the reconstructions with the originals (both
   ADM-centre-cropped to the tokenizer's image size); optionally also with `--reference`.
@@ -76,10 +78,20 @@ class EvaluateConfig:
     )
     inception_score_splits: int = field(default=10, metadata={"help": "splits of the Inception Score"})
     # gfid
-    pipeline: Optional[str] = field(default=None, metadata={"help": "gfid: TokenSetPipeline folder or Hub repo id"})
+    pipeline: Optional[str] = field(
+        default=None, metadata={"help": "gfid: TokenSetPipeline or TokenBridgePipeline folder (or Hub repo id)"}
+    )
     num_images_per_class: int = field(default=50, metadata={"help": "gfid: images per class (paper: 50)"})
     class_ids: Optional[List[int]] = field(default=None, metadata={"help": "gfid: only these classes (default all)"})
-    num_inference_steps: int = field(default=25, metadata={"help": "gfid: FSDD steps (released: 25)"})
+    num_inference_steps: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "gfid: FSDD steps (TokenSet, default 25) or masked-AR iterations (TokenBridge, default: stored)"
+        },
+    )
+    temperature: Optional[float] = field(
+        default=None, metadata={"help": "gfid, TokenBridge only: sampling temperature (default: the pipeline's)"}
+    )
     guidance_scale: Optional[List[float]] = field(
         default=None,
         metadata={"help": "gfid: one scale or an interval schedule, e.g. 4 50 55 (default: the pipeline's)"},
@@ -120,7 +132,7 @@ class EvaluateConfig:
         if missing:
             raise ValueError(f"--mode {self.mode} needs {', '.join('--' + name for name in missing)}.")
         for name in ("feature_batch_size", "num_images_per_class", "num_inference_steps", "generation_batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"`--{name}` must be a positive integer, got {getattr(self, name)}.")
         if self.seed < 0:
             raise ValueError(f"`--seed` must be non-negative, got {self.seed}.")
@@ -250,10 +262,34 @@ def image_generator(seed: int, class_id: int, image_index: int, device: torch.de
     return torch.Generator(device=device).manual_seed(int(state))
 
 
-def load_pipeline(config: EvaluateConfig, accelerator: Accelerator):
-    from tokenset_diffusers import FSDDScheduler, TokenSetPipeline
+def is_tokenbridge(pipeline) -> bool:
+    return type(pipeline).__name__ == "TokenBridgePipeline"
 
-    pipeline = TokenSetPipeline.from_pretrained(config.pipeline, dtype=getattr(torch, config.dtype))
+
+def pipeline_image_size(pipeline) -> int:
+    """The side of the images a TokenSet or TokenBridge pipeline generates."""
+    return pipeline.vae.config.sample_size if is_tokenbridge(pipeline) else pipeline.image_tokenizer.config.image_size
+
+
+def resolved_steps(config: EvaluateConfig, pipeline) -> int:
+    if config.num_inference_steps is not None:
+        return config.num_inference_steps
+    return pipeline.config.default_num_inference_steps if is_tokenbridge(pipeline) else 25
+
+
+def load_pipeline(config: EvaluateConfig, accelerator: Accelerator):
+    """A `TokenSetPipeline` or a `TokenBridgePipeline`, as the folder's `model_index.json` says."""
+    from diffusers import DiffusionPipeline
+
+    from tokenset_diffusers import FSDDScheduler, TokenBridgePipeline, TokenSetPipeline
+
+    class_name = DiffusionPipeline.load_config(config.pipeline)["_class_name"]
+    pipeline_class = TokenBridgePipeline if class_name == "TokenBridgePipeline" else TokenSetPipeline
+    if pipeline_class is TokenBridgePipeline and config.exact_sum:
+        raise ValueError("`--exact_sum` is a TokenSet sampler option; the pipeline is a TokenBridgePipeline.")
+    if pipeline_class is TokenSetPipeline and config.temperature is not None:
+        raise ValueError(f"`--temperature` is a TokenBridge option; got {config.temperature} for a TokenSetPipeline.")
+    pipeline = pipeline_class.from_pretrained(config.pipeline, dtype=getattr(torch, config.dtype))
     if config.exact_sum:
         pipeline.scheduler = FSDDScheduler.from_config(pipeline.scheduler.config, exact_sum=True)
     pipeline.set_progress_bar_config(disable=True)
@@ -265,9 +301,12 @@ def check_gfid_settings(config: EvaluateConfig, pipeline, accelerator: Accelerat
     settings = {
         "pipeline": os.path.abspath(config.pipeline) if os.path.isdir(config.pipeline) else config.pipeline,
         "num_images_per_class": config.num_images_per_class,
-        "num_inference_steps": config.num_inference_steps,
+        "num_inference_steps": resolved_steps(config, pipeline),
         "guidance_scale": config.guidance_scale or pipeline.config.default_guidance_scale,
         "exact_sum": config.exact_sum,
+        "temperature": (config.temperature if config.temperature is not None else pipeline.config.default_temperature)
+        if is_tokenbridge(pipeline)
+        else None,
         "seed": config.seed,
         "dtype": config.dtype,
         "feature_extractor": config.feature_extractor,
@@ -292,9 +331,16 @@ def generate_class(pipeline, class_id: int, config: EvaluateConfig, extractor, a
     for start in range(0, config.num_images_per_class, config.generation_batch_size):
         indices = range(start, min(start + config.generation_batch_size, config.num_images_per_class))
         generators = [image_generator(config.seed, class_id, i, accelerator.device) for i in indices]
-        call_kwargs = {"num_inference_steps": config.num_inference_steps, "generator": generators}
+        call_kwargs = {"num_inference_steps": resolved_steps(config, pipeline), "generator": generators}
         if config.guidance_scale is not None:
-            call_kwargs["guidance_scale"] = config.guidance_scale
+            guidance = config.guidance_scale
+            if is_tokenbridge(pipeline):  # one scale (linear schedule), not an interval schedule
+                if len(guidance) != 1:
+                    raise ValueError(f"A TokenBridgePipeline takes one `--guidance_scale`, got {guidance}.")
+                guidance = guidance[0]
+            call_kwargs["guidance_scale"] = guidance
+        if config.temperature is not None:
+            call_kwargs["temperature"] = config.temperature
         with accelerator.autocast():
             images.extend(pipeline([class_id] * len(indices), output_type="pil", **call_kwargs).images)
     if config.save_images:
@@ -342,7 +388,7 @@ def run_gfid(config: EvaluateConfig, accelerator: Accelerator, extractor) -> dic
 
     # 3. statistics of all classes, read back in class order: identical for any number of processes
     results = {}
-    mu_sigma = reference_statistics(config, pipeline.image_tokenizer.config.image_size, extractor, accelerator)
+    mu_sigma = reference_statistics(config, pipeline_image_size(pipeline), extractor, accelerator)
     if accelerator.is_main_process:
         statistics, logits = None, []
         for class_id in class_ids:

@@ -188,7 +188,7 @@ def test_labels_by_name_and_unconditional(pipeline):
 
 def test_batch_size_one_and_bfloat16(pipeline, tmp_path):
     pipeline.save_pretrained(tmp_path)
-    pipe = TokenBridgePipeline.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    pipe = TokenBridgePipeline.from_pretrained(tmp_path, dtype=torch.bfloat16)
     pipe.set_progress_bar_config(disable=True)
     assert pipe.transformer.quantizer.reconstruction_values.dtype == torch.float32
     images = pipe(

@@ -188,7 +188,7 @@ def test_save_and_load_round_trip(model, io, tmp_path):
             loaded(io["latents"], io["labels"], io["mask"]).logits,
             model(io["latents"], io["labels"], io["mask"]).logits,
         )
-    bf16 = TokenBridgeTransformer2DModel.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    bf16 = TokenBridgeTransformer2DModel.from_pretrained(tmp_path, dtype=torch.bfloat16)
     assert bf16.quantizer.reconstruction_values.dtype == torch.float32
     assert bf16.z_proj.weight.dtype == torch.bfloat16
     with torch.no_grad():

@@ -30,6 +30,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 import numpy as np
@@ -41,7 +42,8 @@ from tokenset_diffusers.pipeline_tokenset import MAX_GUIDANCE_SCALE
 from tokenset_diffusers.visualization import count_histogram, labelled_grid
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tabs_sets.py lies beside this file
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder's tab modules
+from tab_tokenbridge import build_tokenbridge_tab, load_tokenbridge_pipeline  # noqa: E402
 from tabs_sets import build_set_tabs  # noqa: E402
 
 
@@ -431,11 +433,14 @@ class DemoSettings:
         max_images (`int`, defaults to 16): the most images one "Generate" request may ask for.
         max_steps (`int`, defaults to 50): the most FSDD steps one request may ask for.
         examples_dir (path, *optional*): PNG/JPEG files offered as examples in the "Set tokenizer" tab.
+        tokenbridge_pipeline ([`TokenBridgePipeline`], *optional*): the "TokenBridge" tab's pipeline; no such tab
+            without one.
     """
 
     max_images: int = MAX_IMAGES
     max_steps: int = MAX_STEPS
     examples_dir: str | os.PathLike | None = EXAMPLES_DIR
+    tokenbridge_pipeline: Any = None
 
     def example_images(self) -> list[str]:
         if self.examples_dir is None or not Path(self.examples_dir).is_dir():
@@ -661,7 +666,13 @@ def build_sets_tabs(pipeline: TokenSetPipeline, settings: DemoSettings) -> None:
     build_set_tabs(pipeline, max_steps=settings.max_steps, examples=settings.example_images())
 
 
-TAB_BUILDERS: list[TabBuilder] = [build_generate_tab, build_tokenizer_tab, build_sets_tabs]
+def build_tokenbridge_tabs(pipeline: TokenSetPipeline, settings: DemoSettings) -> None:
+    """The "TokenBridge" tab (pipelines/space/tab_tokenbridge.py), where the demo has a TokenBridge pipeline."""
+    if settings.tokenbridge_pipeline is not None:
+        build_tokenbridge_tab(settings.tokenbridge_pipeline, settings.max_images)
+
+
+TAB_BUILDERS: list[TabBuilder] = [build_generate_tab, build_tokenizer_tab, build_sets_tabs, build_tokenbridge_tabs]
 
 
 def build_demo(
@@ -671,6 +682,7 @@ def build_demo(
     examples_dir: str | os.PathLike | None = EXAMPLES_DIR,
     tabs: Sequence[TabBuilder] | None = None,
     max_queue_size: int = MAX_QUEUE_SIZE,
+    tokenbridge_pipeline=None,
 ) -> gr.Blocks:
     """The interface around `pipeline`: a header, then one tab per builder.
 
@@ -683,8 +695,10 @@ def build_demo(
         tabs (sequence of tab builders, *optional*): defaults to `TAB_BUILDERS`.
         max_queue_size (`int`, defaults to 8): requests that may wait while one runs; more are refused ("queue is
             full"). The demo's queue is set here (one request at a time); launch it without calling `queue` again.
+        tokenbridge_pipeline ([`TokenBridgePipeline`], *optional*): adds the "TokenBridge" tab.
 
-    API names (for `gradio_client`): `/generate`, `/tokenize`, `/vary` and `/interpolate`.
+    API names (for `gradio_client`): `/generate`, `/tokenize`, `/vary` and `/interpolate` (and the TokenBridge tab's,
+    see pipelines/space/tab_tokenbridge.py).
     """
     if max_images < 1 or max_steps < 1 or max_queue_size < 1:
         raise ValueError(
@@ -692,7 +706,12 @@ def build_demo(
             f"{max_queue_size}."
         )
     pipeline.set_progress_bar_config(disable=False, desc="FSDD steps")
-    settings = DemoSettings(max_images=max_images, max_steps=max_steps, examples_dir=examples_dir)
+    settings = DemoSettings(
+        max_images=max_images,
+        max_steps=max_steps,
+        examples_dir=examples_dir,
+        tokenbridge_pipeline=tokenbridge_pipeline,
+    )
     with gr.Blocks(title="TokenSet") as demo:
         gr.Markdown(
             "# TokenSet: images as sets of tokens\n"
@@ -716,6 +735,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help=f"pipeline folder or Hub repo id (default: ${MODEL_ENV_VAR}, else the bundled model)",
     )
+    parser.add_argument("--tokenbridge_model", default=None, help="TokenBridge tab's pipeline (default: bundled)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--max_images", type=int, default=MAX_IMAGES, help="most images per request")
@@ -738,8 +758,13 @@ def main(argv=None) -> None:
         pipeline = load_pipeline(args.model, args.device, DTYPES[args.dtype])
     except FileNotFoundError as error:
         raise SystemExit(f"error: {error} (set --model or ${MODEL_ENV_VAR})") from error
+    tokenbridge = load_tokenbridge_pipeline(args.tokenbridge_model, args.device, DTYPES[args.dtype])
     demo = build_demo(
-        pipeline, max_images=args.max_images, max_steps=args.max_steps, max_queue_size=args.max_queue_size
+        pipeline,
+        max_images=args.max_images,
+        max_steps=args.max_steps,
+        max_queue_size=args.max_queue_size,
+        tokenbridge_pipeline=tokenbridge,
     )
     demo.launch(
         server_name=args.server_name,

@@ -12,7 +12,7 @@ comes from `sdk_version` in the Space's README.md.
 
 The folder holds:
 
-    app.py, tabs_sets.py, README.md,  from pipelines/space/
+    app.py, tab modules, README.md    from pipelines/space/
     examples/                         from pipelines/space/
     tokenset_diffusers/               the package source, with the bundled model and the model-card templates
     requirements.txt                  the dependencies of the package ([project].dependencies of pyproject.toml)
@@ -27,7 +27,7 @@ from pathlib import Path
 SPACE_DIR = Path(__file__).resolve().parent
 REPOSITORY = SPACE_DIR.parents[1]
 PACKAGE = "tokenset_diffusers"
-SPACE_FILES = ("app.py", "tabs_sets.py", "README.md")
+SPACE_FILES = ("app.py", "tabs_sets.py", "tab_tokenbridge.py", "README.md")
 SPACE_FOLDERS = ("examples",)
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".DS_Store")
 
