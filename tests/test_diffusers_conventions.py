@@ -198,12 +198,16 @@ def test_num_images_per_class_repeats_each_label(pipeline):
 
 
 def test_callback_sees_latents_as_the_sample_and_can_replace_them(pipeline):
-    seen = []
+    seen, replacements = [], []
 
     def callback(pipe, index, timestep, tensors):
         seen.append(tensors["latents"] is tensors["sample"])
-        if index == pipe.num_timesteps - 1:
-            tensors["latents"] = torch.zeros_like(tensors["latents"])  # diffusers' test_callback_inputs habit
+        if index == pipe.num_timesteps - 1:  # diffusers' test_callback_inputs habit, with valid count vectors
+            latents = tensors["latents"]
+            replacement = torch.zeros_like(latents)
+            replacement[:, -1] = latents.sum(-1)  # every token on the last codebook entry: the same row sums
+            replacements.append(replacement)
+            tensors["latents"] = replacement
         return tensors
 
     inputs = pipeline._callback_tensor_inputs
@@ -213,7 +217,7 @@ def test_callback_sees_latents_as_the_sample_and_can_replace_them(pipeline):
         callback_on_step_end_tensor_inputs=inputs,
     )  # fmt: skip
     assert seen == [True] * 4 and pipeline.num_timesteps == 4
-    assert output.counts.abs().sum() == 0
+    assert torch.equal(output.counts, replacements[0])
 
 
 def test_callback_can_change_guidance_between_steps(pipeline):
