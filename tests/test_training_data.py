@@ -134,6 +134,16 @@ def test_every_preset_parses(path):
         model_args.to_config()  # a consistent architecture
     elif "generator" in path.name:
         parse_generator_args(["--config", str(path)])
+    elif "tokenbridge" in path.name:
+        from training.train_tokenbridge import parse_args
+
+        parse_args(["--config", str(path)])
+    elif "vae" in path.name:
+        from training.train_vae import parse_args
+
+        _, model_args, _ = parse_args(["--config", str(path)])
+        with torch.device("meta"):
+            model_args.build_model()  # a consistent architecture
     else:
         from training.pretokenize import DataArguments as PretokenizeData
         from training.pretokenize import PretokenizeArguments
