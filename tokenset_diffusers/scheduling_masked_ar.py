@@ -197,7 +197,8 @@ class MaskedARScheduler(SchedulerMixin, ConfigMixin):
         low = (self.config.mask_ratio_min - 1.0) / self.config.mask_ratio_std
         normal = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), 1.0)
         cdf_low = normal.cdf(torch.tensor(low, dtype=torch.float64))
-        uniform = torch.rand((), generator=generator, dtype=torch.float64)
+        device = generator.device if generator is not None else "cpu"  # a CUDA generator draws on its device
+        uniform = torch.rand((), generator=generator, dtype=torch.float64, device=device).cpu()
         standard = normal.icdf(cdf_low + uniform * (0.5 - cdf_low))  # upper end 0 standard deviations: ratio 1
         return float(min(1.0, max(self.config.mask_ratio_min, 1.0 + self.config.mask_ratio_std * standard.item())))
 
