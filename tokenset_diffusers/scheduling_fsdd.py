@@ -371,7 +371,8 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
                 f"`model_output` must be probabilities of shape (batch_size, codebook_size, num_tokens + 1) = "
                 f"{expected}, got {shape}."
             )
-        if checks_values(probs) and not (probs >= 0).all():  # one pass catches NaN and negative values
+        # One reduction, no (B, C, M+1) temporary: the minimum is NaN where any value is, and negative where any is.
+        if checks_values(probs) and not bool(probs.amin() >= 0):
             if torch.isnan(probs).any():
                 raise ValueError("`model_output` contains NaN.")
             raise ValueError("`model_output` must be probabilities (non-negative); did you pass logits?")
