@@ -409,7 +409,8 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
             )
         if not checks_values(probs):
             return
-        if not (probs >= 0).all():  # one pass catches NaN and negative values
+        # One reduction, no (B, C, M+1) temporary: the minimum is NaN where any value is, and negative where any is.
+        if not bool(probs.amin() >= 0):
             if torch.isnan(probs).any():
                 raise ValueError("`model_output` contains NaN.")
             raise ValueError("`model_output` must be probabilities (non-negative); did you pass logits?")
