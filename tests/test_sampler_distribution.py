@@ -172,3 +172,14 @@ def test_exact_mode_permuting_the_codebook_permutes_the_samples():
     # Position j of the permuted run is position permutation[j] of the plain run.
     p_values = contingency_p_values(permuted, plain[:, permutation])
     assert min(p_values.values()) > P_MIN, min(p_values.items(), key=lambda item: item[1])
+
+
+def test_the_original_falls_back_at_the_measured_steps():
+    """ORIGINAL.md, section 4, step 5: with the released schedule the original's batch falls back at steps 21, 22
+    and 23 of 25, at no other step; the scheduler's schedule-only rule says the same."""
+    scheduler = FSDDScheduler(codebook_size=C, num_tokens=M)
+    scheduler.set_timesteps(25)
+    assert [i for i in range(25) if scheduler.collapses_at(i)] == [21, 22, 23]
+    constant = FSDDScheduler(codebook_size=C, num_tokens=M, sigma_schedule="constant")
+    constant.set_timesteps(25)
+    assert not any(constant.collapses_at(i) for i in range(25))

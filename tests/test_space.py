@@ -255,8 +255,8 @@ def test_generate_tab_reports_progress_per_step(served, pipeline, monkeypatch):
     _, client = served
     step = pipeline.scheduler.step
 
-    def slow_step(*args, **kwargs):  # the real step, slowed so that the client sees every update
-        time.sleep(0.05)
+    def slow_step(*args, **kwargs):  # the real step, slowed so that the client sees several updates (Gradio sends
+        time.sleep(0.25)  # progress at its own pace, and a loaded machine delays the polling)
         return step(*args, **kwargs)
 
     monkeypatch.setattr(pipeline.scheduler, "step", slow_step)

@@ -217,6 +217,16 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
         std = (noise_estimate - original).abs() / 4 * self.sigma_scale(index) + 1e-6  # (B, C)
         return mean, std
 
+    def collapses_at(self, step_index: int) -> bool:
+        """Whether the original's sampler falls back to the fixed-sum rounding for its whole batch at step
+        `step_index`: whether a count that moves by one (|z - x0| = 1, as in nearly every row) has a collapsed
+        transition there (see [`original_pdf_collapses`]). Decided from the schedule alone (on the CPU): the same for
+        every row, whatever its batch mates. With the released schedule: steps 21, 22 and 23 of 25."""
+        moves = torch.tensor([[1, 0, 2, 0, 2, 1]])  # z, and x0 below: the moves by one and by two, both ways
+        originals = torch.tensor([[0, 1, 0, 2, 1, 2]])
+        mean, std = self._transition_mean_std(moves, originals, step_index)
+        return bool(original_pdf_collapses(mean, std, self.config.num_tokens))
+
     def step(
         self,
         model_output: torch.Tensor,
@@ -276,13 +286,18 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
         """The x_t draw of step `index` and its adjustment. An unfiltered draw and the adjustment need the transition
         only at a few values, so it is never materialised as (B, C, M) then: memory stays O(B x C).
 
-        Rows whose transition has collapsed (the original's float32 pdf is 0/0 at some position, as at every row in
-        the last steps of the released sigma schedule) take the original's fallback instead of a draw: the fixed-sum
-        rounding of the mean, decided per row (`torch.where`, no host synchronisation)."""
+        Rows whose transition has collapsed (the original's float32 pdf is 0/0 at some position) take the original's
+        fallback instead of a draw: the fixed-sum rounding of the mean (`torch.where`, no host synchronisation). So
+        does every row at the steps where the original's whole batch falls back ([`collapses_at`]: a count moving by
+        one collapses there, as in nearly every row), so that a row whose own positions happen not to collapse
+        there (possible when all its moves are multiples of 2, 3 or 4) is treated as in the original's batches,
+        without depending on its batch mates."""
         config = self.config
         tie_break = "random" if config.exact_sum else "index"
         mean, std = self._transition_mean_std(sample, original, index)  # (B, C) each
         collapsed = original_pdf_collapses(mean, std, config.num_tokens)[:, None]  # (B, 1)
+        if self.collapses_at(index):  # the original's whole batch falls back at this step: every row does here
+            collapsed = torch.ones_like(collapsed)
         if config.xt_sampling == "multinomial":
             # Where z and x0 are both 0 the transition is a point mass on 0: exponentials at <= 2M positions of C.
             active = active_positions((sample != 0) | (original != 0))  # (B, K), or None on accelerators
