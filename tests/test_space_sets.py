@@ -148,3 +148,14 @@ def test_variation_request_checks(pipeline, kwargs, message):
     )
     with pytest.raises(ValueError, match=message):
         tabs.vary_image(TokenSetImg2ImgPipeline.from_pipe(pipeline), **call)
+
+
+@pytest.mark.parametrize("api_name", ["/vary", "/interpolate"])
+def test_tabs_refuse_uploads_that_are_not_images(served, tmp_path, api_name):
+    """The tabs use the Space's upload check (as the tokenizer tab): a text file is refused before decoding."""
+    notes = tmp_path / "notes.png"
+    notes.write_text("a text file, not an image")
+    upload = gradio_client.handle_file(str(notes))
+    inputs = (upload, 1, 0.5, 4, 0, 1) if api_name == "/vary" else (upload, upload, 4, 0.0, 1, 4, 0)
+    with pytest.raises(gradio_client.exceptions.AppError, match="not an image this demo can read"):
+        served.predict(*inputs, api_name=api_name)

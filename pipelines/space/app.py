@@ -663,7 +663,9 @@ TabBuilder = Callable[[TokenSetPipeline, DemoSettings], None]
 
 def build_sets_tabs(pipeline: TokenSetPipeline, settings: DemoSettings) -> None:
     """The "Image variations" and "Set interpolation" tabs (pipelines/space/tabs_sets.py)."""
-    build_set_tabs(pipeline, max_steps=settings.max_steps, examples=settings.example_images())
+    build_set_tabs(
+        pipeline, max_steps=settings.max_steps, examples=settings.example_images(), guard_image=guard_uploads
+    )
 
 
 def build_tokenbridge_tabs(pipeline: TokenSetPipeline, settings: DemoSettings) -> None:

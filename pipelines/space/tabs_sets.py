@@ -11,7 +11,7 @@ vectors), decoded as a strip, optionally with every inner point briefly re-denoi
 """
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import gradio as gr
 import PIL.Image
@@ -122,8 +122,14 @@ def interpolation_strip(
     return figure, plain.path_counts
 
 
-def build_set_tabs(pipeline: TokenSetPipeline, max_steps: int, examples: Sequence[str] = ()) -> None:
-    """Adds the "Image variations" and "Set interpolation" tabs to the enclosing `gr.Blocks`.
+def build_set_tabs(
+    pipeline: TokenSetPipeline,
+    max_steps: int,
+    examples: Sequence[str] = (),
+    guard_image: Callable[[gr.Image], gr.Image] = lambda image: image,
+) -> None:
+    """Adds the "Image variations" and "Set interpolation" tabs to the enclosing `gr.Blocks`. `guard_image` wraps
+    every image input (app.py passes its upload check, which refuses non-images and decompression bombs).
 
     API names (for `gradio_client`): `/vary` and `/interpolate`.
     """
@@ -164,7 +170,7 @@ def build_set_tabs(pipeline: TokenSetPipeline, max_steps: int, examples: Sequenc
     with gr.Tab("Image variations"):
         with gr.Row():
             with gr.Column(scale=1):
-                image = gr.Image(label="Image", elem_id="vary-input", **image_input)
+                image = guard_image(gr.Image(label="Image", elem_id="vary-input", **image_input))
                 target = gr.Dropdown(choices=choices, value=NO_CLASS, label="Denoise towards class")
                 strength = gr.Slider(0, 1, value=0.6, step=0.05, label="Strength (0 = reconstruction, 1 = new)")
                 steps = gr.Slider(1, max_steps, value=min(25, max_steps), step=1, label="FSDD steps (full schedule)")
@@ -186,8 +192,8 @@ def build_set_tabs(pipeline: TokenSetPipeline, max_steps: int, examples: Sequenc
         with gr.Row():
             with gr.Column(scale=1):
                 with gr.Row():
-                    image_a = gr.Image(label="Image A", elem_id="interpolate-a", **image_input)
-                    image_b = gr.Image(label="Image B", elem_id="interpolate-b", **image_input)
+                    image_a = guard_image(gr.Image(label="Image A", elem_id="interpolate-a", **image_input))
+                    image_b = guard_image(gr.Image(label="Image B", elem_id="interpolate-b", **image_input))
                 if examples:
                     gr.Examples(examples=[[p, q] for p, q in zip(examples, examples[1:])], inputs=[image_a, image_b])
                 points = gr.Slider(2, MAX_POINTS, value=8, step=1, label="Points (both ends included)")
