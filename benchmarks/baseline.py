@@ -117,3 +117,46 @@ def baseline_sample_counts(
         probs = baseline_guided_probabilities(transformer, sample, t, class_labels, scale)
         sample, _ = baseline_step(scheduler, probs, t, sample, generator)
     return sample
+
+
+def original_dit_forward(
+    state_dict: dict[str, torch.Tensor], counts: torch.LongTensor, t: torch.Tensor, y: torch.LongTensor, num_heads: int
+) -> torch.Tensor:
+    """The original DiT-1D's forward (ORIGINAL.md, section 3) on its own state dict, the way its modules compute it:
+    embedding tables, the sinusoidal timestep MLP, adaLN-Zero blocks with fused qkv + scaled dot-product attention and
+    a tanh-GELU MLP, the final layer; float32, eager. Returns logits `(B, C, M + 1)`."""
+    import math
+
+    import torch.nn.functional as F
+
+    def linear(x, name):
+        return F.linear(x, state_dict[f"{name}.weight"], state_dict[f"{name}.bias"])
+
+    def modulate(x, shift, scale):
+        return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+    x = state_dict["x_embedder.embedding_table.weight"][counts] + state_dict["pos_embed"]  # (B, C, D)
+    batch_size, length, width = x.shape
+    freqs = torch.exp(-math.log(10000) * torch.arange(128, dtype=torch.float32) / 128)
+    args = t[:, None].float() * freqs[None]
+    t_freq = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, 256), cos first
+    t_emb = linear(F.silu(linear(t_freq, "t_embedder.mlp.0")), "t_embedder.mlp.2")
+    c = t_emb + state_dict["y_embedder.embedding_table.weight"][y]  # (B, D)
+    depth = 1 + max(int(key.split(".")[1]) for key in state_dict if key.startswith("blocks."))
+    head_dim = width // num_heads
+    for i in range(depth):
+        block = f"blocks.{i}"
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = linear(
+            F.silu(c), f"{block}.adaLN_modulation.1"
+        ).chunk(6, dim=1)
+        h = modulate(F.layer_norm(x, (width,), eps=1e-6), shift_msa, scale_msa)
+        qkv = linear(h, f"{block}.attn.qkv").reshape(batch_size, length, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, heads, C, head_dim)
+        attended = linear(attended.transpose(1, 2).reshape(batch_size, length, width), f"{block}.attn.proj")
+        x = x + gate_msa.unsqueeze(1) * attended
+        h = modulate(F.layer_norm(x, (width,), eps=1e-6), shift_mlp, scale_mlp)
+        h = linear(F.gelu(linear(h, f"{block}.mlp.fc1"), approximate="tanh"), f"{block}.mlp.fc2")
+        x = x + gate_mlp.unsqueeze(1) * h
+    shift, scale = linear(F.silu(c), "final_layer.adaLN_modulation.1").chunk(2, dim=1)
+    x = modulate(F.layer_norm(x, (width,), eps=1e-6), shift, scale)
+    return linear(x, "final_layer.linear")  # (B, C, M + 1)
