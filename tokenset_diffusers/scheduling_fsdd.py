@@ -136,6 +136,7 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps = None
         self.timesteps = None
         self._time_grid = None
+        self._collapsing_steps = frozenset()
 
     def scale_model_input(self, sample: torch.Tensor, timestep: float | torch.Tensor | None = None) -> torch.Tensor:
         """Returns `sample` unchanged: the model takes count vectors as they are (diffusers' scheduler interface)."""
@@ -151,6 +152,8 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
         # The original's grid: linspace(0, 1, N + 1) in float32; step i goes from grid[i] to grid[i + 1].
         self._time_grid = torch.linspace(0, 1, num_inference_steps + 1, dtype=torch.float32)
         self.timesteps = self._time_grid[:-1].to(device)
+        # Decided once per schedule, not in every step.
+        self._collapsing_steps = frozenset(i for i in range(num_inference_steps) if self.collapses_at(i))
 
     def step_index_for(self, timestep: Union[float, torch.Tensor]) -> int:
         """The index i of `timestep` in `timesteps` (raises if it is not one of them)."""
@@ -296,7 +299,7 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
         tie_break = "random" if config.exact_sum else "index"
         mean, std = self._transition_mean_std(sample, original, index)  # (B, C) each
         collapsed = original_pdf_collapses(mean, std, config.num_tokens)[:, None]  # (B, 1)
-        if self.collapses_at(index):  # the original's whole batch falls back at this step: every row does here
+        if index in self._collapsing_steps:  # the original's whole batch falls back here: every row does
             collapsed = torch.ones_like(collapsed)
         if config.xt_sampling == "multinomial":
             # Where z and x0 are both 0 the transition is a point mass on 0: exponentials at <= 2M positions of C.
