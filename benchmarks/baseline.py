@@ -85,6 +85,12 @@ def baseline_guided_probabilities(transformer, sample, timestep, class_labels, s
     null_labels = torch.full_like(class_labels, transformer.config.num_classes)
     timesteps = torch.full((2 * batch_size,), float(timestep), device=sample.device)
     logits = transformer(torch.cat([sample, sample]), timesteps, torch.cat([class_labels, null_labels])).logits
+    return baseline_guidance(logits, scale)
+
+
+def baseline_guidance(logits: torch.Tensor, scale: float) -> torch.Tensor:
+    """The original's guidance on the doubled batch's logits `(2B, C, M+1)`: separate full-size operations."""
+    batch_size = logits.shape[0] // 2
     probs = logits.float().softmax(-1)
     cond, uncond = probs[:batch_size], probs[batch_size:]
     guided = uncond + scale * (cond - uncond)

@@ -1,12 +1,21 @@
 """Sampling throughput: the baseline path (what the original does, the way it does it) against the fast path.
 
-    python benchmarks/bench_sampling.py                                    # CUDA: S and B, batch 1 / 16 / 64
-    python benchmarks/bench_sampling.py --presets S --batch_sizes 1 --num_inference_steps 2   # what a CPU can do
+    python benchmarks/bench_sampling.py                     # CUDA: whole sampling, S and B, batch 1 / 16 / 64
+    python benchmarks/bench_sampling.py --threads 1         # CPU: the per-step table at batch 8 and 64, memory
+    python benchmarks/bench_sampling.py --whole --presets S --batch_sizes 1 --num_inference_steps 2  # CPU, whole
 
 Released sizes (C = 4096, M = 128, 1000 classes), random weights (timings do not depend on them), guidance on (the
 released interval schedule [4, 50, 55], so every step runs the doubled batch), count vectors only (the tokenizer's
 decode is `bench_tokenizer.py`'s). Tables:
 
+0. one sampling step at early, middle and late steps (5, 12, 22 of 25) at each batch size, original against ours,
+   interleaved: everything a step does after the transformer forward (guidance from the doubled batch's logits, the
+   x0 and x_t draws and their adjustments: `baseline_guidance` + `baseline_step` against `combine_guidance` +
+   `FSDDScheduler.step`), with the ratio and the peak MiB of the tensors each creates; and the DiT forward of one
+   guided image (batch 2, float32, identical weights: `bench_dit_forward.py`'s), original against ours, from which
+   the whole step's time at each batch size is estimated (forward time x batch + the rest). On a CPU a forward of a
+   guided batch of 64 at the released size takes minutes, so the whole step is not timed there; by default this
+   table is printed on CPUs, and table 1 on CUDA (`--whole` / `--per_step` ask for either);
 1. sampling, images/s and peak memory: (a) baseline = `benchmarks/baseline.py` (float32 eager transformer,
    separate guidance operations, the full (B, C, M) transition tensor every step) and (b) fast = `TokenSetPipeline`
    (bf16 weights with the float32 modules kept, on CUDA; `--compile` adds `compile_repeated_blocks`), and (b)/(a);
@@ -17,8 +26,10 @@ decode is `bench_tokenizer.py`'s). Tables:
 """
 
 import argparse
+import os
 import sys
 import weakref
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -28,10 +39,17 @@ from torch.utils._pytree import tree_flatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.baseline import baseline_next_sample, baseline_sample_counts, baseline_step  # noqa: E402
+from benchmarks.baseline import (  # noqa: E402
+    baseline_guidance,
+    baseline_next_sample,
+    baseline_sample_counts,
+    baseline_step,
+    original_dit_forward,
+)
 from benchmarks.bench_transformer import cast_keeping_fp32_modules  # noqa: E402
 from benchmarks.hardware import (  # noqa: E402
     describe,
+    interleaved_medians,
     matmul_tflops,
     median_seconds,
     peak_memory_gib,
@@ -45,6 +63,7 @@ from tokenset_diffusers import (  # noqa: E402
     TokenSetVQVAE,
     TokenSetVQVAEConfig,
 )
+from tokenset_diffusers.pipeline_tokenset import combine_guidance  # noqa: E402
 from tokenset_diffusers.set_ops import sample_fixed_sum_noise  # noqa: E402
 from training.testing_utils import TINY_TOKENIZER  # noqa: E402
 
@@ -160,6 +179,118 @@ def format_row(row: dict) -> str:
     )
 
 
+# ------------------------------------------------------------------------------------------ one step, per step index
+
+
+def model_like_logits(batch_size: int, generator: torch.Generator, device) -> torch.Tensor:
+    """Logits `(2 * batch_size, C, M + 1)` of a doubled guided batch shaped like a trained model's: confident about a
+    token set (count 1 at M positions, 0 elsewhere), the conditional half sharper than the unconditional one."""
+    target = sample_fixed_sum_noise(batch_size, CODEBOOK_SIZE, NUM_TOKENS, generator=generator, device=device)
+    logits = torch.randn(2 * batch_size, CODEBOOK_SIZE, NUM_TOKENS + 1, generator=generator, device=device)
+    boost = torch.full_like(logits[:batch_size, :, :1], 9.0)
+    logits[:batch_size].scatter_add_(-1, target[..., None], boost)
+    logits[batch_size:].scatter_add_(-1, target[..., None], boost / 2)
+    logits[..., 0] += 5.0
+    return logits
+
+
+def original_rest_of_step(scheduler, logits, scale, t, sample, generator):
+    """The original's step after its forward: guidance as separate operations, then its dense-pdf step."""
+    return baseline_step(scheduler, baseline_guidance(logits, scale), t, sample, generator)
+
+
+def our_rest_of_step(scheduler, logits, scale, t, sample, generator):
+    """The pipeline's step after its forward: `combine_guidance`, then `FSDDScheduler.step`."""
+    return scheduler.step(combine_guidance(logits, scale), t, sample, generator=generator, return_dict=False)
+
+
+def forward_seconds(preset: str, repeats: int, device: torch.device) -> tuple[float, float]:
+    """Median seconds of the original's DiT forward and ours on one guided image (batch 2), float32, on identical
+    weights (random, in the original checkpoint's layout, converted by the project's converter), interleaved."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "conversion"))
+    from transformer_conversion import convert_transformer
+
+    from benchmarks.bench_dit_forward import CHECKPOINTS, random_original_state_dict
+
+    generator = torch.Generator().manual_seed(0)
+    state_dict = random_original_state_dict(preset, generator)
+    num_heads = CHECKPOINTS[preset][1]
+    model = convert_transformer(state_dict, num_attention_heads=num_heads).to(device).eval()
+    state_dict = {key: value.to(device) for key, value in state_dict.items()}
+    counts = torch.randint(0, 2, (2, CODEBOOK_SIZE), generator=generator).to(device)
+    t, y = torch.full((2,), 0.5, device=device), torch.tensor([3, NUM_CLASSES], device=device)
+    with torch.no_grad():
+        return tuple(
+            interleaved_medians(
+                [
+                    partial(original_dit_forward, state_dict, counts, t, y, num_heads),
+                    lambda: model(counts, t, y).logits,
+                ],
+                repeats,
+                device,
+            )
+        )
+
+
+def per_step_rows(options, device: torch.device) -> list[dict]:
+    """Table 0: the rest of a step (after the forward), original against ours, per batch size and step index; the
+    forward of one guided image; the estimated whole step."""
+    scheduler = FSDDScheduler(codebook_size=CODEBOOK_SIZE, num_tokens=NUM_TOKENS)
+    scheduler.set_timesteps(25)
+    forward = None
+    if not options.skip_forward:
+        forward = forward_seconds(options.forward_preset, options.repeats, device)
+        print(
+            f"DiT-{options.forward_preset} forward of one guided image (batch 2, float32, identical weights, "
+            f"{options.repeats} interleaved runs): original {forward[0]:.2f} s, ours {forward[1]:.2f} s, "
+            f"ours {forward[0] / forward[1]:.2f}x the original's speed",
+            flush=True,
+        )
+    print(
+        "| batch | step | rest of step: original ms | ours ms | speed-up | original MiB | ours MiB "
+        "| whole step (est.): original s | ours s | speed-up | scheduler share of ours |"
+    )
+    print("|---" * 11 + "|")
+    rows = []
+    for batch_size in options.step_batch_sizes:
+        generator = torch.Generator(device).manual_seed(0)
+        logits = model_like_logits(batch_size, generator, device)
+        sample = sample_fixed_sum_noise(batch_size, CODEBOOK_SIZE, NUM_TOKENS, generator=generator, device=device)
+        for index in options.step_indices:
+            t = scheduler.timesteps[index]
+            scale = GUIDANCE[min(int(float(t) * len(GUIDANCE)), len(GUIDANCE) - 1)]
+            calls = [
+                partial(function, scheduler, logits, scale, t, sample, generator)
+                for function in (original_rest_of_step, our_rest_of_step)
+            ]
+            original_s, ours_s = interleaved_medians(calls, options.repeats, device)
+            peaks = [live_peak(call) / 2**20 for call in calls] if not options.skip_memory else [float("nan")] * 2
+            row = {
+                "batch": batch_size,
+                "step": index,
+                "original_ms": original_s * 1e3,
+                "ours_ms": ours_s * 1e3,
+                "original_mib": peaks[0],
+                "ours_mib": peaks[1],
+            }
+            whole = ("-", "-", "-", "-")
+            if forward is not None:  # the forward of B guided images, taken as B times that of one
+                original_whole, ours_whole = batch_size * forward[0] + original_s, batch_size * forward[1] + ours_s
+                whole = (
+                    f"{original_whole:,.1f}",
+                    f"{ours_whole:,.1f}",
+                    f"{original_whole / ours_whole:.2f}x",
+                    f"{ours_s / ours_whole:.2%}",
+                )
+            rows.append(row)
+            print(
+                f"| {batch_size} | {index} of 25 (t = {float(t):.2f}) | {original_s * 1e3:,.0f} | {ours_s * 1e3:,.1f} "
+                f"| {original_s / ours_s:.1f}x | {peaks[0]:,.0f} | {peaks[1]:,.1f} | " + " | ".join(whole) + " |",
+                flush=True,
+            )
+    return rows
+
+
 # ------------------------------------------------------------------------------------------ scheduler memory (meta)
 
 
@@ -241,7 +372,17 @@ def main():
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path's repeated blocks")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip_sampling", action="store_true", help="only the scheduler memory table")
+    parser.add_argument("--whole", action="store_true", help="time whole sampling runs (table 1; default on CUDA)")
+    parser.add_argument("--per_step", action="store_true", help="the per-step table (table 0; default on CPUs)")
+    parser.add_argument("--step_batch_sizes", nargs="+", type=int, default=[8, 64], help="table 0's batch sizes")
+    parser.add_argument("--step_indices", nargs="+", type=int, default=[5, 12, 22], help="table 0's steps, of 25")
+    parser.add_argument("--forward_preset", default="small", choices=["small", "base"], help="table 0's forward")
+    parser.add_argument("--skip_forward", action="store_true", help="table 0 without the forward and the estimate")
+    parser.add_argument("--skip_memory", action="store_true", help="table 0 without the peak MiB")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     options = parser.parse_args()
+    if options.threads:
+        torch.set_num_threads(options.threads)
     device = torch.device(options.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -251,7 +392,16 @@ def main():
         f"{describe(device)}; C = {CODEBOOK_SIZE}, M = {NUM_TOKENS}, {options.num_inference_steps} steps, guidance "
         f"{list(GUIDANCE)}, fast path in {options.dtype}{compiled}"
     )
-    if not options.skip_sampling:
+    load = " ".join(f"{value:.1f}" for value in os.getloadavg())
+    print(f"load average {load}")
+    whole = options.whole or (device.type == "cuda" and not options.per_step)
+    if not options.skip_sampling and (options.per_step or not whole):
+        print(
+            f"\nOne sampling step after the forward (guidance + scheduler step), medians of {options.repeats} "
+            "interleaved runs; MiB: peak of the tensors the call creates (the logits excluded):"
+        )
+        per_step_rows(options, device)
+    if not options.skip_sampling and whole:
         sampling_rows(options, device)
     print(
         "\nOne scheduler step at t = 0.8, peak MiB of the tensors it creates (meta device; the model output is input):"

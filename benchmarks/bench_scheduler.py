@@ -8,9 +8,7 @@ python benchmarks/bench_scheduler.py [--batch_sizes 8 64] [--step_indices 5 12 2
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from functools import partial
 from pathlib import Path
 
@@ -21,23 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.baseline import baseline_add_noise, baseline_step  # noqa: E402
 from benchmarks.bench_sampling import live_peak  # noqa: E402
-from benchmarks.hardware import describe, synchronize  # noqa: E402
+from benchmarks.hardware import describe, interleaved_medians  # noqa: E402
 from tokenset_diffusers import FSDDScheduler  # noqa: E402
 from tokenset_diffusers.set_ops import sample_fixed_sum_noise  # noqa: E402
-
-
-def interleaved_medians(functions, repeats: int, device: torch.device) -> list[float]:
-    """Median seconds of each of `functions`, run in turn `repeats` times after one untimed round."""
-    times = [[] for _ in functions]
-    for round_index in range(repeats + 1):
-        for function, measured in zip(functions, times):
-            synchronize(device)
-            start = time.perf_counter()
-            function()
-            synchronize(device)
-            if round_index:
-                measured.append(time.perf_counter() - start)
-    return [statistics.median(measured) for measured in times]
 
 
 def model_like_probs(batch_size, codebook_size, num_tokens, generator, device):

@@ -32,6 +32,21 @@ def median_seconds(function, device: torch.device, repeats: int, warmup: int = 1
     return statistics.median(times)
 
 
+def interleaved_medians(functions, repeats: int, device: torch.device) -> list[float]:
+    """Median seconds of each of `functions`, run in turn `repeats` times after one untimed round, so that a machine
+    whose speed drifts favours none of them."""
+    times = [[] for _ in functions]
+    for round_index in range(repeats + 1):
+        for function, measured in zip(functions, times):
+            synchronize(device)
+            start = time.perf_counter()
+            function()
+            synchronize(device)
+            if round_index:
+                measured.append(time.perf_counter() - start)
+    return [statistics.median(measured) for measured in times]
+
+
 def describe(device: torch.device) -> str:
     """One line naming the device and software the figures come from."""
     if device.type == "cuda":

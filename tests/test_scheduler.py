@@ -426,15 +426,31 @@ def _model_like_probs(batch_size, codebook_size, num_tokens, generator):
     return logits.softmax(-1)
 
 
-@pytest.mark.parametrize("exact_sum", [False, True])
-@pytest.mark.parametrize("x0_sampling", ["top_p", "multinomial"])
-def test_step_equals_the_baseline_full_tensor_path(exact_sum, x0_sampling):
-    """`step` never builds the (B, C, M) transition tensor; with the same generator it draws what the baseline path
-    (full tensor, as the original) draws, at every step of a sampling run."""
+@pytest.mark.parametrize(
+    "exact_sum, x0_sampling, xt_sampling",
+    [
+        (False, "top_p", "multinomial"),
+        (True, "top_p", "multinomial"),
+        (False, "multinomial", "multinomial"),
+        (True, "multinomial", "multinomial"),
+        (False, "top_k", "top_p"),
+        (True, "top_p", "top_p"),
+    ],
+)
+def test_step_equals_the_baseline_full_tensor_path(exact_sum, x0_sampling, xt_sampling):
+    """`step` never builds the (B, C, M) transition tensor (a filtered x_t draw builds it at the active positions
+    only); with the same generator it draws what the baseline path (full tensor, as the original) draws, at every
+    step of a sampling run. (Top-k x_t draws are not compared: where the second and third most likely values are
+    within float32 rounding of each other, the original's pdf and the softmax can order them differently.)"""
     baseline = load_script("benchmarks/baseline.py")
     codebook_size, num_tokens, batch_size = 96, 24, 6
     scheduler = FSDDScheduler(
-        codebook_size=codebook_size, num_tokens=num_tokens, exact_sum=exact_sum, x0_sampling=x0_sampling
+        codebook_size=codebook_size,
+        num_tokens=num_tokens,
+        exact_sum=exact_sum,
+        x0_sampling=x0_sampling,
+        xt_sampling=xt_sampling,
+        top_k=2,
     )
     scheduler.set_timesteps(12)
     init = torch.Generator().manual_seed(0)
@@ -500,3 +516,37 @@ def test_step_memory_is_linear_in_batch_times_codebook():
     assert peaks["xt_baseline"] >= 2 * full_transition
     assert peaks["xt_fast"] <= batch_size * codebook_size * 64 * 4  # a few dozen floats per position
     assert peaks["step_fast"] <= peaks["step_baseline"]
+
+
+@pytest.mark.parametrize("exact_sum", [False, True])
+@pytest.mark.parametrize("xt_sampling", ["multinomial", "top_p", "top_k"])
+def test_step_on_active_positions_equals_every_position(monkeypatch, exact_sum, xt_sampling):
+    """Working on the active positions only (where z or x0 is non-zero) changes no draw of a sampling run, in any
+    x_t mode: the same samples as computing every position, with the same generator."""
+    import tokenset_diffusers.scheduling_fsdd as scheduling_fsdd
+
+    codebook_size, num_tokens, batch_size = 160, 16, 5
+    scheduler = FSDDScheduler(
+        codebook_size=codebook_size, num_tokens=num_tokens, exact_sum=exact_sum, xt_sampling=xt_sampling, top_k=2
+    )
+    scheduler.set_timesteps(10)
+    runs, widths = [], []
+    for restrict in (True, False):
+        find_active = scheduling_fsdd.active_positions
+        if restrict:
+            monkeypatch.setattr(
+                scheduling_fsdd, "active_positions", lambda mask: widths.append(find_active(mask)) or widths[-1]
+            )
+        else:
+            monkeypatch.setattr(scheduling_fsdd, "active_positions", lambda mask: None)
+        init, generator = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
+        sample = sample_fixed_sum_noise(batch_size, codebook_size, num_tokens, generator=init)
+        samples = []
+        for t in scheduler.timesteps:
+            probs = _model_like_probs(batch_size, codebook_size, num_tokens, init)
+            sample = scheduler.step(probs, t, sample, generator=generator).prev_sample
+            samples.append(sample)
+        runs.append(torch.stack(samples))
+        monkeypatch.undo()
+    assert sum(width is not None for width in widths) >= 5  # the active form was used in most steps
+    assert torch.equal(runs[0], runs[1])

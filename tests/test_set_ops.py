@@ -384,3 +384,23 @@ def test_sample_filtered_frequencies_match_the_filtered_probabilities(top_p, top
     assert ((frequency - expected).abs() <= bound).all()
     with pytest.raises(ValueError, match="top_p"):
         sample_filtered(probs)
+
+
+@pytest.mark.parametrize("top_p, top_k", [(0.8, None), (0.3, None), (1.0, None), (None, 2), (0.9, 3)])
+def test_filtered_draw_on_active_positions_equals_the_full_tensor(top_p, top_k):
+    """A filtered x_t draw computes probabilities at the active positions only: the same draws as filtering and
+    drawing the full (B, C, M) tensor with the same generator, which it advances alike."""
+    from tokenset_diffusers.set_ops import DiscretizedGaussian, active_positions, discretized_gaussian, sample_filtered
+
+    generator = torch.Generator().manual_seed(5)
+    num_tokens = 12
+    mean, std, sample, original = _sparse_transition(4, 200, num_tokens, generator)
+    active = active_positions((sample != 0) | (original != 0))
+    assert active is not None and active.shape[1] < 200 // 2
+    streams = [torch.Generator().manual_seed(9) for _ in range(3)]
+    full = sample_filtered(discretized_gaussian(mean, std, num_tokens), top_p, top_k, streams[0])
+    sparse = DiscretizedGaussian(mean, std, num_tokens, active=active).sample_filtered(top_p, top_k, streams[1])
+    dense = DiscretizedGaussian(mean, std, num_tokens).sample_filtered(top_p, top_k, streams[2])
+    assert torch.equal(sparse, full) and torch.equal(dense, full)
+    assert all(torch.equal(streams[0].get_state(), stream.get_state()) for stream in streams[1:])
+    assert (full != mean.round()).any()  # the draws are not all modes: the test can tell draws apart

@@ -249,9 +249,7 @@ class TokenSetPipeline(LocalFolderLoadingMixin, ClassLabelsMixin, DiffusionPipel
         labels = torch.cat([class_labels, null_labels]).to(device)  # (2B,)
         timesteps = torch.full((2 * batch_size,), t, device=device)  # (2B,)
         logits = self.transformer(model_input, timesteps, labels).logits  # (2B, C, M+1)
-        cond, uncond = logits.float().softmax(-1).chunk(2)  # (B, C, M+1) each, views
-        probs = torch.lerp(uncond, cond, scale).clamp_(min=0)  # uncond + s (cond - uncond), one new tensor
-        return probs.div_(probs.sum(-1, keepdim=True))
+        return combine_guidance(logits, scale)
 
     # ------------------------------------------------------------------ generation
 
@@ -536,6 +534,17 @@ def _check_components(image_tokenizer, transformer, scheduler) -> None:
 # Kept importable under their former names.
 _normalise_id2label = normalise_id2label
 _label_to_id = label_to_id
+
+
+def combine_guidance(logits: torch.Tensor, scale: float) -> torch.FloatTensor:
+    """Classifier-free guidance on the logits `(2B, C, M+1)` of the doubled batch [conditional, unconditional]: the
+    float32 softmax of both halves, `p = p_uncond + scale * (p_cond - p_uncond)`, clamped at 0 and renormalised (the
+    original's rule). The two softmaxes are the only new `(B, C, M+1)` tensors: the unconditional one becomes the
+    result, in place."""
+    cond_logits, uncond_logits = logits.chunk(2)  # (B, C, M+1) each, views
+    cond = cond_logits.float().softmax(-1)
+    probs = uncond_logits.float().softmax(-1).lerp_(cond, scale).clamp_(min=0)  # uncond + s (cond - uncond)
+    return probs.div_(probs.sum(-1, keepdim=True))
 
 
 def _guidance_schedule(guidance_scale: float | Sequence[float], name: str) -> tuple[float, ...]:

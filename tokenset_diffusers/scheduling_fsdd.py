@@ -286,8 +286,10 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
     def _draw_next_sample(
         self, sample: torch.LongTensor, original: torch.LongTensor, index: int, adjust: bool, generator: GeneratorType
     ) -> torch.LongTensor:
-        """The x_t draw of step `index` and its adjustment. An unfiltered draw and the adjustment need the transition
-        only at a few values, so it is never materialised as (B, C, M) then: memory stays O(B x C).
+        """The x_t draw of step `index` and its adjustment, computed at the active positions only (where z or x0 is
+        non-zero; elsewhere the transition is a point mass on 0) on the CPU. An unfiltered draw and the adjustment
+        need the transition only at a few values, so it is never materialised: memory stays O(B x C); a filtered draw
+        materialises it at the active positions, (B, K, M) with K <= 2M once x0 is adjusted.
 
         Rows whose transition has collapsed (the original's float32 pdf is 0/0 at some position) take the original's
         fallback instead of a draw: the fixed-sum rounding of the mean (`torch.where`, no host synchronisation). So
@@ -301,14 +303,14 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
         collapsed = original_pdf_collapses(mean, std, config.num_tokens)[:, None]  # (B, 1)
         if index in self._collapsing_steps:  # the original's whole batch falls back here: every row does
             collapsed = torch.ones_like(collapsed)
+        # Where z and x0 are both 0 the transition is a point mass on 0: exponentials at the <= 2M positions of C
+        # where either is not (once x0 is adjusted; before, where a drawn x0 is).
+        active = active_positions((sample != 0) | (original != 0))  # (B, K), or None on accelerators
+        transition = DiscretizedGaussian(mean, std, config.num_tokens, active=active)
         if config.xt_sampling == "multinomial":
-            # Where z and x0 are both 0 the transition is a point mass on 0: exponentials at <= 2M positions of C.
-            active = active_positions((sample != 0) | (original != 0))  # (B, K), or None on accelerators
-            transition = DiscretizedGaussian(mean, std, config.num_tokens, active=active)
             prev_sample = transition.sample(generator=generator)  # (B, C)
-        else:
-            transition = discretized_gaussian(mean, std, config.num_tokens)  # (B, C, M): filtering sorts it
-            prev_sample = self._draw(transition, config.xt_sampling, generator)
+        else:  # filtering needs the (B, K, M) probabilities of the active positions
+            prev_sample = transition.sample_filtered(**self._filter_arguments(config.xt_sampling), generator=generator)
         rounded = quantize_to_sum(mean, config.num_tokens, tie_break=tie_break, generator=generator)  # (B, C)
         if config.xt_sampling == "multinomial" or adjust or config.exact_sum:
             # Collapsed rows enter at the fixed sum, so the adjustment leaves them alone (and costs nothing there).
@@ -379,13 +381,15 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
 
     # ------------------------------------------------------------------ helpers
 
+    def _filter_arguments(self, mode: str) -> dict:
+        """The `top_p` / `top_k` arguments of a filtered sampling `mode`."""
+        return {"top_p": self.config.top_p} if mode == "top_p" else {"top_k": self.config.top_k}
+
     def _draw(self, probs: torch.Tensor, mode: str, generator: GeneratorType) -> torch.LongTensor:
         """One draw per position from `probs` (B, C, V) filtered by `mode`, in one pass ([`sample_filtered`])."""
-        if mode == "top_p":
-            return sample_filtered(probs, top_p=self.config.top_p, generator=generator)
-        if mode == "top_k":
-            return sample_filtered(probs, top_k=self.config.top_k, generator=generator)
-        return sample_categorical(probs, generator=generator)
+        if mode == "multinomial":
+            return sample_categorical(probs, generator=generator)
+        return sample_filtered(probs, **self._filter_arguments(mode), generator=generator)
 
     def _filter(self, probs: torch.Tensor, mode: str) -> torch.Tensor:
         if mode == "top_p":

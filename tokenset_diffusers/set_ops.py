@@ -452,6 +452,21 @@ class DiscretizedGaussian:
         draws = below.clamp(max=self.num_values - 1)
         return self._scatter(self.full_mode.long(), draws)
 
+    def sample_filtered(
+        self, top_p: Optional[float] = None, top_k: Optional[int] = None, generator: GeneratorType = None
+    ) -> torch.LongTensor:
+        """`sample_filtered(self.probs(), top_p, top_k, generator)`: the same uniform numbers (one per position) and
+        the same draws, with the `(batch_size, width, num_values)` probabilities of the active positions only
+        (filtering needs them all; the inactive positions are point masses, which every filter keeps).
+
+        Returns:
+            `torch.LongTensor` of shape `(batch_size, length)`.
+        """
+        uniform = 1.0 - uniform_tensor(self.full_shape, generator=generator, device=self.mean.device)  # (0, 1]
+        probs = discretized_gaussian(self.mean, self.std, self.num_values)  # (B, K, V)
+        draws = _draw_filtered(probs, self._gather(uniform), top_p, top_k)  # (B, K)
+        return self._scatter(self.full_mode.long(), draws)
+
 
 def filter_probs(probs: torch.Tensor, top_p: Optional[float] = None, top_k: Optional[int] = None) -> torch.Tensor:
     """Top-p / top-k filtering of categorical distributions over the last dimension, renormalised.
@@ -554,9 +569,25 @@ def sample_filtered(
     num_values = probs.shape[-1]
     if top_k is not None and not 1 <= top_k <= num_values:
         raise ValueError(f"`top_k` must be in [1, {num_values}], got {top_k}.")
-    if top_k is None and (top_p == 1.0 or probs.device.type != "cpu"):
+    if _filters_in_full(probs, top_p, top_k):  # the uniform numbers after the filtered tensor: a lower peak
         return sample_categorical(filter_probs(probs, top_p=top_p), generator=generator)
     uniform = 1.0 - uniform_tensor(probs.shape[:-1], generator=generator, device=probs.device)  # (B, ...) in (0, 1]
+    return _draw_filtered(probs, uniform, top_p, top_k, window)
+
+
+def _filters_in_full(probs: torch.Tensor, top_p: Optional[float], top_k: Optional[int]) -> bool:
+    """Whether [`sample_filtered`] filters the whole of `probs` first: top-p alone, on an accelerator (where finding
+    the positions that need more than the largest values would synchronise) or with nothing to filter (top_p 1)."""
+    return top_k is None and (top_p == 1.0 or probs.device.type != "cpu")
+
+
+def _draw_filtered(
+    probs: torch.Tensor, uniform: torch.Tensor, top_p: Optional[float], top_k: Optional[int], window: int = 16
+) -> torch.LongTensor:
+    """[`sample_filtered`]'s draw with its uniform numbers `uniform` (shape `probs.shape[:-1]`, in (0, 1])."""
+    num_values = probs.shape[-1]
+    if _filters_in_full(probs, top_p, top_k):
+        return _inverse_cdf(filter_probs(probs, top_p=top_p), uniform)
     if top_k is not None:
         return _draw_from_largest(probs, uniform, top_p, top_k, mark_wide=False)
     # Where the largest value alone holds more than top_p, top-p keeps only it: the draw is that value.
