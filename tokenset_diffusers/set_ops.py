@@ -365,7 +365,14 @@ class DiscretizedGaussian:
         self.mean = self._gather(mean.float())  # (B, K)
         self.std = self._gather(std.float())  # (B, K)
         self.mode = self._gather(self.full_mode)  # (B, K)
-        self.normalizer = sum(weights.sum(-1) for _, weights in self._chunks())  # (B, K)
+        self._normalizer = None  # computed when first needed (a filtered draw without adjustment never needs it)
+
+    @property
+    def normalizer(self) -> torch.Tensor:
+        """`Z = sum_k weight_k`, `(batch_size, width)`."""
+        if self._normalizer is None:
+            self._normalizer = sum(weights.sum(-1) for _, weights in self._chunks())
+        return self._normalizer
 
     def _gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """`tensor` (B, L, ...) at the active positions (B, K, ...)."""
@@ -397,7 +404,7 @@ class DiscretizedGaussian:
         subset.num_values, subset.chunk_size = self.num_values, self.chunk_size
         subset.active = None if self.active is None else self.active[rows]
         subset.full_mode, subset.mean, subset.std = self.full_mode[rows], self.mean[rows], self.std[rows]
-        subset.mode, subset.normalizer = self.mode[rows], self.normalizer[rows]
+        subset.mode, subset._normalizer = self.mode[rows], self.normalizer[rows]
         subset.full_shape = subset.full_mode.shape
         return subset
 
