@@ -289,7 +289,7 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
         """The x_t draw of step `index` and its adjustment, computed at the active positions only (where z or x0 is
         non-zero; elsewhere the transition is a point mass on 0) on the CPU. An unfiltered draw and the adjustment
         need the transition only at a few values, so it is never materialised: memory stays O(B x C); a filtered draw
-        materialises it at the active positions, (B, K, M) with K <= 2M once x0 is adjusted.
+        materialises it at the active positions, (B, K, M) with K about 2M once x0 is adjusted.
 
         Rows whose transition has collapsed (the original's float32 pdf is 0/0 at some position) take the original's
         fallback instead of a draw: the fixed-sum rounding of the mean (`torch.where`, no host synchronisation). So

@@ -462,9 +462,10 @@ class DiscretizedGaussian:
     def sample_filtered(
         self, top_p: Optional[float] = None, top_k: Optional[int] = None, generator: GeneratorType = None
     ) -> torch.LongTensor:
-        """`sample_filtered(self.probs(), top_p, top_k, generator)`: the same uniform numbers (one per position) and
-        the same draws, with the `(batch_size, width, num_values)` probabilities of the active positions only
-        (filtering needs them all; the inactive positions are point masses, which every filter keeps).
+        """`sample_filtered(discretized_gaussian(mean, std, num_values), top_p, top_k, generator)`: the same uniform
+        numbers (one per position), the same probabilities and the same draws, with the `(batch_size, width,
+        num_values)` probabilities of the active positions only (filtering needs all the values of a position; the
+        inactive positions are point masses, which every filter keeps).
 
         Returns:
             `torch.LongTensor` of shape `(batch_size, length)`.
