@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.baseline import baseline_add_noise, baseline_step  # noqa: E402
 from benchmarks.bench_sampling import live_peak  # noqa: E402
 from benchmarks.hardware import describe, interleaved_medians  # noqa: E402
-from tokenset_diffusers import FSDDScheduler  # noqa: E402
+from tokenset_diffusers import FSDDScheduler, scheduling_fsdd  # noqa: E402
 from tokenset_diffusers.set_ops import sample_fixed_sum_noise  # noqa: E402
 
 
@@ -78,9 +78,17 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--skip_memory", action="store_true")
+    parser.add_argument(
+        "--accelerator_path",
+        action="store_true",
+        help="the x_t draw as on an accelerator (no gather of the active positions, whose count would be read back: "
+        "once per pair (z, x0) instead); the x0 draw stays the CPU's",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.accelerator_path:
+        scheduling_fsdd.active_positions = lambda active: None
     device = torch.device(args.device)
     codebook_size, num_tokens = args.codebook_size, args.num_tokens
     scheduler = FSDDScheduler(codebook_size=codebook_size, num_tokens=num_tokens, exact_sum=args.exact_sum)
@@ -88,6 +96,7 @@ def main():
     load = " ".join(f"{value:.1f}" for value in os.getloadavg())
     print(
         f"{describe(device)}; load average {load}; C = {codebook_size}, M = {num_tokens}, exact_sum={args.exact_sum}"
+        + (", x_t as on accelerators" if args.accelerator_path else "")
     )
     print(
         f"medians of {args.repeats} interleaved runs; MiB: peak of the tensors the call creates (its inputs excluded)"

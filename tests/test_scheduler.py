@@ -520,9 +520,10 @@ def test_step_memory_is_linear_in_batch_times_codebook():
 
 @pytest.mark.parametrize("exact_sum", [False, True])
 @pytest.mark.parametrize("xt_sampling", ["multinomial", "top_p", "top_k"])
-def test_step_on_active_positions_equals_every_position(monkeypatch, exact_sum, xt_sampling):
-    """Working on the active positions only (where z or x0 is non-zero) changes no draw of a sampling run, in any
-    x_t mode: the same samples as computing every position, with the same generator."""
+def test_step_on_active_positions_or_pairs_equals_every_position(monkeypatch, exact_sum, xt_sampling):
+    """Working on the active positions only (where z or x0 is non-zero; the CPU's way), or once per pair (z, x0) of
+    counts (the accelerators' way), changes no draw of a sampling run, in any x_t mode: the same samples as computing
+    every position, with the same generator."""
     import tokenset_diffusers.scheduling_fsdd as scheduling_fsdd
 
     codebook_size, num_tokens, batch_size = 160, 16, 5
@@ -530,15 +531,25 @@ def test_step_on_active_positions_equals_every_position(monkeypatch, exact_sum, 
         codebook_size=codebook_size, num_tokens=num_tokens, exact_sum=exact_sum, xt_sampling=xt_sampling, top_k=2
     )
     scheduler.set_timesteps(10)
-    runs, widths = [], []
-    for restrict in (True, False):
-        find_active = scheduling_fsdd.active_positions
-        if restrict:
-            monkeypatch.setattr(
-                scheduling_fsdd, "active_positions", lambda mask: widths.append(find_active(mask)) or widths[-1]
-            )
-        else:
-            monkeypatch.setattr(scheduling_fsdd, "active_positions", lambda mask: None)
+    find_active, find_pairs = scheduling_fsdd.active_positions, FSDDScheduler._transition_pairs
+    used = {"active": 0, "pairs": 0}
+
+    def counting(name, function):
+        def wrapper(*args):
+            result = function(*args)
+            used[name] += result is not None
+            return result
+
+        return wrapper
+
+    runs = []
+    for way in ("active", "pairs", "every position"):
+        monkeypatch.setattr(
+            scheduling_fsdd, "active_positions", counting("active", find_active) if way == "active" else lambda _: None
+        )
+        monkeypatch.setattr(
+            FSDDScheduler, "_transition_pairs", counting("pairs", find_pairs) if way == "pairs" else lambda *_: None
+        )
         init, generator = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
         sample = sample_fixed_sum_noise(batch_size, codebook_size, num_tokens, generator=init)
         samples = []
@@ -548,5 +559,5 @@ def test_step_on_active_positions_equals_every_position(monkeypatch, exact_sum, 
             samples.append(sample)
         runs.append(torch.stack(samples))
         monkeypatch.undo()
-    assert sum(width is not None for width in widths) >= 5  # the active form was used in most steps
-    assert torch.equal(runs[0], runs[1])
+    assert used["active"] >= 5 and used["pairs"] == 10  # each way was taken
+    assert torch.equal(runs[0], runs[2]) and torch.equal(runs[1], runs[2])

@@ -404,3 +404,38 @@ def test_filtered_draw_on_active_positions_equals_the_full_tensor(top_p, top_k):
     assert torch.equal(sparse, full) and torch.equal(dense, full)
     assert all(torch.equal(streams[0].get_state(), stream.get_state()) for stream in streams[1:])
     assert (full != mean.round()).any()  # the draws are not all modes: the test can tell draws apart
+
+
+@pytest.mark.parametrize("chunk_size", [5, 32])
+def test_discretized_gaussian_from_a_pair_table_equals_the_full_computation(chunk_size):
+    """An FSDD transition depends only on the pair (z, x0): computing the normaliser and the inverse-CDF draw once
+    per pair (binary search in the table's CDF) changes no probability, no draw, no adjustment, and advances the
+    generator alike."""
+    from tokenset_diffusers import FSDDScheduler
+    from tokenset_diffusers.set_ops import DiscretizedGaussian
+
+    generator = torch.Generator().manual_seed(0)
+    num_tokens = 12
+    scheduler = FSDDScheduler(codebook_size=200, num_tokens=num_tokens)
+    scheduler.set_timesteps(10)
+    for index in (1, 6, 9):
+        sample = sample_fixed_sum_noise(4, 200, num_tokens, generator=generator)
+        original = torch.randint(0, 4, (4, 200), generator=generator) * (torch.rand(4, 200, generator=generator) < 0.5)
+        mean, std = scheduler._transition_mean_std(sample, original, index)
+        pairs = scheduler._transition_pairs(sample, original, index)
+        assert pairs[1].shape == ((num_tokens + 1) ** 2,)
+        full = DiscretizedGaussian(mean, std, num_tokens, chunk_size=chunk_size)
+        table = DiscretizedGaussian(mean, std, num_tokens, chunk_size=chunk_size, pairs=pairs)
+        assert torch.equal(table.normalizer, full.normalizer)
+        assert torch.equal(table.probs(), full.probs())
+        rows = torch.tensor([3, 0])
+        assert torch.equal(table[rows].probs(), full[rows].probs())
+        streams = [torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)]
+        draws = [distribution.sample(stream) for distribution, stream in zip((full, table), streams)]
+        assert torch.equal(draws[0], draws[1])
+        assert torch.equal(streams[0].get_state(), streams[1].get_state())
+        assert len(set(draws[0].flatten().tolist())) > 3  # the draws vary: the test can tell them apart
+        for exact, total in ((False, num_tokens), (True, num_tokens), (True, 3 * num_tokens)):
+            adjusted = [greedy_adjust(draws[0], distribution, total, exact) for distribution in (full, table)]
+            assert torch.equal(adjusted[0], adjusted[1])
+    assert scheduler._transition_pairs(sample[:1, :100], original[:1, :100], 1) is None  # fewer positions than pairs

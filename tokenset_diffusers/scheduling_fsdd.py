@@ -220,6 +220,23 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
         std = (noise_estimate - original).abs() / 4 * self.sigma_scale(index) + 1e-6  # (B, C)
         return mean, std
 
+    def _transition_pairs(
+        self, sample: torch.LongTensor, original: torch.LongTensor, index: int
+    ) -> Optional[tuple[torch.LongTensor, torch.Tensor, torch.Tensor]]:
+        """The transition of step `index` depends only on the pair of counts (z, x0), each in [0, M]: `(pair index
+        (B, C), table mean (P,), table std (P,))` over the P = (M + 1)^2 pairs (the table's values are those
+        [`_transition_mean_std`] gives the positions: the same arithmetic), or None where the batch has fewer
+        positions than pairs. Decided from shapes only: no host synchronisation."""
+        num_values = self.config.num_tokens + 1
+        if num_values**2 >= sample.numel():
+            return None
+        counts = torch.arange(num_values, device=sample.device)  # (M+1,)
+        table_mean, table_std = self._transition_mean_std(
+            counts.repeat_interleave(num_values)[None], counts.repeat(num_values)[None], index
+        )  # (1, P) each: z = p // (M+1), x0 = p % (M+1)
+        pair_index = sample.clamp(0, num_values - 1) * num_values + original.clamp(0, num_values - 1)  # (B, C)
+        return pair_index, table_mean[0], table_std[0]
+
     def collapses_at(self, step_index: int) -> bool:
         """Whether the original's sampler falls back to the fixed-sum rounding for its whole batch at step
         `step_index`: whether a count that moves by one (|z - x0| = 1, as in nearly every row) has a collapsed
@@ -286,10 +303,12 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
     def _draw_next_sample(
         self, sample: torch.LongTensor, original: torch.LongTensor, index: int, adjust: bool, generator: GeneratorType
     ) -> torch.LongTensor:
-        """The x_t draw of step `index` and its adjustment, computed at the active positions only (where z or x0 is
-        non-zero; elsewhere the transition is a point mass on 0) on the CPU. An unfiltered draw and the adjustment
-        need the transition only at a few values, so it is never materialised: memory stays O(B x C); a filtered draw
-        materialises it at the active positions, (B, K, M) with K about 2M once x0 is adjusted.
+        """The x_t draw of step `index` and its adjustment, computed on the CPU at the active positions only (where z
+        or x0 is non-zero; elsewhere the transition is a point mass on 0), and on accelerators (where counting those
+        would synchronise) once per pair of counts (z, x0), on which alone a position's transition depends: the same
+        draws either way. An unfiltered draw and the adjustment need the transition only at a few values, so it is
+        never materialised: memory stays O(B x C) (+ O((M + 1)^2 x M) for the pairs); a filtered draw materialises
+        it at the active positions, (B, K, M) with K about 2M once x0 is adjusted (on accelerators at all of them).
 
         Rows whose transition has collapsed (the original's float32 pdf is 0/0 at some position) take the original's
         fallback instead of a draw: the fixed-sum rounding of the mean (`torch.where`, no host synchronisation). So
@@ -306,7 +325,9 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
         # Where z and x0 are both 0 the transition is a point mass on 0: exponentials at the <= 2M positions of C
         # where either is not (once x0 is adjusted; before, where a drawn x0 is).
         active = active_positions((sample != 0) | (original != 0))  # (B, K), or None on accelerators
-        transition = DiscretizedGaussian(mean, std, config.num_tokens, active=active)
+        # Otherwise (an accelerator, or most positions active): once per pair (z, x0), if there are fewer pairs.
+        pairs = self._transition_pairs(sample, original, index) if active is None else None
+        transition = DiscretizedGaussian(mean, std, config.num_tokens, active=active, pairs=pairs)
         if config.xt_sampling == "multinomial":
             prev_sample = transition.sample(generator=generator)  # (B, C)
         else:  # filtering needs the (B, K, M) probabilities of the active positions

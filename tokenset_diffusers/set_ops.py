@@ -327,6 +327,11 @@ class DiscretizedGaussian:
     ends are 0), which is what the full computation gives there too, so every probability and every draw is the
     full computation's, at a cost of O(batch_size x width x V) instead of O(batch_size x length x V).
 
+    With `pairs`, every position's `(mean, std)` is one of a table's (as in an FSDD transition, which depends only on
+    the pair (z, x0) of counts: (M + 1)^2 pairs, whatever the batch and codebook sizes), and the normaliser and the
+    inverse-CDF draw are computed once per table entry: O(P x V) exponentials plus a binary search per position,
+    with fixed shapes (no host synchronisation, unlike `active`), and the same probabilities and draws.
+
     Args:
         mean (`torch.Tensor` of shape `(batch_size, length)`), std (same shape, positive).
         num_values (`int`): the number of values k = 0..num_values-1.
@@ -334,6 +339,9 @@ class DiscretizedGaussian:
             dominates) and 8 on accelerators (where memory does).
         active (`torch.LongTensor` of shape `(batch_size, width)`, *optional*): the positions (see
             [`active_positions`]) outside which the distribution is a point mass on `mode`; by default all.
+        pairs (`tuple`, *optional*): `(index, table_mean, table_std)`, `index` a `torch.LongTensor` of shape
+            `(batch_size, length)` into the 1-D tensors `table_mean` and `table_std` (length P), such that `mean` and
+            `std` equal `table_mean[index]` and `table_std[index]`. Not with `active`.
     """
 
     def __init__(
@@ -343,6 +351,7 @@ class DiscretizedGaussian:
         num_values: int,
         chunk_size: Optional[int] = None,
         active: Optional[torch.LongTensor] = None,
+        pairs: Optional[tuple[torch.LongTensor, torch.Tensor, torch.Tensor]] = None,
     ):
         if mean.shape != std.shape or mean.ndim != 2:
             raise ValueError(
@@ -356,9 +365,18 @@ class DiscretizedGaussian:
             raise ValueError(
                 f"`active` must have shape (batch_size={mean.shape[0]}, width), got {tuple(active.shape)}."
             )
+        if pairs is not None and (active is not None or pairs[0].shape != mean.shape or pairs[1].ndim != 1):
+            raise ValueError(
+                "`pairs` must be (index of shape (batch_size, length), table_mean, table_std), each table 1-D, "
+                "and not given with `active`."
+            )
         self.num_values = num_values
         self.chunk_size = chunk_size or (32 if mean.device.type == "cpu" else 8)
         self.active = active
+        self.pair_index, self.table = None, None
+        if pairs is not None:  # the same distribution per table entry: computed once per entry
+            self.pair_index = pairs[0]
+            self.table = DiscretizedGaussian(pairs[1][None], pairs[2][None], num_values, chunk_size=self.chunk_size)
         self.full_mode = mean.float().round().clamp(0, num_values - 1)  # (B, L), float
         self.full_shape = mean.shape
         # What the exponentials are computed for: the active positions (B, K), or all of them.
@@ -370,6 +388,8 @@ class DiscretizedGaussian:
     @property
     def normalizer(self) -> torch.Tensor:
         """`Z = sum_k weight_k`, `(batch_size, width)`."""
+        if self._normalizer is None and self.table is not None:
+            self._normalizer = self.table.normalizer[0][self.pair_index]
         if self._normalizer is None:
             self._normalizer = sum(weights.sum(-1) for _, weights in self._chunks())
         return self._normalizer
@@ -403,6 +423,8 @@ class DiscretizedGaussian:
         subset = DiscretizedGaussian.__new__(DiscretizedGaussian)
         subset.num_values, subset.chunk_size = self.num_values, self.chunk_size
         subset.active = None if self.active is None else self.active[rows]
+        subset.table = self.table
+        subset.pair_index = None if self.pair_index is None else self.pair_index[rows]
         subset.full_mode, subset.mean, subset.std = self.full_mode[rows], self.mean[rows], self.std[rows]
         subset.mode, subset._normalizer = self.mode[rows], self.normalizer[rows]
         subset.full_shape = subset.full_mode.shape
@@ -450,6 +472,8 @@ class DiscretizedGaussian:
         """
         uniform = 1.0 - uniform_tensor(self.full_shape, generator=generator, device=self.mean.device)  # (0, 1]
         threshold = self._gather(uniform) * self.normalizer  # (B, K)
+        if self.table is not None:
+            return self._sample_from_table(threshold)
         below = torch.zeros_like(self.mean, dtype=torch.long)  # (B, K): values whose CDF is under the threshold
         running = torch.zeros_like(self.mean)  # (B, K): the CDF before the chunk (unnormalised)
         for _, weights in self._chunks():
@@ -458,6 +482,25 @@ class DiscretizedGaussian:
             running = cdf[..., -1]
         draws = below.clamp(max=self.num_values - 1)
         return self._scatter(self.full_mode.long(), draws)
+
+    def _cdf(self) -> torch.Tensor:
+        """The unnormalised CDF `(batch_size, width, num_values)`, with [`sample`]'s arithmetic (for a table)."""
+        running, cdfs = torch.zeros_like(self.mean), []  # (B, K)
+        for _, weights in self._chunks():
+            cdfs.append(running[..., None] + weights.cumsum(-1))  # (B, K, J)
+            running = cdfs[-1][..., -1]
+        return torch.cat(cdfs, dim=-1)
+
+    def _sample_from_table(self, threshold: torch.Tensor) -> torch.LongTensor:
+        """[`sample`]'s draw, `#{k : cdf[k] < threshold}`, read from the table's CDF by one binary search per
+        position: the CDF of entry p, as non-negative float32 bit patterns (ordered as the values), offset by
+        p * 2^31, is one sorted int64 sequence over all entries."""
+        table_cdf = self.table._cdf()[0]  # (P, V), non-decreasing along V
+        offsets = torch.arange(table_cdf.shape[0], device=table_cdf.device) << 31  # (P,)
+        keys = (table_cdf.view(torch.int32).long() + offsets[:, None]).flatten()  # (P * V,), sorted
+        queries = threshold.view(torch.int32).long() + (self.pair_index << 31)  # (B, L)
+        below = torch.searchsorted(keys, queries) - self.pair_index * self.num_values  # (B, L)
+        return below.clamp(max=self.num_values - 1)
 
     def sample_filtered(
         self, top_p: Optional[float] = None, top_k: Optional[int] = None, generator: GeneratorType = None
