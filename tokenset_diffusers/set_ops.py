@@ -496,8 +496,10 @@ class DiscretizedGaussian:
         position: the CDF of entry p, as non-negative float32 bit patterns (ordered as the values), offset by
         p * 2^31, is one sorted int64 sequence over all entries."""
         table_cdf = self.table._cdf()[0]  # (P, V), non-decreasing along V
-        offsets = torch.arange(table_cdf.shape[0], device=table_cdf.device) << 31  # (P,)
-        keys = (table_cdf.view(torch.int32).long() + offsets[:, None]).flatten()  # (P * V,), sorted
+        keys = table_cdf.view(torch.int32).long()  # (P, V)
+        del table_cdf
+        keys += torch.arange(keys.shape[0], device=keys.device)[:, None] << 31  # in place: one (P, V) int64 tensor
+        keys = keys.flatten()  # (P * V,), sorted
         queries = threshold.view(torch.int32).long() + (self.pair_index << 31)  # (B, L)
         below = torch.searchsorted(keys, queries) - self.pair_index * self.num_values  # (B, L)
         return below.clamp(max=self.num_values - 1)
