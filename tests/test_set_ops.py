@@ -346,6 +346,8 @@ def test_active_positions_pads_to_the_largest_count_and_stays_off_accelerators()
     assert set(positions[0].tolist()) == {3, 17, 39} and 5 in positions[2].tolist()
     assert active_positions(torch.ones(2, 40, dtype=torch.bool)) is None  # nothing to save
     assert active_positions(mask.to("meta")) is None  # the width would be read from the device
+    assert active_positions(mask.to("meta"), bound=5).shape == (3, 5)  # unless the caller bounds it
+    assert active_positions(mask, bound=5).shape == (3, 3)  # on the CPU the count itself is read
 
 
 def _mixed_probs(generator, shape=(6, 300, 20)):
@@ -439,3 +441,36 @@ def test_discretized_gaussian_from_a_pair_table_equals_the_full_computation(chun
             adjusted = [greedy_adjust(draws[0], distribution, total, exact) for distribution in (full, table)]
             assert torch.equal(adjusted[0], adjusted[1])
     assert scheduler._transition_pairs(sample[:1, :100], original[:1, :100], 1) is None  # fewer positions than pairs
+
+
+def test_add_noise_with_the_accelerators_fixed_width_equals_the_full_computation(monkeypatch):
+    """On accelerators `add_noise` gathers a fixed 2M positions (data and noise each sum to M, so no more are
+    active) instead of reading the count back: the same draws as the CPU's width and as every position."""
+    import tokenset_diffusers.scheduling_fsdd as scheduling_fsdd
+    import tokenset_diffusers.set_ops as set_ops
+    from tokenset_diffusers import FSDDScheduler
+
+    num_tokens, codebook_size = 12, 200
+    scheduler = FSDDScheduler(codebook_size=codebook_size, num_tokens=num_tokens)
+    init = torch.Generator().manual_seed(0)
+    data = sample_fixed_sum_noise(4, codebook_size, num_tokens // 3, generator=init) * 3
+    noise = sample_fixed_sum_noise(4, codebook_size, num_tokens, generator=init)
+    times = torch.rand(4, generator=init)
+    widths, outputs = [], []
+    find_active = set_ops.active_positions
+
+    def spy(mask, bound=None):
+        widths.append(None if (positions := find_active(mask, bound)) is None else positions.shape[1])
+        return positions
+
+    for way in ("cpu width", "fixed width", "every position"):
+        monkeypatch.setattr(
+            scheduling_fsdd, "active_positions", spy if way != "every position" else lambda *_, **__: None
+        )
+        if way == "fixed width":  # as on an accelerator: the count is not read
+            monkeypatch.setattr(set_ops, "checks_values", lambda tensor: False)
+        outputs.append(scheduler.add_noise(data, noise, times, generator=torch.Generator().manual_seed(1)))
+        monkeypatch.undo()
+    assert widths[0] < 2 * num_tokens and widths[1] == 2 * num_tokens
+    assert torch.equal(outputs[0], outputs[2]) and torch.equal(outputs[1], outputs[2])
+    assert (outputs[2] != data).any() and (outputs[2] != noise).any()

@@ -363,8 +363,11 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
         then adjusted to the sum M (one-shot as the original, or exactly with `exact_sum=True`).
 
         Args:
-            original_samples (`torch.LongTensor` of shape `(batch_size, codebook_size)`): data count vectors.
-            noise (`torch.LongTensor` of shape `(batch_size, codebook_size)`): from [`sample_fixed_sum_noise`].
+            original_samples (`torch.LongTensor` of shape `(batch_size, codebook_size)`): data count vectors, each
+                summing to M (checked on the CPU; assumed on accelerators, where the draw works on the at most 2M
+                positions where data or noise is non-zero).
+            noise (`torch.LongTensor` of shape `(batch_size, codebook_size)`): from [`sample_fixed_sum_noise`], or
+                any count vectors summing to M.
             timesteps (`torch.Tensor` of shape `(batch_size,)`): times in (0, 1] (t = 1 is data).
             generator (`torch.Generator` or a list of them, *optional*).
 
@@ -393,7 +396,9 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
         prior = noise.float()  # (B, C)
         mean = time * data + (1 - time) * prior  # (B, C)
         std = (prior - data).abs() / 4 + 1e-6  # (B, C)
-        active = active_positions((original_samples != 0) | (noise != 0))  # (B, K): elsewhere a point mass on 0
+        # Elsewhere a point mass on 0. Data and noise each sum to M, so at most 2M positions are active: on
+        # accelerators that bound is the width (no synchronisation).
+        active = active_positions((original_samples != 0) | (noise != 0), bound=2 * self.config.num_tokens)  # (B, K)
         pdf = DiscretizedGaussian(mean, std, self.config.num_tokens, active=active)  # never materialised (B, C, M)
         noisy = pdf.sample(generator=generator)  # (B, C)
         exact = self.config.exact_sum

@@ -300,15 +300,20 @@ def original_pdf_collapses(mean: torch.Tensor, std: torch.Tensor, num_values: in
     return (torch.exp(largest_exponent) == 0).any(-1)
 
 
-def active_positions(active: torch.BoolTensor) -> Optional[torch.LongTensor]:
-    """The positions of `active` (shape `(batch_size, length)`), padded with inactive ones to the batch's largest
-    count, as `(batch_size, width)` indices; None where that saves nothing or would cost a host-device
-    synchronisation (on an accelerator, see [`checks_values`]: the width is read from the tensor), so that callers
-    then work on every position. Their order carries no meaning."""
-    if not checks_values(active):
+def active_positions(active: torch.BoolTensor, bound: Optional[int] = None) -> Optional[torch.LongTensor]:
+    """The positions of `active` (shape `(batch_size, length)`), padded with inactive ones to a common width, as
+    `(batch_size, width)` indices: on the CPU the batch's largest count; on an accelerator, where reading that count
+    would cost a host-device synchronisation (see [`checks_values`]), the caller's `bound` on it (e.g. two count
+    vectors that each sum to M have at most 2M non-zeros together), and None without one. None too where the width
+    is at least half the length (gathering would cost more than it saves), so that callers then work on every
+    position. Their order carries no meaning."""
+    if checks_values(active):
+        width = int(active.sum(-1).max()) if active.numel() else 0
+    elif bound is not None:
+        width = bound  # the caller's guarantee, known without reading the device
+    else:
         return None
-    width = int(active.sum(-1).max()) if active.numel() else 0
-    if width >= active.shape[-1] // 2:  # gathering and scattering would cost more than they save
+    if width >= active.shape[-1] // 2:
         return None
     return active.to(torch.uint8).topk(max(width, 1), dim=-1).indices  # (B, K): the active positions first
 
