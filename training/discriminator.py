@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.common import build_lr_scheduler, build_optimizer
+
 
 class PatchGANDiscriminator(nn.Module):
     """Scores overlapping patches of an image as real (> 0) or generated (< 0).
@@ -97,6 +99,41 @@ def adaptive_generator_weight(
     generator_grad = torch.autograd.grad(generator_loss, last_layer_weight, retain_graph=True)[0]
     weight = reconstruction_grad.norm() / (generator_grad.norm() + 1e-4)
     return weight.clamp(0.0, max_weight).detach()
+
+
+def prepare_discriminator(accelerator, args, num_channels: int, image_size: int):
+    """The PatchGAN of `args` (`discriminator_base_channels`, `_num_layers`, `_norm_num_groups`) for images of
+    `num_channels` x `image_size` px, its optimiser (at `discriminator_learning_rate`) and LR schedule, prepared by
+    `accelerator` and registered for checkpointing. Returns `(discriminator, optimizer, lr_scheduler)`."""
+    discriminator = PatchGANDiscriminator(
+        num_channels,
+        args.discriminator_base_channels,
+        args.discriminator_num_layers,
+        args.discriminator_norm_num_groups,
+    )
+    if discriminator.output_size(image_size) < 1:
+        raise ValueError(
+            f"`discriminator_num_layers`={args.discriminator_num_layers} is too deep for {image_size} px images; use "
+            "fewer layers."
+        )
+    optimizer = build_optimizer(discriminator.parameters(), args, learning_rate=args.discriminator_learning_rate)
+    lr_scheduler = build_lr_scheduler(optimizer, args)
+    discriminator, optimizer = accelerator.prepare(discriminator, optimizer)
+    accelerator.register_for_checkpointing(lr_scheduler)
+    return discriminator, optimizer, lr_scheduler
+
+
+def adversarial_loss(
+    accelerator, discriminator: nn.Module, reconstruction: torch.Tensor, nll_loss: torch.Tensor, last_layer, weight
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The generator's GAN term of an autoencoder loss: the hinge generator loss of the unwrapped (frozen)
+    `discriminator` on `reconstruction` (so gradients reach the autoencoder only, and DDP sees no forward), scaled by
+    the adaptive weight against `nll_loss` at the decoder's `last_layer` weight and by `weight`. Returns
+    `(term, generator_loss, adaptive_weight)`."""
+    logits_fake = accelerator.unwrap_model(discriminator)(reconstruction)  # (B, 1, h, w)
+    generator_loss = hinge_generator_loss(logits_fake)
+    adaptive_weight = adaptive_generator_weight(nll_loss, generator_loss, last_layer) * weight
+    return adaptive_weight * generator_loss, generator_loss, adaptive_weight
 
 
 def discriminator_update(

@@ -4,6 +4,7 @@ the optional LPIPS perceptual loss and per-image PSNR / L1 of reconstructions.""
 from typing import Any, Optional
 
 import torch
+import torch.nn.functional as F
 
 
 def build_perceptual_loss(args: Any) -> Optional[torch.nn.Module]:
@@ -19,6 +20,21 @@ def build_perceptual_loss(args: Any) -> Optional[torch.nn.Module]:
             "VGG weights available; set `perceptual_weight` to 0 to train without a perceptual loss."
         ) from error
     return lpips.LPIPS(net="vgg").eval().requires_grad_(False)
+
+
+def reconstruction_nll(
+    reconstruction: torch.Tensor, target: torch.Tensor, perceptual: Optional[torch.nn.Module], args: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(reconstruction_loss, nll_loss)`: the L1 or L2 distance of `args.reconstruction_loss`, and
+    `reconstruction_weight` times it plus `perceptual_weight` times the LPIPS distance when `perceptual` is given."""
+    if args.reconstruction_loss == "l1":
+        reconstruction_loss = F.l1_loss(reconstruction, target)
+    else:
+        reconstruction_loss = F.mse_loss(reconstruction, target)
+    nll_loss = args.reconstruction_weight * reconstruction_loss
+    if perceptual is not None:
+        nll_loss = nll_loss + args.perceptual_weight * perceptual(reconstruction, target).mean()
+    return reconstruction_loss, nll_loss
 
 
 def reconstruction_metrics(reconstruction: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -68,13 +68,8 @@ from training.data import (
     build_train_examples,
     random_horizontal_flip,
 )
-from training.discriminator import (
-    PatchGANDiscriminator,
-    adaptive_generator_weight,
-    discriminator_update,
-    hinge_generator_loss,
-)
-from training.image_losses import build_perceptual_loss, reconstruction_metrics
+from training.discriminator import adversarial_loss, discriminator_update, prepare_discriminator
+from training.image_losses import build_perceptual_loss, reconstruction_metrics, reconstruction_nll
 
 
 logger = logging.getLogger(__name__)
@@ -206,26 +201,9 @@ def build_training_state(
         state.model, state.readout, state.optimizer = accelerator.prepare(model, readout, optimizer)
     accelerator.register_for_checkpointing(lr_scheduler, ema, progress)
     if args.discriminator_start_step is not None:
-        discriminator = PatchGANDiscriminator(
-            model_args.to_config().num_channels,
-            args.discriminator_base_channels,
-            args.discriminator_num_layers,
-            args.discriminator_norm_num_groups,
+        state.discriminator, state.discriminator_optimizer, state.discriminator_lr_scheduler = prepare_discriminator(
+            accelerator, args, model_args.to_config().num_channels, model_args.image_size
         )
-        if discriminator.output_size(model_args.image_size) < 1:
-            raise ValueError(
-                f"`discriminator_num_layers`={args.discriminator_num_layers} is too deep for "
-                f"{model_args.image_size} px images; use fewer layers."
-            )
-        discriminator_optimizer = build_optimizer(
-            discriminator.parameters(), args, learning_rate=args.discriminator_learning_rate
-        )
-        discriminator_lr_scheduler = build_lr_scheduler(discriminator_optimizer, args)
-        state.discriminator, state.discriminator_optimizer = accelerator.prepare(
-            discriminator, discriminator_optimizer
-        )
-        state.discriminator_lr_scheduler = discriminator_lr_scheduler
-        accelerator.register_for_checkpointing(discriminator_lr_scheduler)
     state.perceptual = build_perceptual_loss(args)
     if state.perceptual is not None:
         state.perceptual.to(accelerator.device)
@@ -253,13 +231,7 @@ def tokenizer_losses(
     """The model's loss on one micro-batch and its parts (all scalars), plus the `reconstruction` itself."""
     outputs = state.model(pixel_values, shuffle_tokens=args.shuffle_tokens, generator=generator)
     reconstruction = outputs.reconstruction.float()  # (B, 3, H, W)
-    if args.reconstruction_loss == "l1":
-        reconstruction_loss = F.l1_loss(reconstruction, pixel_values)
-    else:
-        reconstruction_loss = F.mse_loss(reconstruction, pixel_values)
-    nll_loss = args.reconstruction_weight * reconstruction_loss
-    if state.perceptual is not None:
-        nll_loss = nll_loss + args.perceptual_weight * state.perceptual(reconstruction, pixel_values).mean()
+    reconstruction_loss, nll_loss = reconstruction_nll(reconstruction, pixel_values, state.perceptual, args)
     loss = nll_loss + args.codebook_weight * outputs.codebook_loss + args.commitment_weight * outputs.commitment_loss
     unique_tokens = torch.zeros(accelerator.unwrap_model(state.model).config.codebook_size, device=pixel_values.device)
     losses = {
@@ -274,12 +246,11 @@ def tokenizer_losses(
         loss = loss + args.bootstrap_weight * bootstrap_loss
         losses["bootstrap_loss"] = bootstrap_loss.detach()
     if use_gan:
-        # The unwrapped discriminator, frozen: gradients reach the tokenizer only, and DDP sees no forward.
-        logits_fake = accelerator.unwrap_model(state.discriminator)(reconstruction)  # (B, 1, h, w)
-        generator_loss = hinge_generator_loss(logits_fake)
         last_layer = accelerator.unwrap_model(state.model).pixel_decoder.conv_out.weight
-        adaptive_weight = adaptive_generator_weight(nll_loss, generator_loss, last_layer) * args.discriminator_weight
-        loss = loss + adaptive_weight * generator_loss
+        term, generator_loss, adaptive_weight = adversarial_loss(
+            accelerator, state.discriminator, reconstruction, nll_loss, last_layer, args.discriminator_weight
+        )
+        loss = loss + term
         losses.update(generator_loss=generator_loss.detach(), adaptive_weight=adaptive_weight)
     losses.update(loss=loss, reconstruction=reconstruction)
     return losses

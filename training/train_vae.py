@@ -33,7 +33,6 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 import contextlib
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from diffusers import AutoencoderKL
@@ -72,13 +71,8 @@ from training.data import (
     build_train_examples,
     random_horizontal_flip,
 )
-from training.discriminator import (
-    PatchGANDiscriminator,
-    adaptive_generator_weight,
-    discriminator_update,
-    hinge_generator_loss,
-)
-from training.image_losses import build_perceptual_loss, reconstruction_metrics
+from training.discriminator import adversarial_loss, discriminator_update, prepare_discriminator
+from training.image_losses import build_perceptual_loss, reconstruction_metrics, reconstruction_nll
 
 
 @dataclass
@@ -228,25 +222,9 @@ def build_training_state(
     state = VAETrainingState(model, optimizer, lr_scheduler, ema, progress)
     accelerator.register_for_checkpointing(lr_scheduler, ema, progress)
     if args.discriminator_start_step is not None:
-        discriminator = PatchGANDiscriminator(
-            model_args.in_channels,
-            args.discriminator_base_channels,
-            args.discriminator_num_layers,
-            args.discriminator_norm_num_groups,
+        state.discriminator, state.discriminator_optimizer, state.discriminator_lr_scheduler = prepare_discriminator(
+            accelerator, args, model_args.in_channels, model_args.image_size
         )
-        if discriminator.output_size(model_args.image_size) < 1:
-            raise ValueError(
-                f"`discriminator_num_layers`={args.discriminator_num_layers} is too deep for "
-                f"{model_args.image_size} px images; use fewer layers."
-            )
-        discriminator_optimizer = build_optimizer(
-            discriminator.parameters(), args, learning_rate=args.discriminator_learning_rate
-        )
-        state.discriminator_lr_scheduler = build_lr_scheduler(discriminator_optimizer, args)
-        state.discriminator, state.discriminator_optimizer = accelerator.prepare(
-            discriminator, discriminator_optimizer
-        )
-        accelerator.register_for_checkpointing(state.discriminator_lr_scheduler)
     state.perceptual = build_perceptual_loss(args)
     if state.perceptual is not None:
         state.perceptual.to(accelerator.device)
@@ -273,13 +251,7 @@ def vae_losses(
     """The VAE's loss on one micro-batch and its parts (all scalars), plus the `reconstruction` itself."""
     reconstruction, mean, logvar = state.model(pixel_values, generator)
     reconstruction = reconstruction.float()  # (B, C, H, W)
-    if args.reconstruction_loss == "l1":
-        reconstruction_loss = F.l1_loss(reconstruction, pixel_values)
-    else:
-        reconstruction_loss = F.mse_loss(reconstruction, pixel_values)
-    nll_loss = args.reconstruction_weight * reconstruction_loss
-    if state.perceptual is not None:
-        nll_loss = nll_loss + args.perceptual_weight * state.perceptual(reconstruction, pixel_values).mean()
+    reconstruction_loss, nll_loss = reconstruction_nll(reconstruction, pixel_values, state.perceptual, args)
     kl_loss = kl_divergence(mean, logvar)
     loss = nll_loss + args.kl_weight * kl_loss
     losses = {
@@ -288,12 +260,11 @@ def vae_losses(
         "posterior_std": (0.5 * logvar.detach().float()).exp().mean(),
     }
     if use_gan:
-        # The unwrapped discriminator, frozen: gradients reach the VAE only, and DDP sees no forward.
-        logits_fake = accelerator.unwrap_model(state.discriminator)(reconstruction)  # (B, 1, h, w)
-        generator_loss = hinge_generator_loss(logits_fake)
         last_layer = accelerator.unwrap_model(state.model).vae.decoder.conv_out.weight
-        adaptive_weight = adaptive_generator_weight(nll_loss, generator_loss, last_layer) * args.discriminator_weight
-        loss = loss + adaptive_weight * generator_loss
+        term, generator_loss, adaptive_weight = adversarial_loss(
+            accelerator, state.discriminator, reconstruction, nll_loss, last_layer, args.discriminator_weight
+        )
+        loss = loss + term
         losses.update(generator_loss=generator_loss.detach(), adaptive_weight=adaptive_weight)
     losses.update(loss=loss, reconstruction=reconstruction)
     return losses
