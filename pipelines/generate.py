@@ -114,12 +114,11 @@ def generate(pipeline, label_ids: list[int], args: argparse.Namespace) -> list:
 
 def grid_image(images: list, names: list[str], images_per_class: int):
     """One image per class: a near-square grid, each image captioned with its class; more: a row per class."""
-    from tokenset_diffusers.visualization import labelled_grid, near_square_grid
+    from tokenset_diffusers.visualization import class_rows_grid, near_square_grid
 
     if images_per_class == 1:
         return near_square_grid(images, names)
-    rows = [images[i * images_per_class : (i + 1) * images_per_class] for i in range(len(names))]
-    return labelled_grid(rows, row_labels=names)
+    return class_rows_grid(images, names, images_per_class)
 
 
 def main(argv=None) -> Path:

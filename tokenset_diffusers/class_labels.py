@@ -102,6 +102,12 @@ class ClassLabelsMixin:
         return torch.tensor(ids, dtype=torch.long)
 
 
+def class_caption(id2label: dict[int, str] | None, class_id: int) -> str:
+    """`"<id>: <first name>"` (the first of a label's comma-separated synonyms), or the bare id without a label."""
+    id2label = id2label or {}
+    return f"{class_id}: {id2label[class_id].split(',')[0]}" if class_id in id2label else str(class_id)
+
+
 def short_repr(value: Any, limit: int = 80) -> str:
     """`repr(value)`, cut to `limit` characters, for error messages."""
     text = repr(value)

@@ -74,6 +74,14 @@ def labelled_grid(
     return grid
 
 
+def class_rows_grid(
+    images: Sequence[PIL.Image.Image], row_labels: Sequence[str], images_per_class: int
+) -> PIL.Image.Image:
+    """`images` made of `images_per_class` consecutive images per class as a labelled grid, a row per class."""
+    rows = [images[r * images_per_class : (r + 1) * images_per_class] for r in range(len(row_labels))]
+    return labelled_grid(rows, row_labels=row_labels)
+
+
 def near_square_grid(
     images: Sequence[PIL.Image.Image], labels: Sequence[str], min_cell_size: int = 96
 ) -> PIL.Image.Image:

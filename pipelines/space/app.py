@@ -38,8 +38,9 @@ import PIL.Image
 import torch
 
 from tokenset_diffusers import TokenSetPipeline, bundled_pipeline_path, postprocess_images, preprocess_images
+from tokenset_diffusers.class_labels import class_caption
 from tokenset_diffusers.pipeline_tokenset import MAX_GUIDANCE_SCALE
-from tokenset_diffusers.visualization import count_histogram, labelled_grid
+from tokenset_diffusers.visualization import class_rows_grid, count_histogram, labelled_grid
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder's tab modules
@@ -96,8 +97,7 @@ def class_choices(pipeline: TokenSetPipeline) -> list[tuple[str, int]]:
 
 def class_name(pipeline: TokenSetPipeline, class_id: int) -> str:
     """`"<id>: <first name>"`, or the bare id for a pipeline without `id2label`."""
-    id2label = pipeline.config.id2label or {}
-    return f"{class_id}: {id2label[class_id].split(',')[0]}" if class_id in id2label else str(class_id)
+    return class_caption(pipeline.config.id2label, class_id)
 
 
 def resolve_class_choice(pipeline: TokenSetPipeline, choice: int | str) -> int:
@@ -211,8 +211,7 @@ def generate_grid(
         generator=generators,
         callback_on_step_end=callback_on_step_end,
     )
-    rows = [output.images[r * images_per_class : (r + 1) * images_per_class] for r in range(len(class_ids))]
-    grid = labelled_grid(rows, row_labels=[class_name(pipeline, class_id) for class_id in class_ids])
+    grid = class_rows_grid(output.images, [class_name(pipeline, class_id) for class_id in class_ids], images_per_class)
     return grid, output.counts
 
 

@@ -16,7 +16,8 @@ import PIL.Image
 import torch
 
 from tokenset_diffusers import TokenBridgePipeline, bundled_pipeline_path
-from tokenset_diffusers.visualization import labelled_grid
+from tokenset_diffusers.class_labels import class_caption
+from tokenset_diffusers.visualization import class_rows_grid
 
 
 TOKENBRIDGE_MODEL_ENV_VAR = "TOKENBRIDGE_MODEL"
@@ -32,8 +33,7 @@ def load_tokenbridge_pipeline(
 
 def class_name(pipeline: TokenBridgePipeline, class_id: int) -> str:
     """`"<id>: <first name>"`, or the bare id for a pipeline without `id2label`."""
-    id2label = pipeline.config.id2label or {}
-    return f"{class_id}: {id2label[class_id].split(',')[0]}" if class_id in id2label else str(class_id)
+    return class_caption(pipeline.config.id2label, class_id)
 
 
 def check_request(
@@ -82,8 +82,7 @@ def generate_tokenbridge_grid(
         temperature=temperature,
         generator=generators,
     ).images
-    rows = [images[r * images_per_class : (r + 1) * images_per_class] for r in range(len(class_ids))]
-    return labelled_grid(rows, row_labels=[class_name(pipeline, class_id) for class_id in class_ids])
+    return class_rows_grid(images, [class_name(pipeline, class_id) for class_id in class_ids], images_per_class)
 
 
 def build_tokenbridge_tab(pipeline: TokenBridgePipeline, max_images: int = 16) -> gr.Tab:
