@@ -37,6 +37,24 @@ def random_original_state_dict(preset: str, generator: torch.Generator) -> dict[
     return {key: torch.randn(shape, generator=generator) * 0.02 for key, shape in shapes.items()}
 
 
+def forward_sides(preset: str, batch_size: int, generator: torch.Generator, device="cpu") -> dict:
+    """`{"original": f, "ours": g}`: zero-argument calls of the original's forward and ours, on the same random
+    weights (in the original checkpoint's layout, converted by the project's converter) and the same random inputs of
+    `batch_size` rows, both returning logits. Call them under `torch.no_grad()`."""
+    state_dict = random_original_state_dict(preset, generator)
+    num_heads = CHECKPOINTS[preset][1]
+    model = convert_transformer(state_dict, num_attention_heads=num_heads).to(device).eval()
+    state_dict = {key: value.to(device) for key, value in state_dict.items()}
+    config = model.config
+    counts = torch.randint(0, 2, (batch_size, config.codebook_size), generator=generator).to(device)
+    t = torch.rand(batch_size, generator=generator).to(device)
+    y = torch.randint(0, config.num_classes, (batch_size,), generator=generator).to(device)
+    return {
+        "original": lambda: original_dit_forward(state_dict, counts, t, y, num_heads),
+        "ours": lambda: model(counts, t, y).logits,
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(CHECKPOINTS), default="small")
@@ -46,21 +64,11 @@ def main():
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    generator = torch.Generator().manual_seed(0)
-    state_dict = random_original_state_dict(args.preset, generator)
-    num_heads = CHECKPOINTS[args.preset][1]
-    model = convert_transformer(state_dict, num_attention_heads=num_heads).eval()
-    config = model.config
-    counts = torch.randint(0, 2, (args.batch_size, config.codebook_size), generator=generator)
-    t = torch.rand(args.batch_size, generator=generator)
-    y = torch.randint(0, config.num_classes, (args.batch_size,), generator=generator)
-    sides = {
-        "original": lambda: original_dit_forward(state_dict, counts, t, y, num_heads),
-        "ours": lambda: model(counts, t, y).logits,
-    }
+    sides = forward_sides(args.preset, args.batch_size, torch.Generator().manual_seed(0))
     times = {name: [] for name in sides}
     with torch.no_grad():
-        difference = (sides["original"]() - sides["ours"]()).abs().max().item()  # also the warm-up
+        logits = sides["original"]()  # (B, C, M + 1); also the warm-up
+        difference = (logits - sides["ours"]()).abs().max().item()
         for _ in range(args.runs):
             for name, forward in sides.items():
                 start = time.perf_counter()
@@ -69,7 +77,7 @@ def main():
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load average {load:.1f}")
     print(
-        f"DiT-{args.preset} forward, batch {args.batch_size}, C = {config.codebook_size}, fp32, eager; "
+        f"DiT-{args.preset} forward, batch {args.batch_size}, C = {logits.shape[1]}, fp32, eager; "
         f"max |logit difference| {difference:.2e}"
     )
     original, ours = statistics.median(times["original"]), statistics.median(times["ours"])

@@ -44,7 +44,6 @@ from benchmarks.baseline import (  # noqa: E402
     baseline_next_sample,
     baseline_sample_counts,
     baseline_step,
-    original_dit_forward,
 )
 from benchmarks.bench_transformer import cast_keeping_fp32_modules  # noqa: E402
 from benchmarks.hardware import (  # noqa: E402
@@ -206,30 +205,12 @@ def our_rest_of_step(scheduler, logits, scale, t, sample, generator):
 
 def forward_seconds(preset: str, repeats: int, device: torch.device) -> tuple[float, float]:
     """Median seconds of the original's DiT forward and ours on one guided image (batch 2), float32, on identical
-    weights (random, in the original checkpoint's layout, converted by the project's converter), interleaved."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "conversion"))
-    from transformer_conversion import convert_transformer
+    weights (`bench_dit_forward.py`'s), interleaved."""
+    from benchmarks.bench_dit_forward import forward_sides
 
-    from benchmarks.bench_dit_forward import CHECKPOINTS, random_original_state_dict
-
-    generator = torch.Generator().manual_seed(0)
-    state_dict = random_original_state_dict(preset, generator)
-    num_heads = CHECKPOINTS[preset][1]
-    model = convert_transformer(state_dict, num_attention_heads=num_heads).to(device).eval()
-    state_dict = {key: value.to(device) for key, value in state_dict.items()}
-    counts = torch.randint(0, 2, (2, CODEBOOK_SIZE), generator=generator).to(device)
-    t, y = torch.full((2,), 0.5, device=device), torch.tensor([3, NUM_CLASSES], device=device)
+    sides = forward_sides(preset, 2, torch.Generator().manual_seed(0), device)
     with torch.no_grad():
-        return tuple(
-            interleaved_medians(
-                [
-                    partial(original_dit_forward, state_dict, counts, t, y, num_heads),
-                    lambda: model(counts, t, y).logits,
-                ],
-                repeats,
-                device,
-            )
-        )
+        return tuple(interleaved_medians([sides["original"], sides["ours"]], repeats, device))
 
 
 def per_step_rows(options, device: torch.device) -> list[dict]:
