@@ -11,8 +11,9 @@ rounding; `tests/test_scheduler.py` checks that, step by step.
 
 import torch
 
-from tokenset_diffusers.scheduling_fsdd import FSDDScheduler
-from tokenset_diffusers.set_ops import greedy_adjust, quantize_to_sum, sample_categorical, sample_fixed_sum_noise
+from tokenset_diffusers.tokenset.scheduling_fsdd import FSDDScheduler
+from tokenset_diffusers.tokenset.set_ops import greedy_adjust, quantize_to_sum, sample_fixed_sum_noise
+from tokenset_diffusers.utils.sampling import sample_categorical
 
 
 def baseline_step(
@@ -109,7 +110,7 @@ def baseline_sample_counts(
 ) -> torch.LongTensor:
     """Count vectors `(batch_size, codebook_size)` sampled along the baseline path (`guidance`: a constant scale or
     an interval schedule, as the pipeline takes it)."""
-    from tokenset_diffusers.pipeline_tokenset import _guidance_schedule
+    from tokenset_diffusers.tokenset.pipeline_tokenset import _guidance_schedule
 
     schedule = _guidance_schedule(guidance, "guidance")
     config = scheduler.config

@@ -62,9 +62,9 @@ from tokenset_diffusers import (  # noqa: E402
     TokenSetVQVAE,
     TokenSetVQVAEConfig,
 )
-from tokenset_diffusers.pipeline_tokenset import combine_guidance  # noqa: E402
-from tokenset_diffusers.set_ops import sample_fixed_sum_noise  # noqa: E402
-from training.testing_utils import TINY_TOKENIZER  # noqa: E402
+from tokenset_diffusers.tokenset.pipeline_tokenset import combine_guidance  # noqa: E402
+from tokenset_diffusers.tokenset.set_ops import sample_fixed_sum_noise  # noqa: E402
+from tokenset_diffusers.utils.testing_utils import TINY_TOKENIZER  # noqa: E402
 
 
 CODEBOOK_SIZE, NUM_TOKENS, NUM_CLASSES = 4096, 128, 1000

@@ -21,7 +21,7 @@ from benchmarks.baseline import baseline_add_noise, baseline_step  # noqa: E402
 from benchmarks.bench_sampling import live_peak  # noqa: E402
 from benchmarks.hardware import describe, interleaved_medians  # noqa: E402
 from tokenset_diffusers import FSDDScheduler, set_ops  # noqa: E402
-from tokenset_diffusers.set_ops import sample_fixed_sum_noise  # noqa: E402
+from tokenset_diffusers.tokenset.set_ops import sample_fixed_sum_noise  # noqa: E402
 
 
 def model_like_probs(batch_size, codebook_size, num_tokens, generator, device):

@@ -17,8 +17,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.hardware import median_seconds  # noqa: E402
-from tokenset_diffusers.configuration_tokenset_vqvae import TokenSetVQVAEConfig  # noqa: E402
-from tokenset_diffusers.modeling_tokenset_vqvae import TokenSetVQVAE  # noqa: E402
+from tokenset_diffusers.tokenset.configuration_tokenset_vqvae import TokenSetVQVAEConfig  # noqa: E402
+from tokenset_diffusers.tokenset.modeling_tokenset_vqvae import TokenSetVQVAE  # noqa: E402
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

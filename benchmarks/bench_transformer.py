@@ -29,7 +29,7 @@ from benchmarks.hardware import (  # noqa: E402
     synchronize,
     transformer_forward_flops,
 )
-from tokenset_diffusers.transformer_tokenset import TokenSetTransformer1DModel  # noqa: E402
+from tokenset_diffusers.tokenset.transformer_tokenset import TokenSetTransformer1DModel  # noqa: E402
 
 
 CODEBOOK_SIZE, NUM_TOKENS, NUM_CLASSES = 4096, 128, 1000

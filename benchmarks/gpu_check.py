@@ -29,7 +29,7 @@ from benchmarks import bench_sampling as sampling  # noqa: E402
 from benchmarks.baseline import baseline_sample_counts, baseline_step  # noqa: E402
 from benchmarks.hardware import describe, peak_memory_gib, reset_peak_memory, synchronize  # noqa: E402
 from tokenset_diffusers import FSDDScheduler  # noqa: E402
-from tokenset_diffusers.set_ops import sample_fixed_sum_noise  # noqa: E402
+from tokenset_diffusers.tokenset.set_ops import sample_fixed_sum_noise  # noqa: E402
 
 
 START = time.perf_counter()

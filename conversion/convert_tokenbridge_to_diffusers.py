@@ -27,7 +27,7 @@ from vae_conversion import KL16_SCALING_FACTOR, convert_vae, load_vae_checkpoint
 
 from tokenset_diffusers import MaskedARScheduler, TokenBridgePipeline  # noqa: E402
 from tokenset_diffusers.model_cards import render_model_card  # noqa: E402
-from tokenset_diffusers.pipeline_tokenbridge import RELEASED_SAMPLING_DEFAULTS  # noqa: E402
+from tokenset_diffusers.tokenbridge.pipeline_tokenbridge import RELEASED_SAMPLING_DEFAULTS  # noqa: E402
 
 
 # Released sizes by encoder width.

@@ -17,7 +17,7 @@ import re
 import torch
 from checkpoint_loading import load_checkpoint, load_state_dict_strictly
 
-from tokenset_diffusers.transformer_tokenbridge import TokenBridgeTransformer2DModel
+from tokenset_diffusers.tokenbridge.transformer_tokenbridge import TokenBridgeTransformer2DModel
 
 
 _VIT = r"^(encoder|decoder)_blocks\.(\d+)\."

@@ -20,8 +20,8 @@ import re
 
 import torch
 
-from tokenset_diffusers.configuration_tokenset_vqvae import TokenSetVQVAEConfig
-from tokenset_diffusers.modeling_tokenset_vqvae import TokenSetVQVAE
+from tokenset_diffusers.tokenset.configuration_tokenset_vqvae import TokenSetVQVAEConfig
+from tokenset_diffusers.tokenset.modeling_tokenset_vqvae import TokenSetVQVAE
 
 
 _BLOCK = r"^(encoder|decoder)\.transformer\.(\d+)\."

@@ -15,7 +15,7 @@ import re
 import torch
 from checkpoint_loading import load_checkpoint, load_state_dict_strictly
 
-from tokenset_diffusers.transformer_tokenset import TokenSetTransformer1DModel
+from tokenset_diffusers.tokenset.transformer_tokenset import TokenSetTransformer1DModel
 
 
 # (original key regex, new key template). Block indices are carried over by `\1`.

@@ -1,6 +1,7 @@
 """Shared test fixtures: the original implementation's stored inputs and outputs (tests/fixtures/)."""
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -9,6 +10,8 @@ from safetensors.torch import load_file
 
 
 FIXTURES = Path(__file__).parent / "fixtures"
+# The shared helpers (`tests/helpers/`) import as `helpers.*` from every test folder.
+sys.path.insert(0, str(Path(__file__).parent))
 
 # `trust_remote_code=True` loads copy a folder's import-only files into diffusers' and transformers' module cache;
 # keep them out of $HOME (read when diffusers / transformers are first imported, which is after this file).

@@ -9,30 +9,37 @@ Public names are imported lazily. Importing the package registers the set tokeni
 """
 
 import importlib
+import importlib.abc
+import importlib.util
+import sys
 from typing import TYPE_CHECKING
 
 
 __version__ = "0.1.0"
 
 _import_structure = {
-    "set_ops": [
+    "tokenset.set_ops": [
         "DiscretizedGaussian",
         "counts_to_tokens",
         "discretized_gaussian",
-        "filter_probs",
         "greedy_adjust",
         "quantize_to_sum",
         "sample_fixed_sum_noise",
         "tokens_to_counts",
     ],
-    "scheduling_fsdd": ["FSDDScheduler", "FSDDSchedulerOutput"],
-    "configuration_tokenset_vqvae": ["TokenSetVQVAEConfig"],
-    "modeling_tokenset_vqvae": ["TokenSetVQVAE", "TokenSetVQVAEEncoderOutput", "TokenSetVQVAEOutput"],
+    "utils.sampling": ["filter_probs"],
+    "tokenset.scheduling_fsdd": ["FSDDScheduler", "FSDDSchedulerOutput"],
+    "tokenset.configuration_tokenset_vqvae": ["TokenSetVQVAEConfig"],
+    "tokenset.modeling_tokenset_vqvae": ["TokenSetVQVAE", "TokenSetVQVAEEncoderOutput", "TokenSetVQVAEOutput"],
     "image_processing": ["center_crop_arr", "preprocess_images", "postprocess_images"],
-    "transformer_tokenset": ["TokenSetTransformer1DModel", "TokenSetTransformer1DModelOutput", "TRANSFORMER_PRESETS"],
-    "pipeline_tokenset": ["TokenSetPipeline", "TokenSetPipelineOutput"],
-    "pipeline_tokenset_img2img": ["TokenSetImg2ImgPipeline"],
-    "set_interpolation": ["interpolate_counts", "interpolate_images", "interpolation_weights"],
+    "tokenset.transformer_tokenset": [
+        "TokenSetTransformer1DModel",
+        "TokenSetTransformer1DModelOutput",
+        "TRANSFORMER_PRESETS",
+    ],
+    "tokenset.pipeline_tokenset": ["TokenSetPipeline", "TokenSetPipelineOutput"],
+    "tokenset.pipeline_tokenset_img2img": ["TokenSetImg2ImgPipeline"],
+    "tokenset.set_interpolation": ["interpolate_counts", "interpolate_images", "interpolation_weights"],
     "bundled": ["bundled_pipeline_path"],
     "metrics": [
         "FeatureStatistics",
@@ -49,14 +56,14 @@ _import_structure = {
     ],
     "model_cards": ["render_model_card", "write_model_card", "pipeline_card_fields"],
     # TokenBridge (arXiv 2503.16430)
-    "quantization_tokenbridge": ["TokenBridgeQuantizer"],
-    "transformer_tokenbridge": [
+    "tokenbridge.quantization_tokenbridge": ["TokenBridgeQuantizer"],
+    "tokenbridge.transformer_tokenbridge": [
         "TokenBridgeTransformer2DModel",
         "TokenBridgeTransformer2DModelOutput",
         "TOKENBRIDGE_PRESETS",
     ],
-    "scheduling_masked_ar": ["MaskedARScheduler", "MaskedARSchedulerOutput"],
-    "pipeline_tokenbridge": ["TokenBridgePipeline", "TokenBridgePipelineOutput"],
+    "tokenbridge.scheduling_masked_ar": ["MaskedARScheduler", "MaskedARSchedulerOutput"],
+    "tokenbridge.pipeline_tokenbridge": ["TokenBridgePipeline", "TokenBridgePipelineOutput"],
     "class_labels": ["ClassLabelsMixin"],
 }
 
@@ -69,8 +76,8 @@ def _register_auto_classes() -> None:
     """`AutoConfig` / `AutoModel.from_pretrained` on a saved set tokenizer, without `trust_remote_code`."""
     from transformers import AutoConfig, AutoModel
 
-    from .configuration_tokenset_vqvae import TokenSetVQVAEConfig
-    from .modeling_tokenset_vqvae import TokenSetVQVAE
+    from .tokenset.configuration_tokenset_vqvae import TokenSetVQVAEConfig
+    from .tokenset.modeling_tokenset_vqvae import TokenSetVQVAE
 
     AutoConfig.register(TokenSetVQVAEConfig.model_type, TokenSetVQVAEConfig, exist_ok=True)
     AutoModel.register(TokenSetVQVAEConfig, TokenSetVQVAE, exist_ok=True)
@@ -90,15 +97,56 @@ def __dir__():
     return sorted(list(globals()) + __all__)
 
 
+# Folders saved by release 0.1.0 name the flat module paths of that release in their `model_index.json` and import
+# files (e.g. `tokenset_diffusers.tokenset.scheduling_fsdd`); those paths keep importing, as the modules of the new layout.
+_RELEASE_0_1_MODULES = {
+    "configuration_tokenset_vqvae": "tokenset.configuration_tokenset_vqvae",
+    "modeling_tokenset_vqvae": "tokenset.modeling_tokenset_vqvae",
+    "transformer_tokenset": "tokenset.transformer_tokenset",
+    "scheduling_fsdd": "tokenset.scheduling_fsdd",
+    "pipeline_tokenset": "tokenset.pipeline_tokenset",
+    "pipeline_tokenset_img2img": "tokenset.pipeline_tokenset_img2img",
+    "set_interpolation": "tokenset.set_interpolation",
+    "set_ops": "tokenset.set_ops",
+    "quantization_tokenbridge": "tokenbridge.quantization_tokenbridge",
+    "transformer_tokenbridge": "tokenbridge.transformer_tokenbridge",
+    "scheduling_masked_ar": "tokenbridge.scheduling_masked_ar",
+    "pipeline_tokenbridge": "tokenbridge.pipeline_tokenbridge",
+    "loading": "utils.loading",
+    "remote_code": "utils.remote_code",
+}
+
+
+class _ReleaseModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports `tokenset_diffusers.<release 0.1 module>` as the module that holds its code now (the same module
+    object, so classes are identical whichever path loaded them)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        package, _, name = fullname.rpartition(".")
+        if package != __name__ or name not in _RELEASE_0_1_MODULES:
+            return None
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec):
+        return importlib.import_module(f"{__name__}.{_RELEASE_0_1_MODULES[spec.name.rpartition('.')[2]]}")
+
+    def exec_module(self, module):
+        pass  # already executed under its own name
+
+
+if not any(isinstance(finder, _ReleaseModuleFinder) for finder in sys.meta_path):
+    sys.meta_path.append(_ReleaseModuleFinder())
+
+
 if TYPE_CHECKING:  # pragma: no cover
-    from .scheduling_fsdd import FSDDScheduler, FSDDSchedulerOutput
-    from .set_ops import (
+    from .tokenset.scheduling_fsdd import FSDDScheduler, FSDDSchedulerOutput
+    from .tokenset.set_ops import (
         DiscretizedGaussian,
         counts_to_tokens,
         discretized_gaussian,
-        filter_probs,
         greedy_adjust,
         quantize_to_sum,
         sample_fixed_sum_noise,
         tokens_to_counts,
     )
+    from .utils.sampling import filter_probs

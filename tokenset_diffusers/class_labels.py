@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .loading import check_local_folder
+from .utils.loading import check_local_folder
 
 
 def normalise_id2label(id2label: dict | None, num_classes: int) -> dict[int, str] | None:

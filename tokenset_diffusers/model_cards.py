@@ -228,7 +228,7 @@ def render_model_card(kind: CardKind, **fields) -> ModelCard:
         # A Python literal for the usage snippet: "golden retriever" (with double quotes) or 207.
         template_fields["example_class_code"] = json.dumps(values["example_class_label"])
     if kind == "tokenbridge_converted_pipeline":
-        from .pipeline_tokenbridge import RELEASED_SAMPLING_DEFAULTS
+        from .tokenbridge.pipeline_tokenbridge import RELEASED_SAMPLING_DEFAULTS
 
         template_fields["paper_fid"] = TOKENBRIDGE_PAPER_FID
         template_fields["released"] = RELEASED_SAMPLING_DEFAULTS[values["model_size"]]

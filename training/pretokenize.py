@@ -41,7 +41,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value
 from datasets.distributed import split_dataset_by_node
 from tqdm.auto import tqdm
 
-from tokenset_diffusers.modeling_tokenset_vqvae import TokenSetVQVAE
+from tokenset_diffusers.tokenset.modeling_tokenset_vqvae import TokenSetVQVAE
 from training.common import (
     arg,
     check_choices,

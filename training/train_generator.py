@@ -42,10 +42,10 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from tokenset_diffusers.model_cards import write_model_card
-from tokenset_diffusers.modeling_tokenset_vqvae import TokenSetVQVAE
-from tokenset_diffusers.scheduling_fsdd import FSDDScheduler
-from tokenset_diffusers.set_ops import sample_fixed_sum_noise, tokens_to_counts
-from tokenset_diffusers.transformer_tokenset import TokenSetTransformer1DModel
+from tokenset_diffusers.tokenset.modeling_tokenset_vqvae import TokenSetVQVAE
+from tokenset_diffusers.tokenset.scheduling_fsdd import FSDDScheduler
+from tokenset_diffusers.tokenset.set_ops import sample_fixed_sum_noise, tokens_to_counts
+from tokenset_diffusers.tokenset.transformer_tokenset import TokenSetTransformer1DModel
 from training.common import (
     ExponentialMovingAverage,
     MetricWindow,
@@ -462,7 +462,7 @@ def save_final_outputs(
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         from tokenset_diffusers.model_cards import pipeline_card_fields
-        from tokenset_diffusers.pipeline_tokenset import TokenSetPipeline
+        from tokenset_diffusers.tokenset.pipeline_tokenset import TokenSetPipeline
 
         output_dir = Path(args.output_dir)
         transformer = state.ema.shadow

@@ -38,9 +38,12 @@ from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
 from tokenset_diffusers.model_cards import write_model_card
-from tokenset_diffusers.pipeline_tokenbridge import TokenBridgePipeline
-from tokenset_diffusers.scheduling_masked_ar import MaskedARScheduler
-from tokenset_diffusers.transformer_tokenbridge import RELEASED_CHANNEL_ORDER, TokenBridgeTransformer2DModel
+from tokenset_diffusers.tokenbridge.pipeline_tokenbridge import TokenBridgePipeline
+from tokenset_diffusers.tokenbridge.scheduling_masked_ar import MaskedARScheduler
+from tokenset_diffusers.tokenbridge.transformer_tokenbridge import (
+    RELEASED_CHANNEL_ORDER,
+    TokenBridgeTransformer2DModel,
+)
 from training.common import (
     ExponentialMovingAverage,
     MetricWindow,

@@ -32,9 +32,9 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from tokenset_diffusers.configuration_tokenset_vqvae import TokenSetVQVAEConfig
 from tokenset_diffusers.model_cards import write_model_card
-from tokenset_diffusers.modeling_tokenset_vqvae import TokenSetVQVAE
+from tokenset_diffusers.tokenset.configuration_tokenset_vqvae import TokenSetVQVAEConfig
+from tokenset_diffusers.tokenset.modeling_tokenset_vqvae import TokenSetVQVAE
 from training.common import (
     ExponentialMovingAverage,
     MetricWindow,

@@ -39,7 +39,7 @@ import torch
 
 from tokenset_diffusers import TokenSetPipeline, bundled_pipeline_path, postprocess_images, preprocess_images
 from tokenset_diffusers.class_labels import class_caption
-from tokenset_diffusers.pipeline_tokenset import MAX_GUIDANCE_SCALE
+from tokenset_diffusers.tokenset.pipeline_tokenset import MAX_GUIDANCE_SCALE
 from tokenset_diffusers.visualization import class_rows_grid, count_histogram, labelled_grid
 
 

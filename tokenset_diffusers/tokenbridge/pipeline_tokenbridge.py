@@ -1,0 +1,305 @@
+"""TokenBridgePipeline: class-conditional generation with TokenBridge's masked autoregressive transformer and a VAE."""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline
+from diffusers.utils import BaseOutput
+
+from ..class_labels import ClassLabelsMixin, LocalFolderLoadingMixin, label_to_id, normalise_id2label
+from ..image_processing import postprocess_images
+from ..utils.sampling import GeneratorType
+from ..utils.validation import checks_values
+from .scheduling_masked_ar import GUIDANCE_SCHEDULES, MaskedARScheduler
+from .transformer_tokenbridge import TokenBridgeTransformer2DModel
+
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent", "indices")
+
+# The released evaluation settings (num_iter 256, linear guidance); the README's faster setting uses 64 steps.
+RELEASED_SAMPLING_DEFAULTS = {
+    "L": {"num_inference_steps": 256, "guidance_scale": 3.1, "temperature": 0.96},
+    "H": {"num_inference_steps": 256, "guidance_scale": 3.45, "temperature": 0.91},
+}
+
+
+@dataclass
+class TokenBridgePipelineOutput(BaseOutput):
+    """Output of [`TokenBridgePipeline`].
+
+    Args:
+        images (`list[PIL.Image.Image]`, `np.ndarray` `(batch_size, H, W, 3)` in [0, 1], `torch.Tensor`
+            `(batch_size, 3, H, W)` in [0, 1]; for `output_type="latent"` the dequantized scaled latents
+            `(batch_size, latent_channels, h, w)`, for `"indices"` the indices).
+        indices (`torch.LongTensor` of shape `(batch_size, num_tokens, latent_channels)`): the generated level
+            indices, positions row-major, VAE channel order.
+    """
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    indices: torch.LongTensor
+
+
+class TokenBridgePipeline(LocalFolderLoadingMixin, ClassLabelsMixin, DiffusionPipeline):
+    """Class-conditional generation with TokenBridge: masked autoregressive sampling of quantized VAE latents.
+
+    Args:
+        transformer ([`TokenBridgeTransformer2DModel`]): the generator (quantizer, MAE encoder/decoder, channel head).
+        vae ([`diffusers.AutoencoderKL`]): decodes `latents / vae.config.scaling_factor` to images (the released
+            KL-16 has `scaling_factor` 0.2325).
+        scheduler ([`MaskedARScheduler`]): the cosine masked-AR schedule.
+        id2label (`dict[int, str]`, *optional*): class names (comma-separated synonyms allowed), saved in
+            `model_index.json`.
+        default_num_inference_steps (`int`, defaults to 64): used when a call passes `num_inference_steps=None`.
+            Converted releases store 256 (the evaluated setting; 64 is the original README's faster one).
+        default_guidance_scale (`float`, defaults to 1.0): used for `guidance_scale=None` (L: 3.1, H: 3.45).
+        default_temperature (`float`, defaults to 1.0): used for `temperature=None` (L: 0.96, H: 0.91).
+    """
+
+    model_cpu_offload_seq = "transformer->vae"
+    _callback_tensor_inputs = ["indices", "mask"]
+
+    def __init__(
+        self,
+        transformer: TokenBridgeTransformer2DModel,
+        vae: AutoencoderKL,
+        scheduler: MaskedARScheduler,
+        id2label: dict | None = None,
+        default_num_inference_steps: int = 64,
+        default_guidance_scale: float = 1.0,
+        default_temperature: float = 1.0,
+    ):
+        super().__init__()
+        if vae.config.latent_channels != transformer.config.latent_channels:
+            raise ValueError(
+                f"The VAE has {vae.config.latent_channels} latent channels, the transformer "
+                f"{transformer.config.latent_channels}."
+            )
+        if scheduler.config.num_tokens != transformer.num_tokens:
+            raise ValueError(
+                f"The scheduler has num_tokens={scheduler.config.num_tokens}, the transformer "
+                f"{transformer.num_tokens} (sample_size**2)."
+            )
+        id2label = normalise_id2label(id2label, transformer.config.num_classes)
+        self.register_modules(transformer=transformer, vae=vae, scheduler=scheduler)
+        self.register_to_config(
+            id2label=id2label,
+            default_num_inference_steps=default_num_inference_steps,
+            default_guidance_scale=default_guidance_scale,
+            default_temperature=default_temperature,
+        )
+        self.labels = label_to_id(id2label)
+
+    def model_card(self, repo_id: str = "<repo_id>") -> "huggingface_hub.ModelCard":  # noqa: F821
+        """A minimal model card for this pipeline: metadata, sizes, sampling defaults and a usage snippet."""
+        from huggingface_hub import ModelCard, ModelCardData
+
+        data = ModelCardData(
+            library_name="diffusers",
+            license="mit",
+            tags=["tokenbridge", "tokenset-diffusers", "class-conditional-image-generation", "arxiv:2503.16430"],
+        )
+        config = self.transformer.config
+        text = (
+            f"---\n{data.to_yaml()}\n---\n\n# TokenBridge pipeline\n\n"
+            "Class-conditional image generation with TokenBridge ([Bridging Continuous and Discrete Tokens for "
+            "Autoregressive Visual Generation](https://arxiv.org/abs/2503.16430)): a masked autoregressive "
+            "transformer over post-training-quantized VAE latents, one channel index after the other.\n\n"
+            f"- classes: {config.num_classes}; latent grid {config.sample_size}x{config.sample_size}, "
+            f"{config.latent_channels} channels, {2**config.quantizer_bits} levels per channel\n"
+            f"- defaults: {self.config.default_num_inference_steps} steps, guidance "
+            f"{self.config.default_guidance_scale} (linear), temperature {self.config.default_temperature}\n\n"
+            "```python\nfrom tokenset_diffusers import TokenBridgePipeline\n\n"
+            f'pipeline = TokenBridgePipeline.from_pretrained("{repo_id}")\n'
+            "images = pipeline([0, 1, 2]).images\n```\n"
+        )
+        return ModelCard(text)
+
+    # ------------------------------------------------------------------ guidance
+
+    @torch.no_grad()
+    def guided_features(
+        self,
+        values: torch.Tensor,
+        step_index: int,
+        orders: torch.LongTensor,
+        class_labels: torch.LongTensor,
+        guidance_scale: float = 1.0,
+        guidance_schedule: Literal["linear", "constant"] = "linear",
+    ) -> torch.Tensor:
+        """
+        The head's input features at the positions step `step_index` predicts, guided.
+
+        With `guidance_scale != 1`, one batched pass of the conditional and unconditional rows, then
+        `z_u + w (z_c - z_u)` with w from [`MaskedARScheduler.guidance_weight`] (the original runs two passes; the
+        result is the same).
+
+        Args:
+            values (`torch.Tensor` of shape `(B, L, latent_channels)`): dequantized current tokens (latent units).
+            step_index (`int`): the step.
+            orders (`torch.LongTensor` of shape `(B, L)`): the generation orders.
+            class_labels (`torch.LongTensor` of shape `(B,)`): ids in `[0, num_classes]` (`num_classes` =
+                unconditional).
+            guidance_scale (`float`), guidance_schedule (`str`): see [`__call__`].
+
+        Returns:
+            `torch.FloatTensor` of shape `(B * num_predicted, D_dec)`, rows row-major over (image, position).
+        """
+        scheduler = self.scheduler
+        num_masked = scheduler.num_unknown[step_index]
+        mask = scheduler.mask(orders, step_index)  # (B, L)
+        positions = scheduler.positions_to_predict(orders, step_index)  # (B, n)
+        batch_size = values.shape[0]
+        if guidance_scale == 1.0:
+            features = self.transformer.conditions(values, mask, class_labels, num_masked).float()  # (B, L, D)
+        else:
+            unconditional = torch.full_like(class_labels, self.transformer.config.num_classes)
+            both = self.transformer.conditions(
+                torch.cat([values, values]),
+                torch.cat([mask, mask]),
+                torch.cat([class_labels, unconditional]),
+                num_masked,
+            ).float()  # (2B, L, D)
+            conditional, unconditional = both.chunk(2)  # (B, L, D) each
+            weight = scheduler.guidance_weight(step_index, guidance_scale, guidance_schedule)
+            features = unconditional + weight * (conditional - unconditional)  # (B, L, D)
+        index = positions[:, :, None].expand(-1, -1, features.shape[-1])
+        return features.gather(1, index).reshape(batch_size * positions.shape[1], -1)  # (B * n, D)
+
+    # ------------------------------------------------------------------ generation
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: int | str | Sequence[int | str] | None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        guidance_schedule: Literal["linear", "constant"] = "linear",
+        temperature: float | None = None,
+        generator: GeneratorType = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        orders: torch.LongTensor | None = None,
+        num_images: int | None = None,
+        callback_on_step_end: Callable[["TokenBridgePipeline", int, int, dict[str, Any]], dict[str, Any]]
+        | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("indices",),
+    ) -> TokenBridgePipelineOutput | tuple:
+        """Generates one image per class label.
+
+        Args:
+            class_labels (`int`, `str`, a list of them, or `None`): class ids or names ([`get_label_ids`]); `None`
+                generates `num_images` unconditional images (the learned unconditional embedding as condition).
+            num_inference_steps (`int`, *optional*): masked-AR steps, 1..L; `None` uses `default_num_inference_steps`.
+            guidance_scale (`float`, *optional*): classifier-free guidance scale on the decoder features; 1 is none;
+                `None` uses `default_guidance_scale`.
+            guidance_schedule (`str`, defaults to `"linear"`): `"linear"` (the weight grows with the fraction of
+                known tokens, never quite reaching `guidance_scale`) or `"constant"`.
+            temperature (`float`, *optional*): divides every channel's logits; 0 is greedy; `None` uses
+                `default_temperature`.
+            generator (`torch.Generator` or a list of them, one per image, *optional*): orders and token draws.
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` (`(B, H, W, 3)` in [0, 1]), `"pt"` (`(B, 3, H,
+                W)` in [0, 1]), `"latent"` (dequantized scaled latents `(B, latent_channels, h, w)`) or `"indices"`
+                (`(B, L, latent_channels)` int64).
+            return_dict (`bool`, defaults to `True`): return a [`TokenBridgePipelineOutput`] rather than a tuple.
+            orders (`torch.LongTensor` of shape `(B, L)`, *optional*): explicit generation orders (one permutation
+                of the positions per image), e.g. to reproduce a recorded run; drawn from `generator` when omitted.
+            num_images (`int`, *optional*): the batch size when `class_labels` is `None`.
+            callback_on_step_end (`Callable`, *optional*): called as `callback(pipeline, step_index, timestep,
+                tensors)` after every step with `tensors` holding `callback_on_step_end_tensor_inputs`; may return a
+                dict that replaces `"indices"`.
+            callback_on_step_end_tensor_inputs (sequence of `str`, defaults to `("indices",)`): among `"indices"`
+                (`(B, L, C)`) and `"mask"` (`(B, L)`, True = still unknown after the step).
+
+        Returns:
+            [`TokenBridgePipelineOutput`] or `(images, indices)`.
+        """
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
+        if guidance_schedule not in GUIDANCE_SCHEDULES:
+            raise ValueError(f"`guidance_schedule` must be one of {GUIDANCE_SCHEDULES}, got {guidance_schedule!r}.")
+        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
+        if unknown:
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}, got {unknown}."
+            )
+        if num_inference_steps is None:
+            num_inference_steps = self.config.default_num_inference_steps
+        guidance_scale = self.config.default_guidance_scale if guidance_scale is None else guidance_scale
+        temperature = self.config.default_temperature if temperature is None else temperature
+        if not (isinstance(guidance_scale, (int, float)) and guidance_scale >= 0):
+            raise ValueError(f"`guidance_scale` must be a non-negative number, got {guidance_scale!r}.")
+        if not (isinstance(temperature, (int, float)) and temperature >= 0):
+            raise ValueError(f"`temperature` must be a non-negative number, got {temperature!r}.")
+
+        device = self._execution_device
+        transformer = self.transformer
+        labels = self._labels_or_unconditional(class_labels, num_images).to(device)  # (B,)
+        batch_size = labels.shape[0]
+        if isinstance(generator, (list, tuple)) and len(generator) != batch_size:
+            raise ValueError(f"Got {len(generator)} generators for {batch_size} images; pass one per image.")
+        num_tokens, channels = transformer.num_tokens, transformer.config.latent_channels
+
+        # 1. Schedule and orders; every position starts unknown (index 0 as a placeholder, never read).
+        self.scheduler.set_timesteps(num_inference_steps)
+        if orders is None:
+            orders = self.scheduler.sample_orders(batch_size, generator, device=device)  # (B, L)
+        else:
+            orders = self._check_orders(orders, batch_size, num_tokens).to(device)
+        indices = torch.zeros(batch_size, num_tokens, channels, dtype=torch.long, device=device)  # (B, L, C)
+
+        # 2. One masked-AR step per timestep: features of the positions to predict, channel head, write back.
+        for step_index in self.progress_bar(range(num_inference_steps)):
+            values = transformer.quantizer.dequantize(indices)  # (B, L, C)
+            features = self.guided_features(values, step_index, orders, labels, guidance_scale, guidance_schedule)
+            tokens = transformer.sample_channels(features, temperature=temperature, generator=generator)  # (B * n, C)
+            tokens = tokens.reshape(batch_size, -1, channels)  # (B, n, C)
+            indices, mask = self.scheduler.step(tokens, step_index, indices, orders, return_dict=False)
+            if callback_on_step_end is not None:
+                tensors = {"indices": indices, "mask": mask}
+                selected = {name: tensors[name] for name in callback_on_step_end_tensor_inputs}
+                outputs = callback_on_step_end(self, step_index, step_index, selected)
+                indices = (outputs or {}).get("indices", indices)
+
+        # 3. Indices -> dequantized latents -> images.
+        if output_type == "indices":
+            images = indices
+        else:
+            latents = transformer.unpatchify(transformer.quantizer.dequantize(indices))  # (B, C, h, w), scaled units
+            if output_type == "latent":
+                images = latents
+            else:
+                latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+                decoded = self.vae.decode(latents).sample  # (B, 3, H, W) in [-1, 1]
+                images = postprocess_images(decoded.float(), output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return images, indices
+        return TokenBridgePipelineOutput(images=images, indices=indices)
+
+    def _labels_or_unconditional(self, class_labels, num_images: int | None) -> torch.LongTensor:
+        if class_labels is not None:
+            if num_images is not None:
+                raise ValueError(f"Pass `num_images` only with `class_labels=None`, got num_images={num_images!r}.")
+            return self.prepare_class_labels(class_labels)
+        if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
+            raise ValueError(f"`class_labels=None` needs `num_images`, a positive integer; got {num_images!r}.")
+        return torch.full((num_images,), self.transformer.config.num_classes, dtype=torch.long)
+
+    @staticmethod
+    def _check_orders(orders: torch.Tensor, batch_size: int, num_tokens: int) -> torch.LongTensor:
+        if not torch.is_tensor(orders) or tuple(orders.shape) != (batch_size, num_tokens):
+            shape = tuple(orders.shape) if torch.is_tensor(orders) else type(orders).__name__
+            raise ValueError(f"`orders` must be a tensor of shape ({batch_size}, {num_tokens}), got {shape}.")
+        orders = orders.long()
+        if checks_values(orders):
+            expected = torch.arange(num_tokens).expand(batch_size, -1)
+            if not torch.equal(orders.sort(dim=1).values, expected):
+                raise ValueError("Every row of `orders` must be a permutation of the positions 0..L-1.")
+        return orders
+
+
+__all__ = ["RELEASED_SAMPLING_DEFAULTS", "TokenBridgePipeline", "TokenBridgePipelineOutput"]
