@@ -1,0 +1,1 @@
+"""Scripts of tokenset-diffusers (conversion/); run them by path, e.g. `python conversion/<script>.py --help`."""

@@ -1,0 +1,1 @@
+"""Scripts of tokenset-diffusers (pipelines/); run them by path, e.g. `python pipelines/<script>.py --help`."""
