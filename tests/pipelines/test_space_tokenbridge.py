@@ -38,7 +38,7 @@ def _load(name: str, path: Path):
 
 
 app = _load("tokenset_space_app_for_tokenbridge", SPACE_DIR / "app.py")
-tab = sys.modules["tab_tokenbridge"]  # imported by app.py from the Space folder
+tab = sys.modules["pipelines.space.tab_tokenbridge"]  # the module app.py imports
 
 
 @pytest.fixture(scope="module")
