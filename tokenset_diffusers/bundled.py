@@ -1,4 +1,6 @@
-"""The small pipelines that ship inside the package, so that generation works offline out of the box."""
+"""The small pipelines that ship inside the package, so that generation works offline out of the box, and
+[`resolve_pipeline`], which turns what a command line's `--model` says (a folder, a bundled name or a Hub repo id)
+into a pipeline folder and the system it holds."""
 
 import json
 import os
