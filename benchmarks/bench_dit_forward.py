@@ -12,22 +12,16 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.baseline import original_dit_forward
+from conversion.transformer_conversion import convert_transformer
+
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "conversion"))
-
-from transformer_conversion import convert_transformer  # noqa: E402
-
-from benchmarks.baseline import original_dit_forward  # noqa: E402
-
-
 CHECKPOINTS = {"small": ("fsdd_small_128_4096.pth", 6), "base": ("fsdd_base_128_4096.pth", 12)}
 
 

@@ -27,26 +27,21 @@ decode is `bench_tokenizer.py`'s). Tables:
 
 import argparse
 import os
-import sys
 import weakref
 from functools import partial
-from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.baseline import (  # noqa: E402
+from benchmarks.baseline import (
     baseline_guidance,
     baseline_next_sample,
     baseline_sample_counts,
     baseline_step,
 )
-from benchmarks.bench_transformer import cast_keeping_fp32_modules  # noqa: E402
-from benchmarks.hardware import (  # noqa: E402
+from benchmarks.bench_transformer import cast_keeping_fp32_modules
+from benchmarks.hardware import (
     describe,
     interleaved_medians,
     matmul_tflops,
@@ -55,16 +50,16 @@ from benchmarks.hardware import (  # noqa: E402
     reset_peak_memory,
     transformer_forward_flops,
 )
-from tokenset_diffusers import (  # noqa: E402
+from tokenset_diffusers import (
     FSDDScheduler,
     TokenSetPipeline,
     TokenSetTransformer1DModel,
     TokenSetVQVAE,
     TokenSetVQVAEConfig,
 )
-from tokenset_diffusers.tokenset.pipeline_tokenset import combine_guidance  # noqa: E402
-from tokenset_diffusers.tokenset.set_ops import sample_fixed_sum_noise  # noqa: E402
-from tokenset_diffusers.utils.testing_utils import TINY_TOKENIZER  # noqa: E402
+from tokenset_diffusers.tokenset.pipeline_tokenset import combine_guidance
+from tokenset_diffusers.tokenset.set_ops import sample_fixed_sum_noise
+from tokenset_diffusers.utils.testing_utils import TINY_TOKENIZER
 
 
 CODEBOOK_SIZE, NUM_TOKENS, NUM_CLASSES = 4096, 128, 1000

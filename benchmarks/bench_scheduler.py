@@ -8,20 +8,15 @@ python benchmarks/bench_scheduler.py [--batch_sizes 8 64] [--step_indices 5 12 2
 
 import argparse
 import os
-import sys
 from functools import partial
-from pathlib import Path
 
 import torch
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.baseline import baseline_add_noise, baseline_step  # noqa: E402
-from benchmarks.bench_sampling import live_peak  # noqa: E402
-from benchmarks.hardware import describe, interleaved_medians  # noqa: E402
-from tokenset_diffusers import FSDDScheduler, set_ops  # noqa: E402
-from tokenset_diffusers.tokenset.set_ops import sample_fixed_sum_noise  # noqa: E402
+from benchmarks.baseline import baseline_add_noise, baseline_step
+from benchmarks.bench_sampling import live_peak
+from benchmarks.hardware import describe, interleaved_medians
+from tokenset_diffusers import FSDDScheduler, set_ops
+from tokenset_diffusers.tokenset.set_ops import sample_fixed_sum_noise
 
 
 def model_like_probs(batch_size, codebook_size, num_tokens, generator, device):

@@ -15,19 +15,13 @@ settings: L (guidance 3.1, temperature 0.96) and H (3.45, 0.91) with random weig
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
-
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-from baseline_tokenbridge import baseline_images, baseline_sample_indices
 from diffusers import AutoencoderKL
-from hardware import describe, median_seconds
 
+from benchmarks.baseline_tokenbridge import baseline_images, baseline_sample_indices
+from benchmarks.hardware import describe, median_seconds
 from tokenset_diffusers import (
     MaskedARScheduler,
     TokenBridgePipeline,

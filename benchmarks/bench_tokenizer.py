@@ -7,18 +7,13 @@ Random weights (timing does not depend on them). Prints a table; on CUDA also im
 """
 
 import argparse
-import sys
 from functools import partial
-from pathlib import Path
 
 import torch
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.hardware import median_seconds  # noqa: E402
-from tokenset_diffusers.tokenset.configuration_tokenset_vqvae import TokenSetVQVAEConfig  # noqa: E402
-from tokenset_diffusers.tokenset.modeling_tokenset_vqvae import TokenSetVQVAE  # noqa: E402
+from benchmarks.hardware import median_seconds
+from tokenset_diffusers.tokenset.configuration_tokenset_vqvae import TokenSetVQVAEConfig
+from tokenset_diffusers.tokenset.modeling_tokenset_vqvae import TokenSetVQVAE
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

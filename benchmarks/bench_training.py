@@ -13,21 +13,16 @@ On the 2-core CPU of this project, the defaults (the digits presets) take about 
 """
 
 import argparse
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 from accelerate.state import AcceleratorState
 from torch.utils.flop_counter import FlopCounterMode
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.hardware import describe, matmul_tflops  # noqa: E402
-from training import train_generator, train_tokenizer  # noqa: E402
-from training.common import build_accelerator  # noqa: E402
+from benchmarks.hardware import describe, matmul_tflops
+from training import train_generator, train_tokenizer
+from training.common import build_accelerator
 
 
 def counted_flops(step_function) -> int:

@@ -13,23 +13,18 @@ import argparse
 import contextlib
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.hardware import (  # noqa: E402
+from benchmarks.hardware import (
     matmul_tflops,
     peak_memory_gib,
     reset_peak_memory,
     synchronize,
     transformer_forward_flops,
 )
-from tokenset_diffusers.tokenset.transformer_tokenset import TokenSetTransformer1DModel  # noqa: E402
+from tokenset_diffusers.tokenset.transformer_tokenset import TokenSetTransformer1DModel
 
 
 CODEBOOK_SIZE, NUM_TOKENS, NUM_CLASSES = 4096, 128, 1000

@@ -15,21 +15,16 @@ Measurements run in order of importance and are skipped, with a line saying so, 
 
 import argparse
 import statistics
-import sys
 import time
 from functools import partial
-from pathlib import Path
 
 import torch
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks import bench_sampling as sampling  # noqa: E402
-from benchmarks.baseline import baseline_sample_counts, baseline_step  # noqa: E402
-from benchmarks.hardware import describe, peak_memory_gib, reset_peak_memory, synchronize  # noqa: E402
-from tokenset_diffusers import FSDDScheduler  # noqa: E402
-from tokenset_diffusers.tokenset.set_ops import sample_fixed_sum_noise  # noqa: E402
+from benchmarks import bench_sampling as sampling
+from benchmarks.baseline import baseline_sample_counts, baseline_step
+from benchmarks.hardware import describe, peak_memory_gib, reset_peak_memory, synchronize
+from tokenset_diffusers import FSDDScheduler
+from tokenset_diffusers.tokenset.set_ops import sample_fixed_sum_noise
 
 
 START = time.perf_counter()

@@ -13,21 +13,17 @@ strictly: a missing or unexpected key is an error, never a silently random weigh
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from class_names import load_id2label  # noqa: E402
-from tokenbridge_conversion import convert_tokenbridge, load_tokenbridge_checkpoint, select_weights  # noqa: E402
-from vae_conversion import KL16_SCALING_FACTOR, convert_vae, load_vae_checkpoint  # noqa: E402
-
-from tokenset_diffusers import MaskedARScheduler, TokenBridgePipeline  # noqa: E402
-from tokenset_diffusers.model_cards import render_model_card  # noqa: E402
-from tokenset_diffusers.tokenbridge.pipeline_tokenbridge import RELEASED_SAMPLING_DEFAULTS  # noqa: E402
+from conversion.class_names import load_id2label
+from conversion.tokenbridge_conversion import convert_tokenbridge, load_tokenbridge_checkpoint, select_weights
+from conversion.vae_conversion import KL16_SCALING_FACTOR, convert_vae, load_vae_checkpoint
+from tokenset_diffusers import MaskedARScheduler, TokenBridgePipeline
+from tokenset_diffusers.model_cards import render_model_card
+from tokenset_diffusers.tokenbridge.pipeline_tokenbridge import RELEASED_SAMPLING_DEFAULTS
+from tokenset_diffusers.utils.hub import push_folder_to_hub
 
 
 # Released sizes by encoder width.
@@ -140,11 +136,7 @@ def main(argv=None) -> Path:
         )
     print(f"wrote {folder}")
     if args.push_to_hub:
-        from huggingface_hub import HfApi
-
-        api = HfApi()
-        api.create_repo(args.push_to_hub, exist_ok=True)
-        api.upload_folder(repo_id=args.push_to_hub, folder_path=str(folder), commit_message="Convert TokenBridge")
+        push_folder_to_hub(folder, args.push_to_hub, commit_message="Convert TokenBridge")
         print(f"pushed to https://huggingface.co/{args.push_to_hub}")
     return folder
 

@@ -12,18 +12,14 @@ interval schedule [4, 50, 55]); with one, that component's `save_pretrained` fol
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from class_names import IMAGENET_LABELS_FILE, IMAGENET_LABELS_REPO, load_id2label  # noqa: E402, F401
-from tokenizer_conversion import convert_tokenizer  # noqa: E402
-from transformer_conversion import convert_transformer, load_original_generator_checkpoint  # noqa: E402
-
-from tokenset_diffusers import FSDDScheduler, TokenSetPipeline  # noqa: E402
-from tokenset_diffusers.model_cards import write_model_card  # noqa: E402
+from conversion.class_names import IMAGENET_LABELS_FILE, IMAGENET_LABELS_REPO, load_id2label  # noqa: F401
+from conversion.tokenizer_conversion import convert_tokenizer
+from conversion.transformer_conversion import convert_transformer, load_original_generator_checkpoint
+from tokenset_diffusers import FSDDScheduler, TokenSetPipeline
+from tokenset_diffusers.model_cards import write_model_card
+from tokenset_diffusers.utils.hub import push_folder_to_hub
 
 
 RELEASED_GUIDANCE_SCALE = [4.0, 50.0, 55.0]
@@ -122,11 +118,7 @@ def main(argv=None) -> Path:
     )
     print(f"wrote {folder}")
     if args.push_to_hub:  # the folder as written, model card included
-        from huggingface_hub import HfApi
-
-        api = HfApi()
-        api.create_repo(args.push_to_hub, exist_ok=True)
-        api.upload_folder(repo_id=args.push_to_hub, folder_path=str(folder), commit_message="Convert TokenSet")
+        push_folder_to_hub(folder, args.push_to_hub, commit_message="Convert TokenSet")
         print(f"pushed to https://huggingface.co/{args.push_to_hub}")
     return folder
 

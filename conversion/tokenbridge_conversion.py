@@ -8,15 +8,15 @@ Renames are one explicit table (`RENAME_TABLE`). The quantizer tables are copied
 them in float32, see ORIGINAL.md section 1). The head's causal mask `channel_mask` is not stored by the model (the
 attention is causal by construction); the converter checks that it is the causal mask and drops it.
 
-Import this module with `conversion/` on `sys.path`; `convert_tokenbridge_to_diffusers.py` builds the command line on
+Import this module as `conversion.tokenbridge_conversion`; `convert_tokenbridge_to_diffusers.py` builds the command line on
 top of it.
 """
 
 import re
 
 import torch
-from checkpoint_loading import load_checkpoint, load_state_dict_strictly
 
+from conversion.checkpoint_loading import load_checkpoint, load_state_dict_strictly
 from tokenset_diffusers.tokenbridge.transformer_tokenbridge import TokenBridgeTransformer2DModel
 
 

@@ -12,7 +12,7 @@ Conversion is one explicit rename table (`RENAME_TABLE`) plus one reshape:
 Everything else keeps its values and shape. The pixel decoder's levels keep the original numbering
 (`up.{level}` -> `up_blocks.{level}`, level 0 = output resolution; they run from the last to the first).
 
-Import this module with `conversion/` on `sys.path`; `convert_tokenset_to_diffusers.py` builds the command line on
+Import this module as `conversion.tokenizer_conversion`; `convert_tokenset_to_diffusers.py` builds the command line on
 top of it.
 """
 

@@ -13,8 +13,8 @@ keeps the first `num_tokens + 1` rows (`count_embedder.weight`).
 import re
 
 import torch
-from checkpoint_loading import load_checkpoint, load_state_dict_strictly
 
+from conversion.checkpoint_loading import load_checkpoint, load_state_dict_strictly
 from tokenset_diffusers.tokenset.transformer_tokenset import TokenSetTransformer1DModel
 
 

@@ -6,14 +6,15 @@ strict. Attention q/k/v/proj_out weights are 1x1 convolutions `(c, c, 1, 1)` and
 are read from the shapes; `scaling_factor` (0.2325, written out in the original's code and stored nowhere) goes into
 the config.
 
-Import this module with `conversion/` on `sys.path`.
+Import this module as `conversion.vae_conversion`.
 """
 
 import re
 
 import torch
-from checkpoint_loading import load_checkpoint, load_state_dict_strictly
 from diffusers import AutoencoderKL
+
+from conversion.checkpoint_loading import load_checkpoint, load_state_dict_strictly
 
 
 KL16_SCALING_FACTOR = 0.2325

@@ -153,7 +153,7 @@ def build() -> DigitsFeatureExtractor:
 
 
 def write_reference_images(output_dir: str, image_size: int, split: Literal["train", "held_out"] = "held_out"):
-    """Writes a split as PNGs `{index:04d}_{label}.png` (the reference folder for `pipelines/evaluate.py`)."""
+    """Writes a split as PNGs `{index:04d}_{label}.png` (the reference folder for `pipelines/evaluate_generation.py`)."""
     images, labels = digits_split(split)
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,9 @@
 """Quality of a digits pipeline (the bundled model by default), judged independently.
 
-    python pipelines/digits_quality.py [--model FOLDER | tokenbridge-digits] [--num_samples_per_class 50] \
+    python pipelines/digits_quality.py [--model FOLDER | digits | tokenbridge-digits] [--num_samples_per_class 50] \
         [--output quality.json]
 
-TokenSet and TokenBridge pipelines are both judged (the kind is read from the folder's `model_index.json`); for
+TokenSet and TokenBridge pipelines are both judged (the system is read from the folder's `model_index.json`); for
 TokenBridge, (a) is the VAE's reconstruction through the quantizer, and (c) has no fixed-sum variant.
 
 The judge is a plain scikit-learn classifier (an RBF SVM) on the real digits of the held-out split, which neither
@@ -20,7 +20,6 @@ stage saw in training, after the same 32 px -> 8x8 reduction that every image he
 """
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
@@ -31,31 +30,22 @@ import torch
 from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import SVC
 
+from pipelines import digits_features
 from tokenset_diffusers import (
     FSDDScheduler,
     TokenBridgePipeline,
     TokenSetPipeline,
-    bundled_pipeline_path,
     frechet_distance,
     preprocess_images,
 )
-from tokenset_diffusers.bundled import BUNDLED_MODELS
-
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(relative_path: str):
-    path = ROOT / relative_path
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tokenset_diffusers.bundled import BUNDLED_MODELS, resolve_pipeline
 
 
 def held_out_digits(image_size: int) -> tuple[list, np.ndarray]:
     """The held-out (`test`) split of `training/prepare_digits.py`, as the bundled model's training made it."""
-    digits = _load("training/prepare_digits.py").build_digits_dataset(image_size=image_size)["test"]
+    from training.prepare_digits import build_digits_dataset
+
+    digits = build_digits_dataset(image_size=image_size)["test"]
     return list(digits["image"]), np.asarray(list(digits["label"]))
 
 
@@ -109,20 +99,15 @@ def feature_statistics(extractor, images: torch.Tensor) -> tuple[np.ndarray, np.
     return features.mean(0), np.cov(features, rowvar=False)
 
 
-def resolve_model(model: str | None) -> Path:
-    """A pipeline folder, or the bundled one of that name (`None`: the TokenSet digits model)."""
-    if model is None or model in BUNDLED_MODELS:
-        return bundled_pipeline_path(model or "digits")
-    return Path(model)
-
-
-def is_tokenbridge(folder: Path) -> bool:
-    return json.loads((folder / "model_index.json").read_text())["_class_name"] == "TokenBridgePipeline"
+def is_tokenbridge(folder: str | Path) -> bool:
+    """Whether the pipeline folder (or bundled name) holds a TokenBridge pipeline."""
+    return resolve_pipeline(folder).system == "tokenbridge"
 
 
 def evaluate(model: str | None, per_class: int = 50, seed: int = 0, num_inference_steps: int | None = None) -> dict:
-    folder = resolve_model(model)
-    if is_tokenbridge(folder):
+    resolved = resolve_pipeline(model)
+    folder = resolved.folder
+    if resolved.system == "tokenbridge":
         return evaluate_tokenbridge(folder, per_class, seed, num_inference_steps)
     num_inference_steps = 25 if num_inference_steps is None else num_inference_steps
     pipeline = TokenSetPipeline.from_pretrained(folder)
@@ -133,7 +118,7 @@ def evaluate(model: str | None, per_class: int = 50, seed: int = 0, num_inferenc
     results = {"model": str(model or "bundled"), "held_out_images": len(real_labels), **reconstruction_accuracy(
         pipeline, real, real_labels)}  # fmt: skip
     judge = make_judge().fit(to_judge_features(real), real_labels)
-    extractor = _load("pipelines/digits_features.py").build()
+    extractor = digits_features.build()
     real_mu, real_sigma = feature_statistics(extractor, real)
     exact = FSDDScheduler.from_config(pipeline.scheduler.config, exact_sum=True)
     variants = {
@@ -220,7 +205,7 @@ def evaluate_tokenbridge(
     results = {"model": str(folder), "kind": "TokenBridge", "held_out_images": len(real_labels)}
     results.update(tokenbridge_reconstruction_accuracy(pipeline, real, real_labels))
     judge = make_judge().fit(to_judge_features(real), real_labels)
-    extractor = _load("pipelines/digits_features.py").build()
+    extractor = digits_features.build()
     real_mu, real_sigma = feature_statistics(extractor, real)
     for name, kwargs in {"default": {}, "guidance_off": {"guidance_scale": 1.0}}.items():
         start = time.perf_counter()
@@ -285,8 +270,8 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--model",
         default=None,
-        help="a digits pipeline folder (TokenSet or TokenBridge) or a bundled model's name "
-        f"({', '.join(sorted(BUNDLED_MODELS))}); default: the bundled TokenSet model",
+        help="a digits pipeline folder (TokenSet or TokenBridge), a bundled model's name "
+        f"({', '.join(sorted(BUNDLED_MODELS))}) or a Hub repo id; default: the bundled TokenSet model",
     )
     parser.add_argument("--num_samples_per_class", type=int, default=50)
     parser.add_argument(
@@ -300,6 +285,10 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.num_samples_per_class < 2:
         parser.error("--num_samples_per_class must be at least 2 (the FID needs a covariance)")
+    try:
+        resolve_pipeline(args.model)
+    except (ValueError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
     results = evaluate(args.model, args.num_samples_per_class, args.seed, args.num_inference_steps)
     print(markdown_table(results))
     if args.output:

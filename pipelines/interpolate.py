@@ -7,7 +7,8 @@ Each point is the fixed-sum rounding of the weighted mean of the two images' cou
 (`tokenset_diffusers.interpolate_counts`); `--redenoise_strength` re-denoises every inner point briefly with the
 generator (image variations from that point), with `--class_label` or without a class. The first row of the figure
 holds the rounded means decoded as they are; with re-denoising, a second row holds the re-denoised points. `--model` is
-a pipeline folder or a Hub repo id (default: the bundled model).
+a TokenSet pipeline folder, a bundled model's name (`digits`) or a Hub repo id (default: the bundled digits model); set
+interpolation needs a set tokenizer, so TokenBridge pipelines (`tokenbridge-digits`) are refused.
 """
 
 import argparse
@@ -17,14 +18,19 @@ from pathlib import Path
 import PIL.Image
 import torch
 
-from tokenset_diffusers import TokenSetImg2ImgPipeline, bundled_pipeline_path, interpolate_images
+from tokenset_diffusers import TokenSetImg2ImgPipeline, interpolate_images
+from tokenset_diffusers.bundled import resolve_pipeline
 from tokenset_diffusers.visualization import labelled_grid
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", nargs=2, help="the two end images")
-    parser.add_argument("--model", default=None, help="pipeline folder or Hub repo id")
+    parser.add_argument(
+        "--model",
+        default="digits",
+        help="TokenSet pipeline folder, bundled model or Hub repo id (default: %(default)s)",
+    )
     parser.add_argument("--num_points", type=int, default=8, help="points on the path, both ends included")
     parser.add_argument(
         "--redenoise_strength", type=float, default=0.0, help="0 = decode the rounded means as they are"
@@ -44,6 +50,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
+    try:
+        resolved = resolve_pipeline(args.model, system="tokenset")
+    except (ValueError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
     images = []
     for path in args.images:
         if not Path(path).is_file():
@@ -52,7 +62,7 @@ def main(argv=None) -> Path:
             images.append(PIL.Image.open(path).convert("RGB"))
         except PIL.UnidentifiedImageError:
             sys.exit(f"error: {path} is not an image PIL can read")
-    pipeline = TokenSetImg2ImgPipeline.from_pretrained(args.model or bundled_pipeline_path()).to(args.device)
+    pipeline = TokenSetImg2ImgPipeline.from_pretrained(resolved.folder).to(args.device)
     label = args.class_label
     if label is not None and label.isdigit():
         label = int(label)

@@ -4,7 +4,9 @@
 
 Each row shows the input, its reconstructions from the token set in the encoder's order, reversed, shuffled and
 sorted (the set property: all four should look the same, as in the paper's figure 4), and the count vector as a
-histogram. `--model` is a pipeline folder, a tokenizer folder, or a Hub repo id (default: the bundled model).
+histogram. `--model` is a TokenSet pipeline folder, a tokenizer folder, a bundled model's name (`digits`) or a Hub
+repo id (default: the bundled digits model); TokenBridge pipelines (`tokenbridge-digits`) have no set tokenizer and are
+refused.
 """
 
 import argparse
@@ -15,7 +17,8 @@ from pathlib import Path
 import PIL.Image
 import torch
 
-from tokenset_diffusers import TokenSetVQVAE, bundled_pipeline_path, postprocess_images, preprocess_images
+from tokenset_diffusers import TokenSetVQVAE, postprocess_images, preprocess_images
+from tokenset_diffusers.bundled import resolve_pipeline
 from tokenset_diffusers.visualization import count_histogram, labelled_grid
 
 
@@ -25,22 +28,25 @@ ORDERS = ("encoder order", "reversed", "shuffled", "sorted")
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", nargs="+", help="image files")
-    parser.add_argument("--model", default=None, help="pipeline or tokenizer folder, or Hub repo id")
+    parser.add_argument(
+        "--model",
+        default="digits",
+        help="TokenSet pipeline or tokenizer folder, bundled model or Hub repo id (default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the shuffled order")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", default="reconstructions.png")
     return parser.parse_args(argv)
 
 
-def load_image_tokenizer(model: str | os.PathLike | None) -> TokenSetVQVAE:
-    path = Path(model) if model is not None else bundled_pipeline_path()
-    if not path.is_dir():
-        from huggingface_hub import snapshot_download
+def load_image_tokenizer(model: str | os.PathLike | None = None) -> TokenSetVQVAE:
+    """The set tokenizer of `model`: a tokenizer folder, or the `image_tokenizer/` of a TokenSet pipeline named as
+    [`~tokenset_diffusers.bundled.resolve_pipeline`] takes it (folder, bundled name, Hub repo id; `None`: `digits`).
 
-        path = Path(snapshot_download(str(model)))
-    if (path / "model_index.json").is_file():
-        path = path / "image_tokenizer"
-    return TokenSetVQVAE.from_pretrained(path)
+    Raises `ValueError` for a name that is none of these and for a TokenBridge pipeline (it has no set tokenizer)."""
+    if model is not None and Path(model).is_dir() and not (Path(model) / "model_index.json").is_file():
+        return TokenSetVQVAE.from_pretrained(model)
+    return TokenSetVQVAE.from_pretrained(resolve_pipeline(model, system="tokenset").folder / "image_tokenizer")
 
 
 def token_orders(token_ids: torch.LongTensor, generator: torch.Generator) -> dict[str, torch.LongTensor]:
@@ -85,8 +91,10 @@ def main(argv=None) -> Path:
             sys.exit(f"error: {path} is not an image PIL can read")
     try:
         image_tokenizer = load_image_tokenizer(args.model).to(args.device).eval()
-    except (FileNotFoundError, OSError) as error:
-        sys.exit(f"error: could not load a set tokenizer from {args.model or 'the bundled model'}: {error}")
+    except ValueError as error:
+        sys.exit(f"error: {error}")
+    except OSError as error:  # FileNotFoundError included
+        sys.exit(f"error: could not load a set tokenizer from {args.model}: {error}")
     figure = reconstruct(image_tokenizer, images, seed=args.seed)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -13,17 +13,19 @@ at which the encoder emits the same token id as for the clean image (what an ord
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tokenized_images import ImageBatches, add_common_arguments, load_tokenizer, to_uint8, write_result  # noqa: E402
-
-from tokenset_diffusers import tokens_to_counts  # noqa: E402
-from tokenset_diffusers.visualization import labelled_grid  # noqa: E402
+from pipelines.analyses.tokenized_images import (
+    ImageBatches,
+    add_common_arguments,
+    load_tokenizer,
+    to_uint8,
+    write_result,
+)
+from tokenset_diffusers import tokens_to_counts
+from tokenset_diffusers.visualization import labelled_grid
 
 
 PAPER_SNR_DB = (40.0, 30.0, 20.0, 10.0, 1.0)

@@ -12,18 +12,20 @@ Writes `shared_tokens.json` and `shared_tokens.png`.
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tokenized_images import ImageBatches, add_common_arguments, load_tokenizer, to_uint8, write_result  # noqa: E402
-
-from tokenset_diffusers import tokens_to_counts  # noqa: E402
-from tokenset_diffusers.visualization import labelled_grid  # noqa: E402
+from pipelines.analyses.tokenized_images import (
+    ImageBatches,
+    add_common_arguments,
+    load_tokenizer,
+    to_uint8,
+    write_result,
+)
+from tokenset_diffusers import tokens_to_counts
+from tokenset_diffusers.visualization import labelled_grid
 
 
 def images_sharing_token(counts: torch.LongTensor, token: int, min_count: int) -> torch.LongTensor:

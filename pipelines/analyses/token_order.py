@@ -12,22 +12,24 @@ result names. Writes `token_order.json` and `token_order.png` (inputs and the fi
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tokenized_images import ImageBatches, add_common_arguments, load_tokenizer, to_uint8, write_result  # noqa: E402
-
-from tokenset_diffusers.metrics import (  # noqa: E402
+from pipelines.analyses.tokenized_images import (
+    ImageBatches,
+    add_common_arguments,
+    load_tokenizer,
+    to_uint8,
+    write_result,
+)
+from tokenset_diffusers.metrics import (
     FeatureStatistics,
     extract_features,
     frechet_distance,
     load_feature_extractor,
 )
-from tokenset_diffusers.visualization import labelled_grid  # noqa: E402
+from tokenset_diffusers.visualization import labelled_grid
 
 
 ORDERS = ("original", "reversed", "shuffled", "ascending", "descending")

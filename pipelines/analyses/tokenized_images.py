@@ -2,14 +2,12 @@
 the JSON result.
 
 Images come from a folder (recursive, sorted file names), a `datasets.save_to_disk` folder or a Hub dataset split,
-exactly as `pipelines/evaluate.py` reads them; every image is ADM-centre-cropped to the tokenizer's size.
+exactly as `pipelines/evaluate_generation.py` reads them; every image is ADM-centre-cropped to the tokenizer's size.
 """
 
-import importlib.util
 import json
 import os
 import platform
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,21 +18,6 @@ from tqdm.auto import tqdm
 
 from tokenset_diffusers import TokenSetVQVAE
 from tokenset_diffusers.image_processing import preprocess_images
-
-
-PIPELINES_DIR = Path(__file__).resolve().parents[1]
-
-
-def load_sibling_script(relative_path: str):
-    """A script of `pipelines/` as a module (they are files to run, not a package)."""
-    path = PIPELINES_DIR / relative_path
-    name = f"_tokenset_analyses_{path.stem}"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def add_common_arguments(parser) -> None:
@@ -53,16 +36,18 @@ def add_common_arguments(parser) -> None:
 
 def load_tokenizer(model: str | os.PathLike | None, device: str) -> TokenSetVQVAE:
     """A set tokenizer from a tokenizer folder, a pipeline folder (its `image_tokenizer/`), or a Hub repo id."""
-    reconstruct = load_sibling_script("reconstruct.py")
-    return reconstruct.load_image_tokenizer(model).to(device).eval()
+    from pipelines.reconstruct import load_image_tokenizer
+
+    return load_image_tokenizer(model).to(device).eval()
 
 
 class ImageBatches:
     """The images of `--dataset` (the first `max_images`), loaded in batches and centre-cropped to `image_size`."""
 
     def __init__(self, args, image_size: int):
-        evaluate = load_sibling_script("evaluate.py")
-        self.source = evaluate.ImageSource(args.dataset, args.dataset_split, args.dataset_config, args.image_column)
+        from pipelines.evaluate_generation import ImageSource
+
+        self.source = ImageSource(args.dataset, args.dataset_split, args.dataset_config, args.image_column)
         self.num_images = len(self.source) if args.max_images is None else min(args.max_images, len(self.source))
         if self.num_images < 1:
             raise ValueError(f"`--max_images` must be at least 1, got {args.max_images}.")

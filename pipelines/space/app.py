@@ -3,6 +3,7 @@
     python pipelines/space/app.py                                        # the bundled digits model, on CPU
     python pipelines/space/app.py --model org/tokenset-base-imagenet256 --device cuda
     TOKENSET_MODEL=path/to/pipeline python pipelines/space/app.py       # the same, for a Space (a "variable")
+    python pipelines/space/app.py --model tokenbridge-digits             # a TokenBridge --model: the TokenBridge tab
 
 Tab "Generate": pick classes by name, set the guidance (a constant, or the three-interval schedule of the released
 models), the number of FSDD steps, the seed and the number of images per class; the result is a labelled grid, a
@@ -23,7 +24,6 @@ import argparse
 import numbers
 import os
 import queue
-import sys
 import threading
 import time
 import warnings
@@ -37,15 +37,13 @@ import numpy as np
 import PIL.Image
 import torch
 
+from pipelines.space.tab_tokenbridge import build_tokenbridge_tab, load_tokenbridge_pipeline
+from pipelines.space.tabs_sets import build_set_tabs
 from tokenset_diffusers import TokenSetPipeline, bundled_pipeline_path, postprocess_images, preprocess_images
+from tokenset_diffusers.bundled import resolve_pipeline
 from tokenset_diffusers.class_labels import class_caption
 from tokenset_diffusers.tokenset.pipeline_tokenset import MAX_GUIDANCE_SCALE
 from tokenset_diffusers.visualization import class_rows_grid, count_histogram, labelled_grid
-
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder's tab modules
-from tab_tokenbridge import build_tokenbridge_tab, load_tokenbridge_pipeline  # noqa: E402
-from tabs_sets import build_set_tabs  # noqa: E402
 
 
 MODEL_ENV_VAR = "TOKENSET_MODEL"
@@ -82,9 +80,26 @@ def resolve_model_source(model: str | None = None) -> str | Path:
 def load_pipeline(
     model: str | os.PathLike | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32
 ) -> TokenSetPipeline:
-    """Loads a pipeline folder or Hub repo id (see [`resolve_model_source`]) onto `device`."""
-    pipeline = TokenSetPipeline.from_pretrained(resolve_model_source(model), dtype=dtype)
-    return pipeline.to(device)
+    """Loads a TokenSet pipeline folder, bundled model or Hub repo id (see [`resolve_model_source`] and
+    [`~tokenset_diffusers.bundled.resolve_pipeline`]) onto `device`; `ValueError` for anything else."""
+    resolved = resolve_pipeline(resolve_model_source(model), system="tokenset")
+    return TokenSetPipeline.from_pretrained(resolved.folder, dtype=dtype).to(device)
+
+
+def split_models(
+    model: str | os.PathLike | None, tokenbridge_model: str | os.PathLike | None
+) -> tuple[str | os.PathLike | None, str | os.PathLike | None]:
+    """`(TokenSet model, TokenBridge model)` from `--model` and `--tokenbridge_model`: `--model` may name a pipeline
+    of either system (a TokenBridge one serves the "TokenBridge" tab, the other tabs keep their default).
+
+    Raises `ValueError` when `--model` is a TokenBridge pipeline and `--tokenbridge_model` is given too."""
+    if model is None or resolve_pipeline(model).system == "tokenset":
+        return model, tokenbridge_model
+    if tokenbridge_model is not None:
+        raise ValueError(
+            f"--model {os.fspath(model)!r} is a TokenBridge pipeline and --tokenbridge_model is given too; pass one."
+        )
+    return None, model
 
 
 # ---------------------------------------------------------------------- the "Generate" tab
@@ -734,9 +749,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--model",
         default=None,
-        help=f"pipeline folder or Hub repo id (default: ${MODEL_ENV_VAR}, else the bundled model)",
+        help="pipeline folder, bundled model (digits, tokenbridge-digits) or Hub repo id; a TokenBridge one serves "
+        f"the TokenBridge tab (default: ${MODEL_ENV_VAR}, else the bundled digits model)",
     )
-    parser.add_argument("--tokenbridge_model", default=None, help="TokenBridge tab's pipeline (default: bundled)")
+    parser.add_argument(
+        "--tokenbridge_model",
+        default=None,
+        help="TokenBridge tab's pipeline: folder, bundled model or Hub repo id (default: $TOKENBRIDGE_MODEL, else "
+        "tokenbridge-digits)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--max_images", type=int, default=MAX_IMAGES, help="most images per request")
@@ -756,10 +777,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     try:
-        pipeline = load_pipeline(args.model, args.device, DTYPES[args.dtype])
+        model, tokenbridge_model = split_models(args.model, args.tokenbridge_model)
+        pipeline = load_pipeline(model, args.device, DTYPES[args.dtype])
+        tokenbridge = load_tokenbridge_pipeline(tokenbridge_model, args.device, DTYPES[args.dtype])
     except FileNotFoundError as error:
         raise SystemExit(f"error: {error} (set --model or ${MODEL_ENV_VAR})") from error
-    tokenbridge = load_tokenbridge_pipeline(args.tokenbridge_model, args.device, DTYPES[args.dtype])
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from error
     demo = build_demo(
         pipeline,
         max_images=args.max_images,

@@ -12,7 +12,8 @@ comes from `sdk_version` in the Space's README.md.
 
 The folder holds:
 
-    app.py, tab modules, README.md    from pipelines/space/
+    app.py, README.md                 from pipelines/space/
+    pipelines/space/                  the tab modules, which `app.py` imports as `pipelines.space.*` (as in the repository)
     examples/                         from pipelines/space/
     tokenset_diffusers/               the package source, with the bundled model and the model-card templates
     requirements.txt                  the dependencies of the package ([project].dependencies of pyproject.toml)
@@ -27,7 +28,14 @@ from pathlib import Path
 SPACE_DIR = Path(__file__).resolve().parent
 REPOSITORY = SPACE_DIR.parents[1]
 PACKAGE = "tokenset_diffusers"
-SPACE_FILES = ("app.py", "tabs_sets.py", "tab_tokenbridge.py", "README.md")
+SPACE_FILES = ("app.py", "README.md")
+# The modules `app.py` imports from its package, at their paths in the repository: `pipelines.space.<module>`.
+SPACE_MODULES = (
+    "pipelines/__init__.py",
+    "pipelines/space/__init__.py",
+    "pipelines/space/tabs_sets.py",
+    "pipelines/space/tab_tokenbridge.py",
+)
 SPACE_FOLDERS = ("examples",)
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".DS_Store")
 
@@ -59,6 +67,9 @@ def build_space(output_dir: str | Path, overwrite: bool = False) -> Path:
     output_dir.mkdir(parents=True)
     for name in SPACE_FILES:
         shutil.copy2(SPACE_DIR / name, output_dir / name)
+    for relative in SPACE_MODULES:
+        (output_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPOSITORY / relative, output_dir / relative)
     for name in SPACE_FOLDERS:
         shutil.copytree(SPACE_DIR / name, output_dir / name, ignore=IGNORED)
     shutil.copytree(REPOSITORY / PACKAGE, output_dir / PACKAGE, ignore=IGNORED)

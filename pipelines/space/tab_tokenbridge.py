@@ -15,7 +15,8 @@ import gradio as gr
 import PIL.Image
 import torch
 
-from tokenset_diffusers import TokenBridgePipeline, bundled_pipeline_path
+from tokenset_diffusers import TokenBridgePipeline
+from tokenset_diffusers.bundled import resolve_pipeline
 from tokenset_diffusers.class_labels import class_caption
 from tokenset_diffusers.visualization import class_rows_grid
 
@@ -26,9 +27,12 @@ TOKENBRIDGE_MODEL_ENV_VAR = "TOKENBRIDGE_MODEL"
 def load_tokenbridge_pipeline(
     model: str | os.PathLike | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32
 ) -> TokenBridgePipeline:
-    """`model`, else `$TOKENBRIDGE_MODEL`, else the bundled `tokenbridge-digits` pipeline, loaded onto `device`."""
-    source = model or os.environ.get(TOKENBRIDGE_MODEL_ENV_VAR) or bundled_pipeline_path("tokenbridge-digits")
-    return TokenBridgePipeline.from_pretrained(source, dtype=dtype).to(device)
+    """`model`, else `$TOKENBRIDGE_MODEL`, else the bundled `tokenbridge-digits` pipeline, loaded onto `device`: a
+    folder, bundled model or Hub repo id (see [`~tokenset_diffusers.bundled.resolve_pipeline`]); `ValueError` for
+    anything else, a TokenSet pipeline included."""
+    source = model or os.environ.get(TOKENBRIDGE_MODEL_ENV_VAR) or None
+    resolved = resolve_pipeline(source, default="tokenbridge-digits", system="tokenbridge")
+    return TokenBridgePipeline.from_pretrained(resolved.folder, dtype=dtype).to(device)
 
 
 def class_name(pipeline: TokenBridgePipeline, class_id: int) -> str:

@@ -17,15 +17,13 @@ from helpers.tokenbridge import (
     tiny_vae,
 )
 
+import conversion.convert_tokenbridge_to_diffusers as script
+from conversion.checkpoint_loading import load_checkpoint
+from conversion.vae_conversion import KL16_SCALING_FACTOR, convert_vae, infer_vae_config
 from tokenset_diffusers import TokenBridgePipeline
 
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "conversion"))
-import convert_tokenbridge_to_diffusers as script  # noqa: E402
-from checkpoint_loading import load_checkpoint  # noqa: E402
-from vae_conversion import KL16_SCALING_FACTOR, convert_vae, infer_vae_config  # noqa: E402
-
 
 SCRIPT = ROOT / "conversion" / "convert_tokenbridge_to_diffusers.py"
 # ORIGINAL.md section 2: the released KL-16 as a diffusers AutoencoderKL.

@@ -1,19 +1,17 @@
 """Shared pieces of the TokenBridge tests: the fixtures' paths and the tiny converted models."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from conversion.tokenbridge_conversion import convert_tokenbridge
+from conversion.vae_conversion import convert_vae
+
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "tokenbridge"
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "conversion"))
-
-from tokenbridge_conversion import convert_tokenbridge  # noqa: E402
-from vae_conversion import convert_vae  # noqa: E402
 
 
 # The tiny fixture model's head counts (not stored in weights): 4 in the encoder/decoder and 4 in the channel head.

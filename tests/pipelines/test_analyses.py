@@ -3,8 +3,6 @@ script end to end on the tiny tokenizer (an image folder) and the bundled digits
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -12,12 +10,9 @@ import pytest
 import torch
 from helpers.scripts import load_script
 
+from conversion.tokenizer_conversion import convert_tokenizer
 from tokenset_diffusers import preprocess_images, tokens_to_counts
 from tokenset_diffusers.metrics import extract_features, frechet_distance, load_feature_extractor
-
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "conversion"))
-from tokenizer_conversion import convert_tokenizer  # noqa: E402
 
 
 token_order = load_script("pipelines/analyses/token_order.py")

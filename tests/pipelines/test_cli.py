@@ -247,7 +247,7 @@ def test_generate_help_parses_before_importing_torch_and_shows_every_default():
     ).stdout  # fmt: skip
     options = parser_help[parser_help.index("options:") :]
     flags = [line.split()[0] for line in options.splitlines() if line.strip().startswith("--")]
-    assert len(flags) == 11  # every flag but --help
+    assert len(flags) == 12  # every flag but --help
     for flag in flags:
         block = options[options.index(flag) :].split("\n  --")[0]
         assert "default" in block, flag

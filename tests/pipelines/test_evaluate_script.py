@@ -1,4 +1,4 @@
-"""pipelines/evaluate.py end to end with a tiny real pipeline (random weights) and a small fixed stand-in feature
+"""pipelines/evaluate_generation.py end to end with a tiny real pipeline (random weights) and a small fixed stand-in feature
 extractor: 1 vs 2 processes, resume, the numbers by a direct route, rFID, reference statistics, launch checks."""
 
 import importlib.util
@@ -27,7 +27,7 @@ from tokenset_diffusers.metrics import extract_features, inception_score, load_f
 
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "pipelines" / "evaluate.py"
+SCRIPT = ROOT / "pipelines" / "evaluate_generation.py"
 C, M, K, IMAGE_SIZE = 32, 8, 4, 16
 IMAGES_PER_CLASS = 3
 

@@ -1,4 +1,4 @@
-"""`pipelines/evaluate.py --mode gfid` on a TokenBridge pipeline folder: the same protocol as for TokenSet (per-image
+"""`pipelines/evaluate_generation.py --mode gfid` on a TokenBridge pipeline folder: the same protocol as for TokenSet (per-image
 seeds, per-class resume), the images checked by a direct route."""
 
 import numpy as np

@@ -4,7 +4,6 @@ tabs, checked against the pipeline called directly) and in a real headless Chrom
 import importlib.util
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -22,15 +21,14 @@ from huggingface_hub import SpaceCard  # noqa: E402
 from packaging.requirements import Requirement  # noqa: E402
 from packaging.version import Version  # noqa: E402
 
+from conversion.tokenizer_conversion import convert_tokenizer  # noqa: E402
+from conversion.transformer_conversion import convert_transformer  # noqa: E402
 from tokenset_diffusers import FSDDScheduler, TokenSetPipeline, postprocess_images, preprocess_images  # noqa: E402
 from tokenset_diffusers.visualization import labelled_grid  # noqa: E402
 
 
 ROOT = Path(__file__).resolve().parents[2]
 SPACE_DIR = ROOT / "pipelines" / "space"
-sys.path.insert(0, str(ROOT / "conversion"))
-from tokenizer_conversion import convert_tokenizer  # noqa: E402
-from transformer_conversion import convert_transformer  # noqa: E402
 
 
 DIGIT_NAMES = dict(enumerate(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]))

@@ -61,7 +61,8 @@ def test_build_refuses_to_overwrite_and_lists_the_package_dependencies(tmp_path)
     assert "tokenset-diffusers" not in names  # not on PyPI: its source ships in the folder
     # The repository's Space folder states the same requirements.
     assert (ROOT / "pipelines" / "space" / "requirements.txt").read_text() == (folder / "requirements.txt").read_text()
-    for relative in ("app.py", "README.md", "tokenset_diffusers/__init__.py", "tokenset_diffusers/templates"):
+    for relative in ("app.py", "README.md", "tokenset_diffusers/__init__.py", "tokenset_diffusers/templates",
+                     "pipelines/space/tabs_sets.py", "pipelines/space/tab_tokenbridge.py"):  # fmt: skip
         assert (folder / relative).exists(), relative
     assert (folder / "tokenset_diffusers" / "bundled" / "digits" / "model_index.json").is_file()
     assert not list(folder.rglob("__pycache__"))

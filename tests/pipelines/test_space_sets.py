@@ -3,7 +3,6 @@ pipeline, driven through gradio_client, and checked against the library called d
 
 import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gr = pytest.importorskip("gradio", reason="the Space needs gradio (the `demo` extra)")
 gradio_client = pytest.importorskip("gradio_client", reason="the Space tests need gradio_client (the `test` extra)")
 
+from conversion.tokenizer_conversion import convert_tokenizer  # noqa: E402
+from conversion.transformer_conversion import convert_transformer  # noqa: E402
 from tokenset_diffusers import (  # noqa: E402
     FSDDScheduler,
     TokenSetImg2ImgPipeline,
@@ -28,9 +29,6 @@ from tokenset_diffusers.visualization import labelled_grid  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SPACE_DIR = ROOT / "pipelines" / "space"
-sys.path.insert(0, str(ROOT / "conversion"))
-from tokenizer_conversion import convert_tokenizer  # noqa: E402
-from transformer_conversion import convert_transformer  # noqa: E402
 
 
 def _load(name: str):

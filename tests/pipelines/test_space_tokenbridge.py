@@ -14,15 +14,14 @@ import pytest
 import torch
 from helpers.tokenbridge import single_thread, tiny_transformer, tiny_vae  # noqa: F401
 
+from conversion.tokenizer_conversion import convert_tokenizer
+from conversion.transformer_conversion import convert_transformer
 from tokenset_diffusers import FSDDScheduler, MaskedARScheduler, TokenBridgePipeline, TokenSetPipeline
 
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 ROOT = Path(__file__).resolve().parents[2]
 SPACE_DIR = ROOT / "pipelines" / "space"
-sys.path.insert(0, str(ROOT / "conversion"))
-from tokenizer_conversion import convert_tokenizer  # noqa: E402
-from transformer_conversion import convert_transformer  # noqa: E402
 
 
 NAMES = dict(enumerate(["nought", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]))
@@ -39,7 +38,7 @@ def _load(name: str, path: Path):
 
 
 app = _load("tokenset_space_app_for_tokenbridge", SPACE_DIR / "app.py")
-tab = sys.modules["tab_tokenbridge"]  # imported by app.py from the Space folder
+tab = sys.modules["pipelines.space.tab_tokenbridge"]  # the module app.py imports
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ Every mode prints its numbers and writes `{mode}_results.json` (numbers, setting
 Features come from `--feature_extractor`: `inception` (torch-fidelity's `inception-v3-compat`, as in the paper) or
 `module:callable` / `path/to/file.py:callable` (see `tokenset_diffusers.metrics.load_feature_extractor`).
 
-    accelerate launch pipelines/evaluate.py --mode gfid --pipeline PATH --reference adm_in256_stats.npz \\
+    accelerate launch pipelines/evaluate_generation.py --mode gfid --pipeline PATH --reference adm_in256_stats.npz \\
         --output_dir eval/gfid
 
 On CPU, several processes need `ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N ...`.
@@ -79,7 +79,11 @@ class EvaluateConfig:
     inception_score_splits: int = field(default=10, metadata={"help": "splits of the Inception Score"})
     # gfid
     pipeline: Optional[str] = field(
-        default=None, metadata={"help": "gfid: TokenSetPipeline or TokenBridgePipeline folder (or Hub repo id)"}
+        default=None,
+        metadata={
+            "help": "gfid: TokenSetPipeline or TokenBridgePipeline folder, bundled model (digits, tokenbridge-digits) "
+            "or Hub repo id"
+        },
     )
     num_images_per_class: int = field(default=50, metadata={"help": "gfid: images per class (paper: 50)"})
     class_ids: Optional[List[int]] = field(default=None, metadata={"help": "gfid: only these classes (default all)"})
@@ -278,18 +282,17 @@ def resolved_steps(config: EvaluateConfig, pipeline) -> int:
 
 
 def load_pipeline(config: EvaluateConfig, accelerator: Accelerator):
-    """A `TokenSetPipeline` or a `TokenBridgePipeline`, as the folder's `model_index.json` says."""
-    from diffusers import DiffusionPipeline
+    """A `TokenSetPipeline` or a `TokenBridgePipeline`, as the folder's `model_index.json` says (`--pipeline`: a folder,
+    a bundled model's name or a Hub repo id, see `tokenset_diffusers.bundled.resolve_pipeline`)."""
+    from tokenset_diffusers import FSDDScheduler
+    from tokenset_diffusers.bundled import resolve_pipeline
 
-    from tokenset_diffusers import FSDDScheduler, TokenBridgePipeline, TokenSetPipeline
-
-    class_name = DiffusionPipeline.load_config(config.pipeline)["_class_name"]
-    pipeline_class = TokenBridgePipeline if class_name == "TokenBridgePipeline" else TokenSetPipeline
-    if pipeline_class is TokenBridgePipeline and config.exact_sum:
+    resolved = resolve_pipeline(config.pipeline)
+    if resolved.system == "tokenbridge" and config.exact_sum:
         raise ValueError("`--exact_sum` is a TokenSet sampler option; the pipeline is a TokenBridgePipeline.")
-    if pipeline_class is TokenSetPipeline and config.temperature is not None:
+    if resolved.system == "tokenset" and config.temperature is not None:
         raise ValueError(f"`--temperature` is a TokenBridge option; got {config.temperature} for a TokenSetPipeline.")
-    pipeline = pipeline_class.from_pretrained(config.pipeline, dtype=getattr(torch, config.dtype))
+    pipeline = resolved.pipeline_class.from_pretrained(resolved.folder, dtype=getattr(torch, config.dtype))
     if config.exact_sum:
         pipeline.scheduler = FSDDScheduler.from_config(pipeline.scheduler.config, exact_sum=True)
     pipeline.set_progress_bar_config(disable=True)
@@ -507,7 +510,7 @@ def check_launch(accelerator: Accelerator) -> None:
         raise ValueError(
             f"Launched as {world_size} processes, but accelerate runs {accelerator.num_processes} "
             f"({accelerator.distributed_type}). Without a GPU, set ACCELERATE_USE_CPU=true: "
-            "`ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N pipelines/evaluate.py ...`."
+            "`ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N pipelines/evaluate_generation.py ...`."
         )
 
 
