@@ -19,8 +19,6 @@ from .scheduling_masked_ar import GUIDANCE_SCHEDULES, MaskedARScheduler
 from .transformer_tokenbridge import TokenBridgeTransformer2DModel
 
 
-OUTPUT_TYPES = ("pil", "np", "pt", "latent", "indices")  # TokenBridgePipeline.output_types
-
 # The released evaluation settings (num_iter 256, linear guidance); the README's faster setting uses 64 steps.
 RELEASED_SAMPLING_DEFAULTS = {
     "L": {"num_inference_steps": 256, "guidance_scale": 3.1, "temperature": 0.96},

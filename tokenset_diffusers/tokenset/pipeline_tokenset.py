@@ -27,7 +27,6 @@ from .set_ops import counts_to_tokens, sample_fixed_sum_noise
 from .transformer_tokenset import TokenSetTransformer1DModel
 
 
-OUTPUT_TYPES = ("pil", "np", "pt", "counts", "latent")  # TokenSetPipeline.output_types
 # Larger guidance scales overflow float32 in `uncond + s * (cond - uncond)` (or are numerically meaningless).
 MAX_GUIDANCE_SCALE = 1e4
 # The components a pipeline folder must name, by `model_index.json` key.
