@@ -9,12 +9,12 @@ import difflib
 import numbers
 import os
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
 
 from .utils.loading import check_local_folder
+from .utils.validation import short_repr
 
 
 def normalise_id2label(id2label: dict | None, num_classes: int) -> dict[int, str] | None:
@@ -106,12 +106,6 @@ def class_caption(id2label: dict[int, str] | None, class_id: int) -> str:
     """`"<id>: <first name>"` (the first of a label's comma-separated synonyms), or the bare id without a label."""
     id2label = id2label or {}
     return f"{class_id}: {id2label[class_id].split(',')[0]}" if class_id in id2label else str(class_id)
-
-
-def short_repr(value: Any, limit: int = 80) -> str:
-    """`repr(value)`, cut to `limit` characters, for error messages."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def _check_label_array(class_labels: torch.Tensor | np.ndarray) -> None:

@@ -219,13 +219,13 @@ def test_save_and_load_round_trip(pipeline, tmp_path):
         ({"class_labels": [1], "guidance_schedule": "cosine"}, "guidance_schedule"),
         ({"class_labels": [10]}, "out of range"),
         ({"class_labels": ["ten"]}, "Unknown class name"),
-        ({"class_labels": None}, "num_images"),
+        ({"class_labels": None, "num_images": 0}, r"`num_images` must be an integer >= 1, got int 0"),
         ({"class_labels": [1], "num_images": 2}, "num_images"),
         ({"class_labels": [1], "temperature": -1.0}, "temperature"),
         ({"class_labels": [1], "num_inference_steps": 17}, "num_inference_steps"),
         ({"class_labels": [1], "orders": torch.zeros(1, 16, dtype=torch.long)}, "permutation"),
         ({"class_labels": [1, 2], "generator": [torch.Generator()]}, "one per image"),
-        ({"class_labels": [1], "callback_on_step_end_tensor_inputs": ["latents"]}, "callback"),
+        ({"class_labels": [1], "callback_on_step_end_tensor_inputs": ["noise"]}, "callback_on_step_end_tensor_inputs"),
     ],
 )
 def test_invalid_calls(pipeline, kwargs, match):

@@ -237,7 +237,7 @@ def test_no_class_is_the_null_class_without_guidance(tiny, tiny_image):
         (dict(strength=-0.1), "strength"),
         (dict(strength=True), "strength"),
         (dict(num_inference_steps=0), "num_inference_steps"),
-        (dict(output_type="latent"), "output_type"),
+        (dict(output_type="png"), "output_type"),
         (dict(counts=torch.zeros(1, C, dtype=torch.long)), "exactly one"),
         (dict(image=None, counts=torch.zeros(1, C, dtype=torch.long)), "summing to num_tokens"),
         (dict(image=None, counts=torch.zeros(1, C + 1, dtype=torch.long)), "codebook_size"),

@@ -32,8 +32,8 @@ def scheduler_and_inputs(**config):
 @pytest.mark.parametrize(
     "name, value, allowed",
     [
-        ("sigmoid_slope", float("nan"), r"a finite number in \(0.0, inf\]"),
-        ("sigmoid_slope", 0.0, r"a finite number in \(0.0, inf\]"),
+        ("sigmoid_slope", float("nan"), r"a finite number > 0.0"),
+        ("sigmoid_slope", 0.0, r"a finite number > 0.0"),
         ("sigmoid_midpoint", float("inf"), "a finite number"),
         ("adjust_start", float("nan"), r"a finite number in \[0.0, 1.0\]"),
         ("adjust_start", 1.5, r"a finite number in \[0.0, 1.0\]"),
@@ -47,13 +47,14 @@ def scheduler_and_inputs(**config):
         ("codebook_size", True, "an integer >= 1"),
         ("codebook_size", 6.0, "an integer >= 1"),
         ("num_tokens", 0, "an integer >= 1"),
-        ("sigma_schedule", "cosine", "one of"),
-        ("x0_sampling", None, "one of"),
+        ("sigma_schedule", "cosine", r"one of \('sigmoid', 'constant'\)"),
+        ("x0_sampling", None, r"one of \('top_p', 'top_k', 'multinomial'\)"),
     ],
 )
 def test_scheduler_config_fields_are_checked(name, value, allowed):
     config = {"codebook_size": C, "num_tokens": M, name: value}
-    with pytest.raises(ValueError, match=rf"`{name}` must be {allowed}.*got {re.escape(repr(value))}"):
+    described = f"{type(value).__name__} {value!r}"  # the message shows the type and the value
+    with pytest.raises(ValueError, match=rf"`{name}` must be {allowed}, got {re.escape(described)}\."):
         FSDDScheduler(**config)
 
 
@@ -133,7 +134,7 @@ def test_counts_to_tokens_never_returns_ids_outside_the_codebook(counts, message
 
 
 def test_counts_to_tokens_arguments():
-    with pytest.raises(ValueError, match=r"`num_tokens` must be an integer >= 1, got 4.0"):
+    with pytest.raises(ValueError, match=r"`num_tokens` must be an integer >= 1, got float 4.0"):
         counts_to_tokens(torch.tensor([[4, 0]]), 4.0)
     with pytest.raises(ValueError, match="`counts` must be a real tensor, got dtype torch.complex64"):
         counts_to_tokens(torch.zeros(1, 4, dtype=torch.complex64), M)
@@ -156,9 +157,9 @@ def test_quantize_to_sum_rejects_values_it_cannot_round(values, message):
 
 
 def test_quantize_to_sum_arguments():
-    with pytest.raises(ValueError, match=r"`total` must be an integer >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"`total` must be an integer >= 0, got int -1"):
         quantize_to_sum(torch.ones(1, 3), -1)
-    with pytest.raises(ValueError, match=r"`total` must be an integer >= 0, got 2.5"):
+    with pytest.raises(ValueError, match=r"`total` must be an integer >= 0, got float 2.5"):
         quantize_to_sum(torch.ones(1, 3), 2.5)
     assert quantize_to_sum(torch.tensor([[0.4, 1.6, 1.0]]), 3).sum().item() == 3
 
@@ -176,7 +177,7 @@ def test_discretized_gaussian_arguments():
     ones = torch.ones(1, 3)
     with pytest.raises(ValueError, match=r"`mean` must hold finite means, got values in \[1.0, 1.0\] and 1 NaN/inf"):
         DiscretizedGaussian(torch.tensor([[1.0, float("nan"), 1.0]]), ones, 4)
-    with pytest.raises(ValueError, match=r"`num_values` must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"`num_values` must be an integer >= 1, got int 0"):
         DiscretizedGaussian(ones, ones, 0)
     draw = DiscretizedGaussian(ones, torch.full((1, 3), 1e-6), 4).sample(generator=torch.Generator().manual_seed(0))
     assert draw.tolist() == [[1, 1, 1]] and not math.isnan(float(draw.sum()))

@@ -12,13 +12,12 @@ from diffusers.utils import BaseOutput
 
 from ..class_labels import ClassLabelsMixin, LocalFolderLoadingMixin, label_to_id, normalise_id2label
 from ..image_processing import postprocess_images
+from ..pipeline_utils import ClassConditionalPipelineMixin, image_output_bytes
 from ..utils.sampling import GeneratorType
-from ..utils.validation import checks_values
+from ..utils.validation import check_choice, check_integer, check_number, checks_values
 from .scheduling_masked_ar import GUIDANCE_SCHEDULES, MaskedARScheduler
 from .transformer_tokenbridge import TokenBridgeTransformer2DModel
 
-
-OUTPUT_TYPES = ("pil", "np", "pt", "latent", "indices")
 
 # The released evaluation settings (num_iter 256, linear guidance); the README's faster setting uses 64 steps.
 RELEASED_SAMPLING_DEFAULTS = {
@@ -43,7 +42,7 @@ class TokenBridgePipelineOutput(BaseOutput):
     indices: torch.LongTensor
 
 
-class TokenBridgePipeline(LocalFolderLoadingMixin, ClassLabelsMixin, DiffusionPipeline):
+class TokenBridgePipeline(LocalFolderLoadingMixin, ClassLabelsMixin, ClassConditionalPipelineMixin, DiffusionPipeline):
     """Class-conditional generation with TokenBridge: masked autoregressive sampling of quantized VAE latents.
 
     Args:
@@ -60,7 +59,10 @@ class TokenBridgePipeline(LocalFolderLoadingMixin, ClassLabelsMixin, DiffusionPi
     """
 
     model_cpu_offload_seq = "transformer->vae"
-    _callback_tensor_inputs = ["indices", "mask"]
+    # "latents" is diffusers' name for what is being denoised: here the level indices, also named "indices".
+    _callback_tensor_inputs = ["latents", "indices", "mask"]
+    _callback_latents_aliases = ("indices",)
+    latent_output_types = ("latent", "indices")
 
     def __init__(
         self,
@@ -186,16 +188,20 @@ class TokenBridgePipeline(LocalFolderLoadingMixin, ClassLabelsMixin, DiffusionPi
         num_images: int | None = None,
         callback_on_step_end: Callable[["TokenBridgePipeline", int, int, dict[str, Any]], dict[str, Any]]
         | None = None,
-        callback_on_step_end_tensor_inputs: Sequence[str] = ("indices",),
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents", "indices"),
+        num_images_per_class: int = 1,
+        batch_size: int | None = None,
     ) -> TokenBridgePipelineOutput | tuple:
-        """Generates one image per class label.
+        """Generates `num_images_per_class` images per class label.
 
         Args:
             class_labels (`int`, `str`, a list of them, or `None`): class ids or names ([`get_label_ids`]); `None`
-                generates `num_images` unconditional images (the learned unconditional embedding as condition).
+                generates unconditional images (the learned unconditional embedding as condition; guidance then
+                changes nothing): `num_images` of them (default 1), each `num_images_per_class` times.
             num_inference_steps (`int`, *optional*): masked-AR steps, 1..L; `None` uses `default_num_inference_steps`.
             guidance_scale (`float`, *optional*): classifier-free guidance scale on the decoder features; 1 is none;
-                `None` uses `default_guidance_scale`.
+                `None` uses `default_guidance_scale`. Read at every step from `pipeline._guidance_scale`, which a
+                callback may change.
             guidance_schedule (`str`, defaults to `"linear"`): `"linear"` (the weight grows with the fraction of
                 known tokens, never quite reaching `guidance_scale`) or `"constant"`.
             temperature (`float`, *optional*): divides every channel's logits; 0 is greedy; `None` uses
@@ -207,87 +213,168 @@ class TokenBridgePipeline(LocalFolderLoadingMixin, ClassLabelsMixin, DiffusionPi
             return_dict (`bool`, defaults to `True`): return a [`TokenBridgePipelineOutput`] rather than a tuple.
             orders (`torch.LongTensor` of shape `(B, L)`, *optional*): explicit generation orders (one permutation
                 of the positions per image), e.g. to reproduce a recorded run; drawn from `generator` when omitted.
-            num_images (`int`, *optional*): the batch size when `class_labels` is `None`.
+            num_images (`int`, *optional*): with `class_labels=None`, the number of unconditional images.
             callback_on_step_end (`Callable`, *optional*): called as `callback(pipeline, step_index, timestep,
                 tensors)` after every step with `tensors` holding `callback_on_step_end_tensor_inputs`; may return a
-                dict that replaces `"indices"`.
-            callback_on_step_end_tensor_inputs (sequence of `str`, defaults to `("indices",)`): among `"indices"`
-                (`(B, L, C)`) and `"mask"` (`(B, L)`, True = still unknown after the step).
+                dict whose `"latents"` (or its alias `"indices"`) replaces the level indices, and may set
+                `pipeline._guidance_scale`. A returned tensor must have the shape of the one it got, an integer dtype
+                and (checked on the CPU) level indices in [0, 2**quantizer_bits). With `batch_size`, the callback runs
+                for every chunk, with that chunk's tensors.
+            callback_on_step_end_tensor_inputs (sequence of `str`, defaults to `("latents", "indices")`): among
+                `"latents"` (diffusers' name for what is being denoised; for TokenBridge the current level indices
+                `(B, L, latent_channels)`, positions row-major, VAE channel order, 0 at positions still unknown),
+                `"indices"` (the same tensor) and `"mask"` (`(B, L)`, True = still unknown after the step).
+            num_images_per_class (`int`, defaults to 1): images per entry of `class_labels`, in the order
+                `[a, a, b, b]` for labels `[a, b]` and 2 images per class.
+            batch_size (`int`, *optional*): sample and decode at most this many images at once, chunk after chunk
+                (default: all at once). With one generator per image the images are the same as in one batch.
+                A request whose outputs, or one chunk's working memory, cannot fit in the memory available raises
+                `ValueError` before anything is allocated.
 
         Returns:
             [`TokenBridgePipelineOutput`] or `(images, indices)`.
         """
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
-        if guidance_schedule not in GUIDANCE_SCHEDULES:
-            raise ValueError(f"`guidance_schedule` must be one of {GUIDANCE_SCHEDULES}, got {guidance_schedule!r}.")
-        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
-        if unknown:
-            raise ValueError(
-                f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}, got {unknown}."
-            )
         if num_inference_steps is None:
             num_inference_steps = self.config.default_num_inference_steps
+        self.check_call_arguments(
+            output_type,
+            num_inference_steps,
+            num_images_per_class,
+            batch_size,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+        )
+        check_choice("guidance_schedule", guidance_schedule, GUIDANCE_SCHEDULES)
         guidance_scale = self.config.default_guidance_scale if guidance_scale is None else guidance_scale
         temperature = self.config.default_temperature if temperature is None else temperature
-        if not (isinstance(guidance_scale, (int, float)) and guidance_scale >= 0):
-            raise ValueError(f"`guidance_scale` must be a non-negative number, got {guidance_scale!r}.")
-        if not (isinstance(temperature, (int, float)) and temperature >= 0):
-            raise ValueError(f"`temperature` must be a non-negative number, got {temperature!r}.")
+        guidance_scale = check_number("guidance_scale", guidance_scale, low=0)
+        temperature = check_number("temperature", temperature, low=0)
 
-        device = self._execution_device
         transformer = self.transformer
-        labels = self._labels_or_unconditional(class_labels, num_images).to(device)  # (B,)
-        batch_size = labels.shape[0]
-        if isinstance(generator, (list, tuple)) and len(generator) != batch_size:
-            raise ValueError(f"Got {len(generator)} generators for {batch_size} images; pass one per image.")
-        num_tokens, channels = transformer.num_tokens, transformer.config.latent_channels
+        labels = self._labels_or_unconditional(class_labels, num_images)  # (number of labels,)
+        num_images = len(labels) * int(num_images_per_class)
+        num_tokens = transformer.num_tokens
+        if orders is not None:
+            orders = self._check_orders(orders, num_images, num_tokens)
+        chunk_size = self.plan_chunks(num_images, batch_size, generator, output_type, guidance_scale != 1.0)
+        (labels,) = self.repeat_per_class(num_images_per_class, labels)  # (B,)
+        self._guidance_scale = guidance_scale
+        self._num_timesteps = int(num_inference_steps)
+        self.scheduler.set_timesteps(int(num_inference_steps))
 
-        # 1. Schedule and orders; every position starts unknown (index 0 as a placeholder, never read).
-        self.scheduler.set_timesteps(num_inference_steps)
-        if orders is None:
-            orders = self.scheduler.sample_orders(batch_size, generator, device=device)  # (B, L)
-        else:
-            orders = self._check_orders(orders, batch_size, num_tokens).to(device)
-        indices = torch.zeros(batch_size, num_tokens, channels, dtype=torch.long, device=device)  # (B, L, C)
+        def generate_chunk(rows: slice, chunk_generator: GeneratorType, progress_bar) -> tuple:
+            return self._generate(
+                labels[rows],
+                None if orders is None else orders[rows],
+                chunk_generator,
+                guidance_schedule,
+                temperature,
+                output_type,
+                callback_on_step_end,
+                callback_on_step_end_tensor_inputs,
+                progress_bar,
+            )
 
-        # 2. One masked-AR step per timestep: features of the positions to predict, channel head, write back.
-        for step_index in self.progress_bar(range(num_inference_steps)):
-            values = transformer.quantizer.dequantize(indices)  # (B, L, C)
-            features = self.guided_features(values, step_index, orders, labels, guidance_scale, guidance_schedule)
-            tokens = transformer.sample_channels(features, temperature=temperature, generator=generator)  # (B * n, C)
-            tokens = tokens.reshape(batch_size, -1, channels)  # (B, n, C)
-            indices, mask = self.scheduler.step(tokens, step_index, indices, orders, return_dict=False)
-            if callback_on_step_end is not None:
-                tensors = {"indices": indices, "mask": mask}
-                selected = {name: tensors[name] for name in callback_on_step_end_tensor_inputs}
-                outputs = callback_on_step_end(self, step_index, step_index, selected)
-                indices = (outputs or {}).get("indices", indices)
-
-        # 3. Indices -> dequantized latents -> images.
-        if output_type == "indices":
-            images = indices
-        else:
-            latents = transformer.unpatchify(transformer.quantizer.dequantize(indices))  # (B, C, h, w), scaled units
-            if output_type == "latent":
-                images = latents
-            else:
-                latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
-                decoded = self.vae.decode(latents).sample  # (B, 3, H, W) in [-1, 1]
-                images = postprocess_images(decoded.float(), output_type=output_type)
+        images, indices = self.generate_in_chunks(
+            num_images, chunk_size, generator, self.scheduler.num_inference_steps, generate_chunk
+        )
         self.maybe_free_model_hooks()
         if not return_dict:
             return images, indices
         return TokenBridgePipelineOutput(images=images, indices=indices)
 
+    def _generate(
+        self,
+        labels: torch.LongTensor,
+        orders: torch.LongTensor | None,
+        generator: GeneratorType,
+        guidance_schedule: str,
+        temperature: float,
+        output_type: str,
+        callback_on_step_end: Callable | None,
+        callback_on_step_end_tensor_inputs: Sequence[str],
+        progress_bar=None,
+    ) -> tuple[list[PIL.Image.Image] | np.ndarray | torch.Tensor, torch.LongTensor]:
+        """Samples and decodes one batch of `labels` (`(B,)`); returns `(images, indices)`."""
+        device = self._execution_device
+        transformer = self.transformer
+        labels = labels.to(device)
+        batch_size = labels.shape[0]
+        num_tokens, channels = transformer.num_tokens, transformer.config.latent_channels
+
+        # 1. Orders; every position starts unknown (index 0 as a placeholder, never read).
+        if orders is None:
+            orders = self.scheduler.sample_orders(batch_size, generator, device=device)  # (B, L)
+        else:
+            orders = orders.to(device)
+        indices = torch.zeros(batch_size, num_tokens, channels, dtype=torch.long, device=device)  # (B, L, C)
+
+        # 2. One masked-AR step per timestep: features of the positions to predict, channel head, write back.
+        for step_index in range(self.scheduler.num_inference_steps):
+            values = transformer.quantizer.dequantize(indices)  # (B, L, C)
+            # The guidance is read at every step: a callback may have changed it.
+            features = self.guided_features(
+                values, step_index, orders, labels, self._guidance_scale, guidance_schedule
+            )  # (B * n, D)
+            tokens = transformer.sample_channels(features, temperature=temperature, generator=generator)  # (B * n, C)
+            tokens = tokens.reshape(batch_size, -1, channels)  # (B, n, C)
+            indices, mask = self.scheduler.step(tokens, step_index, indices, orders, return_dict=False)
+            tensors = self.step_callback_tensors(indices, mask=mask)
+            indices = self.run_step_callback(
+                callback_on_step_end, step_index, step_index, tensors, callback_on_step_end_tensor_inputs
+            )
+            if progress_bar is not None:
+                progress_bar.update()
+
+        # 3. Indices -> dequantized latents -> images.
+        if output_type == "indices":
+            return indices, indices
+        latents = transformer.unpatchify(transformer.quantizer.dequantize(indices))  # (B, C, h, w), scaled units
+        if output_type == "latent":
+            return latents, indices
+        latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+        decoded = self.vae.decode(latents).sample  # (B, 3, H, W) in [-1, 1]
+        return postprocess_images(decoded.float(), output_type=output_type), indices
+
     def _labels_or_unconditional(self, class_labels, num_images: int | None) -> torch.LongTensor:
+        """The class ids, or for `class_labels=None`, `num_images` (default 1) times the unconditional id."""
         if class_labels is not None:
             if num_images is not None:
-                raise ValueError(f"Pass `num_images` only with `class_labels=None`, got num_images={num_images!r}.")
-            return self.prepare_class_labels(class_labels)
-        if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 1:
-            raise ValueError(f"`class_labels=None` needs `num_images`, a positive integer; got {num_images!r}.")
-        return torch.full((num_images,), self.transformer.config.num_classes, dtype=torch.long)
+                raise ValueError(
+                    f"Pass `num_images` only with `class_labels=None` (use `num_images_per_class` with class labels), "
+                    f"got num_images={num_images!r}."
+                )
+            return self.prepare_labels(class_labels)
+        num_images = 1 if num_images is None else check_integer("num_images", num_images, low=1)
+        return self.prepare_labels(None).repeat(num_images)
+
+    def _check_callback_latents(self, replaced: Any, indices: torch.LongTensor, name: str) -> None:
+        """Level indices returned by the step callback must be like `indices`: same shape, integer dtype, and (read
+        on the CPU only, see `checks_values`) levels in [0, num_levels)."""
+        self._check_same_shape(name, replaced, indices)
+        if replaced.is_floating_point() or replaced.is_complex() or replaced.dtype == torch.bool:
+            raise ValueError(f"The `{name}` must be integer level indices, got dtype {replaced.dtype}.")
+        num_levels = self.transformer.quantizer.num_levels
+        if checks_values(replaced) and replaced.numel() and (replaced.min() < 0 or replaced.max() >= num_levels):
+            raise ValueError(
+                f"The `{name}` must hold level indices in [0, {num_levels}), got values in "
+                f"[{replaced.min().item()}, {replaced.max().item()}]."
+            )
+
+    def _request_memory(
+        self, num_images: int, chunk_size: int, output_type: str, guided: bool
+    ) -> tuple[int, int, str]:
+        """Lower bounds: the indices and images (or latents) of all `num_images`; the decoder features of one chunk
+        (float32, both halves and the guided result with guidance)."""
+        config = self.transformer.config
+        num_tokens = self.transformer.num_tokens
+        image_size = config.sample_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
+        per_image = 8 * num_tokens * config.latent_channels
+        if output_type == "latent":
+            per_image += 4 * num_tokens * config.latent_channels
+        outputs = num_images * (per_image + image_output_bytes(output_type, image_size))
+        working = chunk_size * num_tokens * config.decoder_hidden_size * 4 * (4 if guided else 1)
+        return outputs, working, "the guided decoder features"
 
     @staticmethod
     def _check_orders(orders: torch.Tensor, batch_size: int, num_tokens: int) -> torch.LongTensor:

@@ -17,6 +17,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 
 from ..utils.sampling import GeneratorType, uniform_tensor
+from ..utils.validation import check_choice, check_integer, check_number
 
 
 GUIDANCE_SCHEDULES = ("linear", "constant")
@@ -55,12 +56,9 @@ class MaskedARScheduler(SchedulerMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, num_tokens: int = 256, mask_ratio_min: float = 0.7, mask_ratio_std: float = 0.25):
-        if isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or num_tokens < 2:
-            raise ValueError(f"`num_tokens` must be an integer >= 2, got {num_tokens!r}.")
-        if not 0.0 < mask_ratio_min <= 1.0:
-            raise ValueError(f"`mask_ratio_min` must be in (0, 1], got {mask_ratio_min!r}.")
-        if not mask_ratio_std > 0:
-            raise ValueError(f"`mask_ratio_std` must be positive, got {mask_ratio_std!r}.")
+        check_integer("num_tokens", num_tokens, low=2)
+        check_number("mask_ratio_min", mask_ratio_min, low=0, high=1, low_open=True)
+        check_number("mask_ratio_std", mask_ratio_std, low=0, low_open=True)
         self.num_inference_steps = None
         self.timesteps = None
         self.mask_lengths: list[int] = []
@@ -75,13 +73,10 @@ class MaskedARScheduler(SchedulerMixin, ConfigMixin):
             `ValueError` unless `1 <= num_inference_steps <= num_tokens`.
         """
         num_tokens = self.config.num_tokens
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int):
-            raise ValueError(f"`num_inference_steps` must be an integer, got {num_inference_steps!r}.")
-        if not 1 <= num_inference_steps <= num_tokens:
-            raise ValueError(
-                f"`num_inference_steps` must be in [1, {num_tokens}] (num_tokens; more steps than tokens would predict "
-                f"nothing at some steps), got {num_inference_steps}."
-            )
+        # More steps than tokens would predict nothing at some steps.
+        num_inference_steps = check_integer(
+            "num_inference_steps", num_inference_steps, low=1, high=num_tokens, high_name="num_tokens"
+        )
         mask_lengths, num_unknown = [], []
         unknown = num_tokens
         for step in range(num_inference_steps):
@@ -107,8 +102,7 @@ class MaskedARScheduler(SchedulerMixin, ConfigMixin):
         (with the clamped `mask_len`, so the last step uses `1 + (s - 1)(L - 1) / L`, never `s`), `s` for
         `"constant"`.
         """
-        if guidance_schedule not in GUIDANCE_SCHEDULES:
-            raise ValueError(f"`guidance_schedule` must be one of {GUIDANCE_SCHEDULES}, got {guidance_schedule!r}.")
+        check_choice("guidance_schedule", guidance_schedule, GUIDANCE_SCHEDULES)
         self._check_step(step_index)
         if guidance_schedule == "constant":
             return float(guidance_scale)

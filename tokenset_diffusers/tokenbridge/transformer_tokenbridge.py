@@ -22,8 +22,8 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from ..utils.sampling import GeneratorType, uniform_tensor
-from ..utils.validation import checks_values
+from ..utils.sampling import GeneratorType, inverse_cdf, uniform_tensor
+from ..utils.validation import check_integer, check_number, checks_values
 from .quantization_tokenbridge import TokenBridgeQuantizer
 
 
@@ -408,22 +408,20 @@ class TokenBridgeTransformer2DModel(ModelMixin, ConfigMixin):
             ("head_num_layers", head_num_layers),
             ("head_num_attention_heads", head_num_attention_heads),
         ]:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-        if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 0:
-            raise ValueError(f"`buffer_size` must be a non-negative integer, got {buffer_size!r}.")
+            check_integer(name, value, low=1)
+        check_integer("buffer_size", buffer_size, low=0)
         if sorted(channel_order) != list(range(latent_channels)):
             raise ValueError(
                 f"`channel_order` must be a permutation of 0..{latent_channels - 1} (latent_channels), got "
                 f"{list(channel_order)!r}."
             )
-        for name, value in [("attention_dropout", attention_dropout), ("dropout", dropout)]:
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"`{name}` must be in [0, 1), got {value!r}.")
-        if not 0.0 <= label_dropout_prob < 1.0:
-            raise ValueError(f"`label_dropout_prob` must be in [0, 1), got {label_dropout_prob!r}.")
-        if not 0.0 < mask_ratio_min <= 1.0:
-            raise ValueError(f"`mask_ratio_min` must be in (0, 1], got {mask_ratio_min!r}.")
+        for name, value in [
+            ("attention_dropout", attention_dropout),
+            ("dropout", dropout),
+            ("label_dropout_prob", label_dropout_prob),
+        ]:
+            check_number(name, value, low=0, high=1, high_open=True)
+        check_number("mask_ratio_min", mask_ratio_min, low=0, high=1, low_open=True)
 
         num_tokens = sample_size * sample_size
         self.gradient_checkpointing = False
@@ -704,8 +702,7 @@ class TokenBridgeTransformer2DModel(ModelMixin, ConfigMixin):
             `torch.LongTensor` of shape `(N, latent_channels)`: level indices in **VAE channel order**; with
             `return_logits`, also `(N, latent_channels, num_levels)` float32 logits (column `i` = head position `i`).
         """
-        if not temperature >= 0:
-            raise ValueError(f"`temperature` must be a non-negative number, got {temperature!r}.")
+        check_number("temperature", temperature, low=0)
         head = self.channel_head
         num_rows, num_channels = features.shape[0], self.config.latent_channels
         # One uniform per row and channel, drawn up front (inverse-CDF sampling), per group of rows.
@@ -726,7 +723,7 @@ class TokenBridgeTransformer2DModel(ModelMixin, ConfigMixin):
                 token = logits.argmax(-1)  # (N,)
             else:
                 probs = torch.softmax(logits / temperature, dim=-1)  # (N, K)
-                token = _inverse_cdf(probs, uniforms[:, i])  # (N,)
+                token = inverse_cdf(probs, uniforms[:, i], right=True)  # (N,)
             tokens.append(token)
             all_logits.append(logits)
             if i < num_channels - 1:
@@ -814,15 +811,6 @@ def _grouped_uniforms(shape: tuple[int, int], generator: GeneratorType, device: 
     per_group = num_rows // len(generator)
     grouped = uniform_tensor((len(generator), per_group * width), generator, device=device)  # (G, n * C)
     return grouped.reshape(num_rows, width)
-
-
-def _inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.LongTensor:
-    """One categorical draw per row of `probs` `(N, K)` from `uniforms` `(N,)`: the first k with `cdf[k] > u`."""
-    cdf = probs.cumsum(-1)  # (N, K)
-    # Scale u by the total mass so that float rounding of the cumulative sum never leaves u above it.
-    scaled = uniforms[:, None] * cdf[:, -1:]  # (N, 1)
-    index = torch.searchsorted(cdf, scaled, right=True)  # (N, 1)
-    return index.squeeze(1).clamp_(max=probs.shape[-1] - 1)
 
 
 __all__ = [

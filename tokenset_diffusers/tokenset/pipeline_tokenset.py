@@ -16,18 +16,17 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from ..class_labels import ClassLabelsMixin, LocalFolderLoadingMixin, label_to_id, normalise_id2label
-from ..class_labels import short_repr as _short_repr
 from ..image_processing import postprocess_images
+from ..pipeline_utils import ClassConditionalPipelineMixin, image_output_bytes
 from ..utils.remote_code import write_import_file
 from ..utils.sampling import GeneratorType
-from ..utils.validation import checks_values
+from ..utils.validation import check_integer, checks_values, described
 from .modeling_tokenset_vqvae import TokenSetVQVAE
 from .scheduling_fsdd import FSDDScheduler
 from .set_ops import counts_to_tokens, sample_fixed_sum_noise
 from .transformer_tokenset import TokenSetTransformer1DModel
 
 
-OUTPUT_TYPES = ("pil", "np", "pt", "counts", "latent")
 # Larger guidance scales overflow float32 in `uncond + s * (cond - uncond)` (or are numerically meaningless).
 MAX_GUIDANCE_SCALE = 1e4
 # The components a pipeline folder must name, by `model_index.json` key.
@@ -65,7 +64,7 @@ class TokenSetPipelineOutput(BaseOutput):
     counts: torch.LongTensor
 
 
-class TokenSetPipeline(LocalFolderLoadingMixin, ClassLabelsMixin, DiffusionPipeline):
+class TokenSetPipeline(LocalFolderLoadingMixin, ClassLabelsMixin, ClassConditionalPipelineMixin, DiffusionPipeline):
     """Class-conditional generation with TokenSet: FSDD over count vectors, then the set tokenizer's decoder.
 
     Args:
@@ -81,8 +80,10 @@ class TokenSetPipeline(LocalFolderLoadingMixin, ClassLabelsMixin, DiffusionPipel
     """
 
     model_cpu_offload_seq = "transformer->image_tokenizer"
-    # "latents" is diffusers' name for the sample being denoised: an alias of "sample".
-    _callback_tensor_inputs = ["sample", "latents", "pred_original_sample"]
+    # "latents" is diffusers' name for the count vectors being denoised; "sample" is the same tensor.
+    _callback_tensor_inputs = ["latents", "sample", "pred_original_sample"]
+    _callback_latents_aliases = ("sample",)
+    latent_output_types = ("counts", "latent")
 
     def __init__(
         self,
@@ -136,17 +137,6 @@ class TokenSetPipeline(LocalFolderLoadingMixin, ClassLabelsMixin, DiffusionPipel
     def id2label(self) -> dict[int, str] | None:
         """The class names by id (`None` when the pipeline has none); the same as `pipeline.config.id2label`."""
         return self.config.id2label
-
-    @property
-    def guidance_scale(self) -> float | list[float]:
-        """The guidance of the running (or last) call, `None` before the first; a callback may change
-        `pipeline._guidance_scale` between steps, e.g. to 1.0 (no guidance) for the last steps."""
-        return self._guidance_scale
-
-    @property
-    def num_timesteps(self) -> int:
-        """The number of denoising steps of the running (or last) call, `None` before the first."""
-        return self._num_timesteps
 
     def push_to_hub(
         self,
@@ -258,21 +248,22 @@ class TokenSetPipeline(LocalFolderLoadingMixin, ClassLabelsMixin, DiffusionPipel
     @torch.no_grad()
     def __call__(
         self,
-        class_labels: int | str | Sequence[int | str],
+        class_labels: int | str | Sequence[int | str] | None,
         num_inference_steps: int = 25,
         guidance_scale: float | Sequence[float] | None = None,
         generator: GeneratorType = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable[["TokenSetPipeline", int, float, dict[str, Any]], dict[str, Any]] | None = None,
-        callback_on_step_end_tensor_inputs: Sequence[str] = ("sample",),
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents", "sample"),
         num_images_per_class: int = 1,
         batch_size: int | None = None,
     ) -> TokenSetPipelineOutput | tuple:
         """Generates `num_images_per_class` images per class label.
 
         Args:
-            class_labels (`int`, `str`, or a list of them): class ids or names ([`get_label_ids`]).
+            class_labels (`int`, `str`, a list of them, or `None`): class ids or names ([`get_label_ids`]); `None`
+                generates `num_images_per_class` unconditional images (the null class, without guidance).
             num_inference_steps (`int`, defaults to 25): FSDD steps.
             guidance_scale (`float` or list of floats, *optional*): a constant classifier-free guidance scale or an
                 interval schedule over equal parts of t (the released `[4.0, 50.0, 55.0]`); 1.0 is no guidance;
@@ -287,12 +278,13 @@ class TokenSetPipeline(LocalFolderLoadingMixin, ClassLabelsMixin, DiffusionPipel
             return_dict (`bool`, defaults to `True`): return a [`TokenSetPipelineOutput`] rather than a tuple.
             callback_on_step_end (`Callable`, *optional*): called as `callback(pipeline, step_index, timestep,
                 tensors)` after every step, with `tensors` holding `callback_on_step_end_tensor_inputs`; may return a
-                dict whose `"sample"` (or `"latents"`) replaces the sample, and may set `pipeline._guidance_scale`.
-                A returned sample must be count vectors of the same shape, integer dtype, counts in [0, num_tokens],
-                and the same row sums as the sample the callback got (on the CPU its values are checked). With
-                `batch_size`, the callback runs for every chunk, with that chunk's tensors.
-            callback_on_step_end_tensor_inputs (sequence of `str`, defaults to `("sample",)`): among `"sample"`,
-                `"latents"` (diffusers' name; the same tensor as `"sample"`) and `"pred_original_sample"`.
+                dict whose `"latents"` (or its alias `"sample"`) replaces the sample, and may set
+                `pipeline._guidance_scale`. A returned sample must be count vectors of the same shape, integer dtype,
+                counts in [0, num_tokens], and the same row sums as the sample the callback got (on the CPU its values
+                are checked). With `batch_size`, the callback runs for every chunk, with that chunk's tensors.
+            callback_on_step_end_tensor_inputs (sequence of `str`, defaults to `("latents", "sample")`): among
+                `"latents"` (diffusers' name: the count vectors being denoised, `(batch_size, codebook_size)`),
+                `"sample"` (the same tensor) and `"pred_original_sample"`.
             num_images_per_class (`int`, defaults to 1): images per entry of `class_labels`, in the order
                 `[a, a, b, b]` for labels `[a, b]` and 2 images per class.
             batch_size (`int`, *optional*): denoise and decode at most this many images at once, chunk after chunk
@@ -304,49 +296,84 @@ class TokenSetPipeline(LocalFolderLoadingMixin, ClassLabelsMixin, DiffusionPipel
         Returns:
             [`TokenSetPipelineOutput`] or `(images, counts)`.
         """
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
-        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
-        if unknown:
-            raise ValueError(
-                f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}, got {unknown}."
-            )
-        _check_positive_integer("num_images_per_class", num_images_per_class)
-        _check_positive_integer("num_inference_steps", num_inference_steps)
-        if batch_size is not None:
-            _check_positive_integer("batch_size", batch_size)
-        if callback_on_step_end is not None and not callable(callback_on_step_end):
-            raise ValueError(f"`callback_on_step_end` must be callable, got {_short_repr(callback_on_step_end)}.")
-        if guidance_scale is None:
+        self.check_call_arguments(
+            output_type,
+            num_inference_steps,
+            num_images_per_class,
+            batch_size,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+        )
+        labels = self.prepare_labels(class_labels)  # (number of labels,)
+        return self._sample(
+            labels,
+            None,
+            num_images_per_class,
+            1.0,
+            class_labels is None,
+            int(num_inference_steps),
+            guidance_scale,
+            generator,
+            output_type,
+            return_dict,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+            batch_size,
+        )
+
+    def _sample(
+        self,
+        labels: torch.LongTensor,
+        original_counts: torch.LongTensor | None,
+        num_images_per_class: int,
+        strength: float,
+        unconditional: bool,
+        num_inference_steps: int,
+        guidance_scale: float | Sequence[float] | None,
+        generator: GeneratorType,
+        output_type: str,
+        return_dict: bool,
+        callback_on_step_end: Callable | None,
+        callback_on_step_end_tensor_inputs: Sequence[str],
+        batch_size: int | None,
+    ) -> TokenSetPipelineOutput | tuple:
+        """Generation and image variations, after their own argument handling: denoises `num_images_per_class`
+        images per entry of `labels` (`(N,)`) from the noise prior (`original_counts=None`) or from `original_counts`
+        (`(N, C)`) noised to `t = 1 - strength`, over the last `floor(strength * num_inference_steps)` steps of the
+        schedule, chunk by chunk; `unconditional` runs without guidance."""
+        if unconditional:
+            guidance_scale = 1.0  # the null class alone: guidance means nothing
+        elif guidance_scale is None:
             guidance_scale = self.config.default_guidance_scale or 1.0
-        _guidance_schedule(guidance_scale, "guidance_scale")  # validates
-        labels = self.prepare_class_labels(class_labels)  # (number of labels,)
-        num_images = labels.shape[0] * int(num_images_per_class)
-        _check_generator(generator, num_images)
-        chunk_size = min(int(batch_size or num_images), num_images)
-        self._check_request_fits(num_images, chunk_size, output_type, guidance_scale)
-        labels = labels.repeat_interleave(int(num_images_per_class))  # (B,)
+        guided = any(scale != 1.0 for scale in _guidance_schedule(guidance_scale, "guidance_scale"))  # validates
+        num_images = len(labels) * int(num_images_per_class)
+        chunk_size = self.plan_chunks(num_images, batch_size, generator, output_type, guided)
+        if original_counts is None:
+            (labels,) = self.repeat_per_class(num_images_per_class, labels)  # (B,)
+        else:
+            original_counts, labels = self.repeat_per_class(num_images_per_class, original_counts, labels)
         self._guidance_scale = guidance_scale
         # The times stay on the CPU: reading them (for the guidance interval and the scheduler's step index) then
         # never waits for the device.
-        self.scheduler.set_timesteps(int(num_inference_steps))
-        self._num_timesteps = len(self.scheduler.timesteps)
+        self.scheduler.set_timesteps(num_inference_steps)
+        num_steps = min(math.floor(num_inference_steps * strength + 1e-9), num_inference_steps)
+        start_index = num_inference_steps - num_steps
+        self._num_timesteps = num_steps
 
-        chunks = []
-        for start in range(0, num_images, chunk_size):
-            chunk_generator = (
-                generator[start : start + chunk_size] if isinstance(generator, (list, tuple)) else generator
+        def generate_chunk(rows: slice, chunk_generator: GeneratorType, progress_bar) -> tuple:
+            start = None if original_counts is None else original_counts[rows]
+            return self._generate(
+                labels[rows],
+                chunk_generator,
+                output_type,
+                callback_on_step_end,
+                callback_on_step_end_tensor_inputs,
+                start_counts=start,
+                start_index=start_index,
+                progress_bar=progress_bar,
             )
-            chunks.append(
-                self._generate(
-                    labels[start : start + chunk_size],
-                    chunk_generator,
-                    output_type,
-                    callback_on_step_end,
-                    callback_on_step_end_tensor_inputs,
-                )
-            )
-        images, counts = _join_chunks(chunks, output_type)
+
+        images, counts = self.generate_in_chunks(num_images, chunk_size, generator, num_steps, generate_chunk)
         self.maybe_free_model_hooks()
         if not return_dict:
             return images, counts
@@ -359,47 +386,81 @@ class TokenSetPipeline(LocalFolderLoadingMixin, ClassLabelsMixin, DiffusionPipel
         output_type: str,
         callback_on_step_end: Callable | None,
         callback_on_step_end_tensor_inputs: Sequence[str],
+        start_counts: torch.LongTensor | None = None,
+        start_index: int = 0,
+        progress_bar=None,
     ) -> tuple[list[PIL.Image.Image] | np.ndarray | torch.Tensor, torch.LongTensor]:
-        """Denoises and decodes one batch of `labels` (`(batch_size,)`); returns `(images, counts)`."""
+        """Denoises and decodes one batch of `labels` (`(batch_size,)`); returns `(images, counts)`.
+
+        The one denoising loop of both TokenSet pipelines: from the noise prior (`start_counts=None`), or from
+        `start_counts` (`(batch_size, codebook_size)`) noised to `scheduler.timesteps[start_index]` with
+        [`start_sample`], over `scheduler.timesteps[start_index:]` (after `set_timesteps`). The noise prior is drawn
+        first either way, so that an image-variations call that starts at step 0 is plain generation.
+        """
         device = self._execution_device
         labels = labels.to(device)
         codebook_size, num_tokens = self.scheduler.config.codebook_size, self.scheduler.config.num_tokens
 
-        # 1. Start from the noise prior: a random set of M distinct codebook entries.
+        # 1. The start: the noise prior (a random set of M distinct codebook entries), mixed with `start_counts` at
+        # the start time by the scheduler's training noiser for image variations.
         sample = sample_fixed_sum_noise(len(labels), codebook_size, num_tokens, generator=generator, device=device)
+        if start_counts is not None:
+            sample = self.start_sample(start_counts.to(device), sample, start_index, generator=generator)  # (B, C)
 
         # 2. Denoise.
-        original = sample
-        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+        for i, t in enumerate(self.scheduler.timesteps[start_index:]):
             # Read at every step: a callback may have changed it.
             probs = self.guided_probabilities(sample, t, labels, self._guidance_scale)  # (B, C, M+1)
             sample, original = self.scheduler.step(probs, t, sample, generator=generator, return_dict=False)
-            if callback_on_step_end is not None:
-                tensors = {"sample": sample, "latents": sample, "pred_original_sample": original}
-                outputs = callback_on_step_end(self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs})
-                replaced = _replaced_sample(outputs or {}, sample)
-                if replaced is not sample:
-                    self._check_callback_sample(replaced, sample)
-                sample = replaced
+            tensors = self.step_callback_tensors(sample, pred_original_sample=original)
+            sample = self.run_step_callback(callback_on_step_end, i, t, tensors, callback_on_step_end_tensor_inputs)
+            if progress_bar is not None:
+                progress_bar.update()
 
         # 3. Count vectors -> token sets -> images.
         counts = sample
-        if output_type in ("counts", "latent"):
+        if output_type in self.latent_output_types:
             return counts, counts
+        return self._decode(counts, output_type), counts
+
+    def start_sample(
+        self,
+        original_counts: torch.LongTensor,
+        noise: torch.LongTensor,
+        start_index: int,
+        generator: GeneratorType = None,
+    ) -> torch.LongTensor:
+        """The sample at `scheduler.timesteps[start_index]` (after `set_timesteps`): the noise itself at time 0, the
+        image's counts after the last step (nothing to denoise), else the scheduler's `add_noise` between them.
+
+        Args:
+            original_counts, noise (`torch.LongTensor` of shape `(batch_size, codebook_size)`): the image's count
+                vectors and a draw from the noise prior ([`sample_fixed_sum_noise`]).
+            start_index (`int`): in `[0, num_inference_steps]`.
+        """
+        num_inference_steps = self.scheduler.num_inference_steps
+        check_integer("start_index", start_index, low=0, high=num_inference_steps, high_name="num_inference_steps")
+        if start_index == num_inference_steps:
+            return original_counts
+        if start_index == 0:
+            return noise
+        start_time = self.scheduler.timesteps[start_index].item()  # on the CPU: no device synchronisation
+        start_times = torch.full((len(noise),), start_time, device=noise.device)  # (B,)
+        return self.scheduler.add_noise(original_counts, noise, start_times, generator=generator)  # (B, C)
+
+    def _decode(self, counts: torch.LongTensor, output_type: str) -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
+        """Count vectors `(batch_size, codebook_size)` -> token sets (the original's fill rule, warning when a row is
+        far from M) -> images as `output_type`."""
+        num_tokens = self.scheduler.config.num_tokens
         _warn_if_far_from_sum(counts, num_tokens)
         token_ids = counts_to_tokens(counts, num_tokens)  # (B, M)
-        decoded = self.image_tokenizer.decode(token_ids.to(device))  # (B, 3, H, W) in [-1, 1]
-        return postprocess_images(decoded.float(), output_type=output_type), counts
+        decoded = self.image_tokenizer.decode(token_ids.to(self._execution_device))  # (B, 3, H, W) in [-1, 1]
+        return postprocess_images(decoded.float(), output_type=output_type)
 
-    def _check_callback_sample(self, replaced: torch.Tensor, sample: torch.LongTensor) -> None:
+    def _check_callback_latents(self, replaced: Any, sample: torch.LongTensor, name: str) -> None:
         """A sample returned by the step callback must be count vectors like `sample`: same shape, integer counts in
         [0, num_tokens] and the same row sums (values are read on the CPU only, see `checks_values`)."""
-        name = "sample returned by callback_on_step_end"
-        if not isinstance(replaced, torch.Tensor) or replaced.shape != sample.shape:
-            shape = tuple(replaced.shape) if isinstance(replaced, torch.Tensor) else type(replaced).__name__
-            raise ValueError(
-                f"The `{name}` must have the shape of the sample it got, {tuple(sample.shape)}, got {shape}."
-            )
+        self._check_same_shape(name, replaced, sample)
         self.scheduler._check_sample(name, replaced)
         if checks_values(replaced) and (replaced.sum(-1) != sample.sum(-1).to(replaced.device)).any():
             raise ValueError(
@@ -407,32 +468,16 @@ class TokenSetPipeline(LocalFolderLoadingMixin, ClassLabelsMixin, DiffusionPipel
                 f"it got: {sample.sum(-1).tolist()[:8]}), got row sums {replaced.sum(-1).tolist()[:8]}."
             )
 
-    def _check_request_fits(
-        self, num_images: int, chunk_size: int, output_type: str, guidance_scale: float | Sequence[float]
-    ) -> None:
-        """Raises `ValueError` before anything is allocated when the outputs of `num_images` images, or the guided
-        probabilities of one chunk of `chunk_size`, need more memory than is available (host memory for the
-        outputs; the execution device's free memory for the chunk). A lower bound: the models' activations come on
-        top."""
+    def _request_memory(
+        self, num_images: int, chunk_size: int, output_type: str, guided: bool
+    ) -> tuple[int, int, str]:
+        """Lower bounds: the count vectors and images of all `num_images`; the logits and softmax of the doubled
+        batch and the guided probabilities (float32) of one chunk."""
         config = self.scheduler.config
-        size = self.image_tokenizer.config.image_size
-        bytes_per_image = {"pil": 3 * size * size, "np": 12 * size * size, "pt": 12 * size * size}
-        outputs = num_images * (8 * config.codebook_size + bytes_per_image.get(output_type, 0))
-        guided = any(scale != 1.0 for scale in _guidance_schedule(guidance_scale, "guidance_scale"))
-        # logits and softmax of the doubled batch, and the guided probabilities (float32)
+        image_size = self.image_tokenizer.config.image_size
+        outputs = num_images * (8 * config.codebook_size + image_output_bytes(output_type, image_size))
         working = chunk_size * config.codebook_size * (config.num_tokens + 1) * 4 * (5 if guided else 2)
-        device = torch.device(self._execution_device)
-        host = _available_host_memory()
-        device_free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
-        needs_host = outputs + (working if device.type == "cpu" else 0)
-        for needed, available, where in ((needs_host, host, "host memory"), (working, device_free, str(device))):
-            if available is not None and needed > available:
-                raise ValueError(
-                    f"This request cannot fit: {num_images} images need at least {needed / 2**30:.2f} GiB of "
-                    f"{where} (outputs {outputs / 2**30:.2f} GiB for output_type={output_type!r}; the guided "
-                    f"probabilities of a batch of {chunk_size} {working / 2**30:.2f} GiB), and {available / 2**30:.2f} "
-                    "GiB are available. Pass a smaller `batch_size` (images denoised at once) or fewer `class_labels`."
-                )
+        return outputs, working, "the guided probabilities"
 
 
 # ---------------------------------------------------------------------- helpers
@@ -470,15 +515,6 @@ def write_remote_code_files(folder: str | os.PathLike) -> None:
         write_import_file(os.path.join(folder, relative), module, component_class)
     with open(index_path, "w", encoding="utf-8") as file:
         file.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
-
-
-def _replaced_sample(outputs: dict, sample: torch.LongTensor) -> torch.LongTensor:
-    """The sample a step callback returned under `"sample"` or its alias `"latents"` (the one it changed), else
-    `sample`."""
-    replaced = [outputs[key] for key in ("sample", "latents") if key in outputs and outputs[key] is not sample]
-    if len(replaced) == 2 and replaced[0] is not replaced[1]:
-        raise ValueError("The step callback returned different tensors as `sample` and `latents`; return one of them.")
-    return replaced[0] if replaced else sample
 
 
 def _check_model_index(folder: str) -> None:
@@ -561,63 +597,10 @@ def _guidance_schedule(guidance_scale: float | Sequence[float], name: str) -> tu
     else:
         values = ()
     if not values or not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values):
-        raise ValueError(
-            f"`{name}` must be a number or a non-empty list of numbers, got {type(guidance_scale).__name__} "
-            f"{_short_repr(guidance_scale)}."
-        )
+        raise ValueError(f"`{name}` must be a number or a non-empty list of numbers, got {described(guidance_scale)}.")
     if not all(math.isfinite(v) and 0 <= v <= MAX_GUIDANCE_SCALE for v in values):
         raise ValueError(
             f"`{name}` values must be finite numbers in [0, {MAX_GUIDANCE_SCALE:g}] (1 = no guidance), got "
-            f"{_short_repr(guidance_scale)}."
+            f"{described(guidance_scale)}."
         )
     return tuple(float(v) for v in values)
-
-
-def _check_positive_integer(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {type(value).__name__} {_short_repr(value)}.")
-
-
-def _check_generator(generator: Any, num_images: int) -> None:
-    """`generator` must be None, a `torch.Generator`, or a list or tuple of `num_images` of them."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return
-    if isinstance(generator, (list, tuple)) and all(isinstance(g, torch.Generator) for g in generator):
-        if len(generator) != num_images:
-            raise ValueError(f"Got {len(generator)} generators for {num_images} images; pass one per image.")
-        return
-    raise ValueError(
-        "`generator` must be a torch.Generator or a list of them (one per image), e.g. "
-        f"`torch.Generator().manual_seed(0)`, got {type(generator).__name__} {_short_repr(generator)}."
-    )
-
-
-def _join_chunks(
-    chunks: list[tuple], output_type: str
-) -> tuple[list[PIL.Image.Image] | np.ndarray | torch.Tensor, torch.LongTensor]:
-    """The `(images, counts)` of the chunks of [`TokenSetPipeline.__call__`], joined in order."""
-    if len(chunks) == 1:
-        return chunks[0]
-    counts = torch.cat([chunk_counts for _, chunk_counts in chunks])
-    if output_type in ("counts", "latent"):
-        return counts, counts
-    if output_type == "pil":
-        return [image for chunk_images, _ in chunks for image in chunk_images], counts
-    if output_type == "np":
-        return np.concatenate([chunk_images for chunk_images, _ in chunks]), counts
-    return torch.cat([chunk_images for chunk_images, _ in chunks]), counts
-
-
-def _available_host_memory() -> int | None:
-    """Bytes of host memory available now (Linux `MemAvailable`), else None."""
-    try:
-        with open("/proc/meminfo") as file:
-            for line in file:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None

@@ -1,16 +1,14 @@
 """TokenSetImg2ImgPipeline: image variations with FSDD started from a noised copy of an image's count vector."""
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import PIL.Image
 import torch
 
-from ..image_processing import ImageInput, postprocess_images, preprocess_images
+from ..image_processing import ImageInput, preprocess_images
 from ..utils.sampling import GeneratorType
-from .pipeline_tokenset import OUTPUT_TYPES, TokenSetPipeline, TokenSetPipelineOutput, _guidance_schedule
-from .set_ops import counts_to_tokens, sample_fixed_sum_noise
+from ..utils.validation import check_number
+from .pipeline_tokenset import TokenSetPipeline, TokenSetPipelineOutput
 
 
 _SHARED = ("image_tokenizer", "transformer", "scheduler", "id2label", "default_guidance_scale")
@@ -64,9 +62,11 @@ class TokenSetImg2ImgPipeline(TokenSetPipeline):
         return_dict: bool = True,
         counts: torch.LongTensor | None = None,
         callback_on_step_end: Callable[["TokenSetPipeline", int, float, dict[str, Any]], dict[str, Any]] | None = None,
-        callback_on_step_end_tensor_inputs: Sequence[str] = ("sample",),
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents", "sample"),
+        num_images_per_class: int = 1,
+        batch_size: int | None = None,
     ) -> TokenSetPipelineOutput | tuple:
-        """Denoises noised copies of the images' token sets.
+        """Denoises noised copies of the images' token sets, on [`TokenSetPipeline`]'s own denoising loop.
 
         Args:
             image (`PIL.Image.Image`, `np.ndarray`, a list of them, or `torch.FloatTensor` of shape
@@ -84,95 +84,47 @@ class TokenSetImg2ImgPipeline(TokenSetPipeline):
             generator (`torch.Generator` or a list of them, one per image, *optional*): the noise prior is drawn
                 first, as in [`TokenSetPipeline`], so `strength=1` gives the same images as plain generation with the
                 same generator.
-            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"` or `"counts"`.
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"`, or `"counts"` / `"latent"` (the count
+                vectors, not decoded).
             return_dict (`bool`, defaults to `True`): return a [`TokenSetPipelineOutput`] rather than a tuple.
             counts (`torch.LongTensor` of shape `(batch_size, codebook_size)`, *optional*): start from these count
                 vectors (each summing to `num_tokens`) instead of encoding `image`.
-            callback_on_step_end, callback_on_step_end_tensor_inputs: as in [`TokenSetPipeline.__call__`].
+            callback_on_step_end, callback_on_step_end_tensor_inputs: as in [`TokenSetPipeline.__call__`] (the step
+                index counts the steps run, from 0).
+            num_images_per_class (`int`, defaults to 1): variations per (image, label) pair, in the order
+                `[a, a, b, b]`.
+            batch_size (`int`, *optional*): as in [`TokenSetPipeline.__call__`].
 
         Returns:
             [`TokenSetPipelineOutput`] or `(images, counts)`.
         """
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
-            raise ValueError(f"`strength` must be a number in [0, 1], got {strength!r}.")
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
-        unknown = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
-        if unknown:
-            raise ValueError(
-                f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}, got {unknown}."
-            )
-        device = self._execution_device
-        original_counts = self.prepare_counts(image, counts).to(device)  # (B_img, C)
-        if class_labels is None:
-            # The null class alone: unconditional denoising, for which guidance means nothing.
-            labels = torch.full((len(original_counts),), self.transformer.config.num_classes, dtype=torch.long)
-            schedule = (1.0,)
-        else:
-            labels = self.prepare_class_labels(class_labels)
-            if guidance_scale is None:
-                guidance_scale = self.config.default_guidance_scale or 1.0
-            schedule = _guidance_schedule(guidance_scale, "guidance_scale")
-        original_counts, labels = _broadcast_batch(original_counts, labels.to(device))  # (B, C), (B,)
-        batch_size = labels.shape[0]
-        if isinstance(generator, (list, tuple)) and len(generator) != batch_size:
-            raise ValueError(f"Got {len(generator)} generators for {batch_size} images; pass one per image.")
-        codebook_size, num_tokens = self.scheduler.config.codebook_size, self.scheduler.config.num_tokens
-
-        # 1. The times: the last `num_steps` of the full schedule (the scheduler's times stay on the CPU).
-        self.scheduler.set_timesteps(num_inference_steps)
-        num_steps = min(math.floor(num_inference_steps * strength + 1e-9), num_inference_steps)
-        start_index = num_inference_steps - num_steps
-        timesteps = self.scheduler.timesteps[start_index:]
-
-        # 2. The start: the noise prior (drawn first, as plain generation draws it), mixed with the image's counts at
-        # the start time by the scheduler's training noiser; time 0 is the noise itself, time 1 the image.
-        noise = sample_fixed_sum_noise(batch_size, codebook_size, num_tokens, generator=generator, device=device)
-        sample = self.start_sample(original_counts, noise, start_index, generator=generator)  # (B, C)
-
-        # 3. Denoise from there.
-        for i, t in enumerate(self.progress_bar(timesteps)):
-            probs = self.guided_probabilities(sample, t, labels, schedule)  # (B, C, M+1)
-            sample, original = self.scheduler.step(probs, t, sample, generator=generator, return_dict=False)
-            if callback_on_step_end is not None:
-                tensors = {"sample": sample, "pred_original_sample": original}
-                outputs = callback_on_step_end(self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs})
-                sample = (outputs or {}).get("sample", sample)
-
-        # 4. Count vectors -> token sets -> images.
-        images = sample if output_type == "counts" else self._decode(sample, output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return images, sample
-        return TokenSetPipelineOutput(images=images, counts=sample)
-
-    def start_sample(
-        self,
-        original_counts: torch.LongTensor,
-        noise: torch.LongTensor,
-        start_index: int,
-        generator: GeneratorType = None,
-    ) -> torch.LongTensor:
-        """The sample at `scheduler.timesteps[start_index]` (after `set_timesteps`): the noise itself at time 0, the
-        image's counts after the last step (nothing to denoise), else the scheduler's `add_noise` between them.
-
-        Args:
-            original_counts, noise (`torch.LongTensor` of shape `(batch_size, codebook_size)`): the image's count
-                vectors and a draw from the noise prior ([`sample_fixed_sum_noise`]).
-            start_index (`int`): in `[0, num_inference_steps]`.
-        """
-        num_inference_steps = self.scheduler.num_inference_steps
-        if not 0 <= start_index <= num_inference_steps:
-            raise ValueError(f"`start_index` must be in [0, {num_inference_steps}], got {start_index}.")
-        if start_index == num_inference_steps:
-            return original_counts
-        if start_index == 0:
-            return noise
-        start_time = self.scheduler.timesteps[start_index].item()  # on the CPU: no device synchronisation
-        start_times = torch.full((len(noise),), start_time, device=noise.device)  # (B,)
-        return self.scheduler.add_noise(original_counts, noise, start_times, generator=generator)  # (B, C)
+        self.check_call_arguments(
+            output_type,
+            num_inference_steps,
+            num_images_per_class,
+            batch_size,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+        )
+        strength = check_number("strength", strength, low=0.0, high=1.0)
+        original_counts = self.prepare_counts(image, counts)  # (B_img, C)
+        labels = self.prepare_labels(class_labels)  # (B_labels,)
+        original_counts, labels = _broadcast_batch(original_counts, labels.to(original_counts.device))  # (N, C), (N,)
+        return self._sample(
+            labels,
+            original_counts,
+            num_images_per_class,
+            strength,
+            class_labels is None,
+            int(num_inference_steps),
+            guidance_scale,
+            generator,
+            output_type,
+            return_dict,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+            batch_size,
+        )
 
     @torch.no_grad()
     def prepare_counts(
@@ -201,11 +153,6 @@ class TokenSetImg2ImgPipeline(TokenSetPipeline):
             pixel_values = preprocess_images(image, image_size)  # (B, 3, S, S)
         tokenizer = self.image_tokenizer
         return tokenizer.encode_to_counts(pixel_values.to(tokenizer.device, tokenizer.dtype))  # (B, C)
-
-    def _decode(self, counts: torch.LongTensor, output_type: str) -> list[PIL.Image.Image] | torch.Tensor:
-        token_ids = counts_to_tokens(counts, self.scheduler.config.num_tokens)  # (B, M)
-        decoded = self.image_tokenizer.decode(token_ids.to(self.image_tokenizer.device))  # (B, 3, H, W) in [-1, 1]
-        return postprocess_images(decoded.float(), output_type=output_type)
 
 
 def _broadcast_batch(counts: torch.LongTensor, labels: torch.LongTensor) -> tuple[torch.LongTensor, torch.LongTensor]:

@@ -15,7 +15,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 
 from ..utils.sampling import GeneratorType, filter_probs, sample_categorical, sample_filtered
-from ..utils.validation import checks_values
+from ..utils.validation import check_choice, check_integer, check_number, checks_values, described
 from .set_ops import (
     DiscretizedGaussian,
     active_positions,
@@ -31,20 +31,6 @@ SAMPLING_MODES = ("top_p", "top_k", "multinomial")
 SIGMA_SCHEDULES = ("sigmoid", "constant")
 # How far a row of `model_output` may sum from 1 (float32 / bf16 softmax rounding stays far below it).
 PROBS_SUM_TOLERANCE = 1e-2
-
-
-def _check_integer(name: str, value, low: int, high: Optional[int] = None, high_name: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low or (high and value > high):
-        allowed = f"in [{low}, {high_name + '=' if high_name else ''}{high}]" if high else f">= {low}"
-        raise ValueError(f"`{name}` must be an integer {allowed}, got {value!r}.")
-
-
-def _check_real(name: str, value, low: float = -math.inf, high: float = math.inf, low_open: bool = False) -> None:
-    """`value` must be a finite real number (not a bool) in [low, high] (or (low, high] with `low_open`)."""
-    is_real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not is_real or not math.isfinite(value) or value > high or value < low or (low_open and value == low):
-        allowed = f"{'(' if low_open else '['}{low}, {high}]"
-        raise ValueError(f"`{name}` must be a finite number in {allowed}, got {value!r}.")
 
 
 @dataclass
@@ -116,20 +102,18 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
         xt_sampling: Literal["multinomial", "top_p", "top_k"] = "multinomial",
         exact_sum: bool = False,
     ):
-        _check_integer("codebook_size", codebook_size, 1)
-        _check_integer("num_tokens", num_tokens, 1)
-        _check_real("sigmoid_slope", sigmoid_slope, 0.0, low_open=True)
-        _check_real("sigmoid_midpoint", sigmoid_midpoint)
-        _check_real("adjust_start", adjust_start, 0.0, 1.0)
+        check_integer("codebook_size", codebook_size, low=1)
+        check_integer("num_tokens", num_tokens, low=1)
+        check_number("sigmoid_slope", sigmoid_slope, low=0.0, low_open=True)
+        check_number("sigmoid_midpoint", sigmoid_midpoint)
+        check_number("adjust_start", adjust_start, low=0.0, high=1.0)
         if not isinstance(exact_sum, bool):
-            raise ValueError(f"`exact_sum` must be True or False, got {exact_sum!r}.")
-        if sigma_schedule not in SIGMA_SCHEDULES:
-            raise ValueError(f"`sigma_schedule` must be one of {SIGMA_SCHEDULES}, got {sigma_schedule!r}.")
-        for name, mode in (("x0_sampling", x0_sampling), ("xt_sampling", xt_sampling)):
-            if mode not in SAMPLING_MODES:
-                raise ValueError(f"`{name}` must be one of {SAMPLING_MODES}, got {mode!r}.")
-        _check_real("top_p", top_p, 0.0, 1.0, low_open=True)
-        _check_integer("top_k", top_k, 1, num_tokens, "num_tokens")
+            raise ValueError(f"`exact_sum` must be True or False, got {described(exact_sum)}.")
+        check_choice("sigma_schedule", sigma_schedule, SIGMA_SCHEDULES)
+        check_choice("x0_sampling", x0_sampling, SAMPLING_MODES)
+        check_choice("xt_sampling", xt_sampling, SAMPLING_MODES)
+        check_number("top_p", top_p, low=0.0, high=1.0, low_open=True)
+        check_integer("top_k", top_k, low=1, high=num_tokens, high_name="num_tokens")
         self.num_inference_steps = None
         self.timesteps = None
         self._time_grid = None
@@ -143,8 +127,7 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
 
     def set_timesteps(self, num_inference_steps: int, device: Optional[Union[str, torch.device]] = None):
         """Sets the N sampling times `timesteps = [0, 1/N, ..., (N-1)/N]` (t = 0 is noise), in sampling order."""
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
+        num_inference_steps = check_integer("num_inference_steps", num_inference_steps, low=1)
         self.num_inference_steps = num_inference_steps
         # The original's grid: linspace(0, 1, N + 1) in float32; step i goes from grid[i] to grid[i + 1].
         self._time_grid = torch.linspace(0, 1, num_inference_steps + 1, dtype=torch.float32)

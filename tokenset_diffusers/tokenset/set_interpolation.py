@@ -8,7 +8,9 @@ import torch
 from diffusers.utils import BaseOutput
 
 from ..image_processing import ImageInput
+from ..pipeline_utils import IMAGE_OUTPUT_TYPES
 from ..utils.sampling import GeneratorType
+from ..utils.validation import check_choice, check_integer, check_number
 from .set_ops import quantize_to_sum
 
 
@@ -33,8 +35,7 @@ class SetInterpolationOutput(BaseOutput):
 
 def interpolation_weights(num_points: int) -> torch.FloatTensor:
     """`num_points` evenly spaced weights from 0 (the first end) to 1 (the second end), float64."""
-    if isinstance(num_points, bool) or not isinstance(num_points, int) or num_points < 2:
-        raise ValueError(f"`num_points` must be an integer of at least 2 (the two ends), got {num_points!r}.")
+    num_points = check_integer("num_points", num_points, low=2)  # the two ends at least
     return torch.linspace(0, 1, num_points, dtype=torch.float64)
 
 
@@ -123,10 +124,8 @@ def interpolate_images(
     """
     from .pipeline_tokenset_img2img import TokenSetImg2ImgPipeline
 
-    if output_type not in ("pil", "np", "pt"):
-        raise ValueError(f"`output_type` must be one of 'pil', 'np', 'pt', got {output_type!r}.")
-    if isinstance(redenoise_strength, bool) or not 0.0 <= redenoise_strength <= 1.0:
-        raise ValueError(f"`redenoise_strength` must be a number in [0, 1], got {redenoise_strength!r}.")
+    check_choice("output_type", output_type, IMAGE_OUTPUT_TYPES)
+    redenoise_strength = check_number("redenoise_strength", redenoise_strength, low=0.0, high=1.0)
     if not isinstance(pipeline, TokenSetImg2ImgPipeline):
         pipeline = TokenSetImg2ImgPipeline.from_pipe(pipeline)
     weights = interpolation_weights(num_points)

@@ -17,7 +17,7 @@ from typing import Literal, Optional, Union
 import torch
 
 from ..utils.sampling import GeneratorType, _draw_filtered, uniform_tensor
-from ..utils.validation import _check_integer_argument, _check_value_range, checks_values
+from ..utils.validation import _check_value_range, check_choice, check_integer, checks_values
 
 
 def _check_counts_2d(name: str, tensor: torch.Tensor) -> None:
@@ -76,7 +76,7 @@ def counts_to_tokens(counts: torch.Tensor, num_tokens: int) -> torch.LongTensor:
     if isinstance(counts, torch.Tensor) and counts.ndim == 3 and counts.shape[-1] == 1:
         counts = counts[..., 0]
     _check_counts_2d("counts", counts)
-    _check_integer_argument("num_tokens", num_tokens)
+    check_integer("num_tokens", num_tokens, low=1)
     if counts.is_complex():
         raise ValueError(f"`counts` must be a real tensor, got dtype {counts.dtype}.")
     if counts.is_floating_point() and torch.isnan(counts).any():
@@ -121,7 +121,7 @@ def quantize_to_sum(
         `torch.LongTensor` of shape `(batch_size, length)`.
     """
     _check_counts_2d("values", values)
-    _check_integer_argument("total", total, low=0)
+    check_integer("total", total, low=0)
     if values.is_complex():
         raise ValueError(f"`values` must be a real tensor, got dtype {values.dtype}.")
     _check_value_range("values", values, 0, 2**31, "finite non-negative values (at most 2**31)")
@@ -141,8 +141,7 @@ def quantize_to_sum(
 
 def _tie_keys(values: torch.Tensor, tie_break: str, generator: GeneratorType) -> Optional[torch.Tensor]:
     """Random sort keys `(batch_size, length)` for `tie_break="random"`, None for `"index"`."""
-    if tie_break not in ("index", "random"):
-        raise ValueError(f"`tie_break` must be 'index' or 'random', got {tie_break!r}.")
+    check_choice("tie_break", tie_break, ("index", "random"))
     if tie_break == "index":
         return None
     return uniform_tensor(tuple(values.shape[:2]), generator=generator, device=values.device)
@@ -177,10 +176,8 @@ def sample_fixed_sum_noise(
     Returns:
         `torch.LongTensor` of shape `(batch_size, codebook_size)` summing to `num_tokens` in every row.
     """
-    if not 0 < num_tokens <= codebook_size:
-        raise ValueError(f"`num_tokens` must be in [1, codebook_size={codebook_size}], got {num_tokens}.")
-    if batch_size < 1:
-        raise ValueError(f"`batch_size` must be at least 1, got {batch_size}.")
+    check_integer("num_tokens", num_tokens, low=1, high=codebook_size, high_name="codebook_size")
+    check_integer("batch_size", batch_size, low=1)
     scores = uniform_tensor((batch_size, codebook_size), generator=generator, device=device)  # (B, C)
     chosen = scores.topk(num_tokens, dim=-1).indices  # (B, M)
     noise = torch.zeros(batch_size, codebook_size, dtype=torch.long, device=scores.device)
@@ -294,7 +291,7 @@ class DiscretizedGaussian:
                 f"`mean` and `std` must have the same shape (batch_size, length), got {tuple(mean.shape)} and "
                 f"{tuple(std.shape)}."
             )
-        _check_integer_argument("num_values", num_values)
+        check_integer("num_values", num_values, low=1)
         _check_value_range("mean", mean, -float("inf"), float("inf"), "finite means")
         _check_value_range("std", std, float(torch.finfo(torch.float32).tiny), float("inf"), "finite positive stds")
         if active is not None and (active.ndim != 2 or active.shape[0] != mean.shape[0]):

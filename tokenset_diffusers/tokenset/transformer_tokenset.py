@@ -25,7 +25,7 @@ from diffusers.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, BaseOutput
 from torch import nn
 
 from ..utils.loading import check_saved_component
-from ..utils.validation import checks_values
+from ..utils.validation import check_integer, check_number, checks_values
 
 
 # Sinusoidal timestep features fed to the timestep MLP (as in DiT); not a config field because every released
@@ -253,12 +253,14 @@ class TokenSetTransformer1DModel(ModelMixin, ConfigMixin):
             ("num_attention_heads", num_attention_heads),
             ("attention_head_dim", attention_head_dim),
         ]:
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-        if not mlp_ratio > 0 or int(num_attention_heads * attention_head_dim * mlp_ratio) < 1:
-            raise ValueError(f"`mlp_ratio` must be positive, got {mlp_ratio!r}.")
-        if not 0.0 <= class_dropout_prob < 1.0:
-            raise ValueError(f"`class_dropout_prob` must be in [0, 1), got {class_dropout_prob!r}.")
+            check_integer(name, value, low=1)
+        check_number("mlp_ratio", mlp_ratio, low=0, low_open=True)
+        if int(num_attention_heads * attention_head_dim * mlp_ratio) < 1:
+            raise ValueError(
+                f"`mlp_ratio` must give an MLP of at least one unit (num_attention_heads * attention_head_dim * "
+                f"mlp_ratio >= 1), got {mlp_ratio!r}."
+            )
+        check_number("class_dropout_prob", class_dropout_prob, low=0, high=1, high_open=True)
 
         hidden_size = num_attention_heads * attention_head_dim
         self.gradient_checkpointing = False

@@ -5,6 +5,8 @@ from typing import List, Optional, Union
 
 import torch
 
+from .validation import check_integer, check_number
+
 
 GeneratorType = Optional[Union[torch.Generator, List[torch.Generator]]]
 
@@ -47,10 +49,7 @@ def filter_probs(probs: torch.Tensor, top_p: Optional[float] = None, top_k: Opti
     Returns:
         `torch.Tensor` of the same shape, zero outside the kept set, rows summing to 1.
     """
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"`top_p` must be in (0, 1], got {top_p}.")
-    if top_k is not None and not 1 <= top_k <= probs.shape[-1]:
-        raise ValueError(f"`top_k` must be in [1, {probs.shape[-1]}], got {top_k}.")
+    _check_filter(top_p, top_k, probs.shape[-1])
     keep = torch.ones_like(probs, dtype=torch.bool)
     if top_k is not None:
         kept_indices = probs.topk(top_k, dim=-1).indices  # (..., k)
@@ -59,6 +58,13 @@ def filter_probs(probs: torch.Tensor, top_p: Optional[float] = None, top_k: Opti
         keep = keep & _top_p_mask(torch.where(keep, probs, torch.zeros_like(probs)), top_p)
     filtered = probs.masked_fill(~keep, 0.0)
     return filtered.div_(filtered.sum(-1, keepdim=True))
+
+
+def _check_filter(top_p: Optional[float], top_k: Optional[int], num_values: int) -> None:
+    if top_p is not None:
+        check_number("top_p", top_p, low=0.0, high=1.0, low_open=True)
+    if top_k is not None:
+        check_integer("top_k", top_k, low=1, high=num_values, high_name="num_values")
 
 
 def _top_p_mask(probs: torch.Tensor, top_p: float, window: int = 16) -> torch.BoolTensor:
@@ -89,15 +95,29 @@ def sample_categorical(probs: torch.Tensor, generator: GeneratorType = None) -> 
     probability zero are never drawn. Returns a `torch.LongTensor` of shape `(batch_size, ...)`.
     """
     uniform = 1.0 - uniform_tensor(probs.shape[:-1], generator=generator, device=probs.device)  # (B, ...) in (0, 1]
-    return _inverse_cdf(probs, uniform)
+    return inverse_cdf(probs, uniform)
 
 
-def _inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor) -> torch.LongTensor:
-    """The value of `probs` (shape `(..., V)`, unnormalised) at which the CDF reaches `uniform` (shape `(...)`, in
-    (0, 1]) times the total."""
+def inverse_cdf(probs: torch.Tensor, uniform: torch.Tensor, right: bool = False) -> torch.LongTensor:
+    """The categorical draw of `probs` (shape `(..., V)`, unnormalised) for the uniform numbers `uniform` (shape
+    `(...)`): the first value at which the cumulative sum reaches `uniform` times the total (scaling by the total
+    means float rounding of the cumulative sum never leaves the threshold above it).
+
+    The two systems' samplers draw their numbers differently, and each tie rule is the one its draws were made with:
+
+    - `right=False` (TokenSet's samplers, `uniform` in (0, 1]): the first value with `cdf >= threshold`.
+    - `right=True` (TokenBridge's channel head, `uniform` in [0, 1)): the first value with `cdf > threshold`.
+
+    Either way a value of probability zero is never drawn. Returns a `torch.LongTensor` of shape `(...)`, clamped to
+    `V - 1`.
+    """
     cdf = probs.float().cumsum(-1)  # (..., V)
     threshold = uniform[..., None] * cdf[..., -1:]  # (..., 1)
-    return (cdf < threshold).sum(-1).clamp(max=probs.shape[-1] - 1)
+    if right:
+        index = torch.searchsorted(cdf, threshold, right=True)[..., 0]  # (...)
+    else:
+        index = (cdf < threshold).sum(-1)  # (...)
+    return index.clamp(max=probs.shape[-1] - 1)
 
 
 def sample_filtered(
@@ -128,11 +148,7 @@ def sample_filtered(
     """
     if top_p is None and top_k is None:
         raise ValueError("`sample_filtered` needs `top_p` or `top_k`, got neither; use `sample_categorical`.")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"`top_p` must be in (0, 1], got {top_p}.")
-    num_values = probs.shape[-1]
-    if top_k is not None and not 1 <= top_k <= num_values:
-        raise ValueError(f"`top_k` must be in [1, {num_values}], got {top_k}.")
+    _check_filter(top_p, top_k, probs.shape[-1])
     if _filters_in_full(probs, top_p, top_k):  # the uniform numbers after the filtered tensor: a lower peak
         return sample_categorical(filter_probs(probs, top_p=top_p), generator=generator)
     uniform = 1.0 - uniform_tensor(probs.shape[:-1], generator=generator, device=probs.device)  # (B, ...) in (0, 1]
@@ -151,7 +167,7 @@ def _draw_filtered(
     """[`sample_filtered`]'s draw with its uniform numbers `uniform` (shape `probs.shape[:-1]`, in (0, 1])."""
     num_values = probs.shape[-1]
     if _filters_in_full(probs, top_p, top_k):
-        return _inverse_cdf(filter_probs(probs, top_p=top_p), uniform)
+        return inverse_cdf(filter_probs(probs, top_p=top_p), uniform)
     if top_k is not None:
         return _draw_from_largest(probs, uniform, top_p, top_k, mark_wide=False)
     # Where the largest value alone holds more than top_p, top-p keeps only it: the draw is that value.
@@ -162,7 +178,7 @@ def _draw_filtered(
         wide = several.clone()
         wide[several] = draws[several] < 0  # positions whose top-p set may reach beyond the window
         if window < num_values and wide.any():
-            draws[wide] = _inverse_cdf(filter_probs(probs[wide], top_p=top_p), uniform[wide])
+            draws[wide] = inverse_cdf(filter_probs(probs[wide], top_p=top_p), uniform[wide])
     return draws
 
 
@@ -178,7 +194,7 @@ def _draw_from_largest(
     # The kept values in the order of their indices (the dropped ones last, with weight 0).
     order = torch.where(keep, indices, probs.shape[-1]).argsort(dim=-1)  # (..., W)
     kept = values.masked_fill(~keep, 0.0).gather(-1, order)  # (..., W)
-    draws = indices.gather(-1, order).gather(-1, _inverse_cdf(kept, uniform)[..., None])[..., 0]  # (...)
+    draws = indices.gather(-1, order).gather(-1, inverse_cdf(kept, uniform)[..., None])[..., 0]  # (...)
     if mark_wide and width < probs.shape[-1]:
         draws = draws.masked_fill(keep[..., -1], -1)
     return draws
