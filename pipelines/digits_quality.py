@@ -40,6 +40,7 @@ from tokenset_diffusers import (
     preprocess_images,
 )
 from tokenset_diffusers.bundled import BUNDLED_MODELS
+from tokenset_diffusers.utils.remote_code import pipeline_class_name
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,7 +118,7 @@ def resolve_model(model: str | None) -> Path:
 
 
 def is_tokenbridge(folder: Path) -> bool:
-    return json.loads((folder / "model_index.json").read_text())["_class_name"] == "TokenBridgePipeline"
+    return pipeline_class_name(json.loads((folder / "model_index.json").read_text())) == "TokenBridgePipeline"
 
 
 def evaluate(model: str | None, per_class: int = 50, seed: int = 0, num_inference_steps: int | None = None) -> dict:

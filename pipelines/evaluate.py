@@ -282,8 +282,9 @@ def load_pipeline(config: EvaluateConfig, accelerator: Accelerator):
     from diffusers import DiffusionPipeline
 
     from tokenset_diffusers import FSDDScheduler, TokenBridgePipeline, TokenSetPipeline
+    from tokenset_diffusers.utils.remote_code import pipeline_class_name
 
-    class_name = DiffusionPipeline.load_config(config.pipeline)["_class_name"]
+    class_name = pipeline_class_name(DiffusionPipeline.load_config(config.pipeline))
     pipeline_class = TokenBridgePipeline if class_name == "TokenBridgePipeline" else TokenSetPipeline
     if pipeline_class is TokenBridgePipeline and config.exact_sum:
         raise ValueError("`--exact_sum` is a TokenSet sampler option; the pipeline is a TokenBridgePipeline.")
