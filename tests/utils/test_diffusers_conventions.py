@@ -265,6 +265,23 @@ def test_bundled_tokenbridge_folder_carries_the_files():
         assert (folder / name / f"{index[name][0]}.py").is_file()
 
 
+def test_img2img_pipeline_saves_and_loads_like_the_others(pipeline, tmp_path):
+    """An image-variations pipeline saves its own import file and loads with its class, `TokenSetPipeline` (the same
+    components) and diffusers alone."""
+    from diffusers import DiffusionPipeline
+
+    from tokenset_diffusers import TokenSetImg2ImgPipeline
+
+    folder = tmp_path / "img2img"
+    TokenSetImg2ImgPipeline.from_pipe(pipeline).save_pretrained(folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline_tokenset_img2img", "TokenSetImg2ImgPipeline"]
+    assert (folder / "pipeline_tokenset_img2img.py").is_file()
+    assert type(TokenSetImg2ImgPipeline.from_pretrained(folder)) is TokenSetImg2ImgPipeline
+    assert type(TokenSetPipeline.from_pretrained(folder)) is TokenSetPipeline
+    assert type(DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)) is TokenSetImg2ImgPipeline
+
+
 def _tokenbridge_pipeline():
     from tokenset_diffusers import TokenBridgePipeline
 

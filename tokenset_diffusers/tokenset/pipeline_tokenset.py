@@ -18,6 +18,7 @@ from ..class_labels import ClassLabelsMixin, label_to_id, normalise_id2label
 from ..class_labels import short_repr as _short_repr
 from ..image_processing import postprocess_images
 from ..utils.loading import PipelineLoadingMixin
+from ..utils.remote_code import write_remote_code_files  # noqa: F401 (documented here by release 0.1's README)
 from ..utils.sampling import GeneratorType
 from ..utils.validation import checks_values
 from .modeling_tokenset_vqvae import TokenSetVQVAE
