@@ -271,3 +271,18 @@ def test_the_other_systems_folder_is_named_with_its_loader(folder_of, loader):
         ValueError, match=rf"holds a saved {other} .* not a {loader}.*Load it with `{other}.from_pretrained"
     ):
         getattr(tokenset_diffusers, loader).from_pretrained(RELEASE_0_1 / folder_of)
+
+
+@pytest.mark.parametrize("damage", ["more_layers", "unexpected_key"])
+def test_bare_diffusion_pipeline_refuses_a_vae_that_does_not_fit(tmp_path, damage):
+    """diffusers loads TokenBridge's `AutoencoderKL` itself, with random weights and a warning where they do not fit;
+    the pipeline refuses such a VAE also when diffusers alone loads the folder."""
+    from diffusers import DiffusionPipeline
+
+    from tokenset_diffusers.utils.remote_code import write_remote_code_files
+
+    folder = Path(shutil.copytree(RELEASE_0_1 / "tokenbridge_tiny", tmp_path / "tokenbridge"))
+    write_remote_code_files(folder)
+    DAMAGES[damage][0](folder / "vae", "diffusion_pytorch_model.safetensors", "layers_per_block")
+    with pytest.raises(ValueError, match=rf"AutoencoderKL: the weights in {folder / 'vae'}/diffusion_pytorch_model"):
+        DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)

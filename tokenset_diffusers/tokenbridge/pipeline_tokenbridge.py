@@ -12,7 +12,7 @@ from diffusers.utils import BaseOutput
 
 from ..class_labels import ClassLabelsMixin, label_to_id, normalise_id2label
 from ..image_processing import postprocess_images
-from ..utils.loading import PipelineLoadingMixin
+from ..utils.loading import PipelineLoadingMixin, check_loaded_component
 from ..utils.sampling import GeneratorType
 from ..utils.validation import checks_values
 from .scheduling_masked_ar import GUIDANCE_SCHEDULES, MaskedARScheduler
@@ -82,6 +82,9 @@ class TokenBridgePipeline(PipelineLoadingMixin, ClassLabelsMixin, DiffusionPipel
         default_temperature: float = 1.0,
     ):
         super().__init__()
+        # diffusers loads the VAE itself (also under a bare `DiffusionPipeline.from_pretrained`): refuse a folder
+        # whose weights did not fit its config rather than run with the randomly initialised rest.
+        check_loaded_component(vae)
         if vae.config.latent_channels != transformer.config.latent_channels:
             raise ValueError(
                 f"The VAE has {vae.config.latent_channels} latent channels, the transformer "

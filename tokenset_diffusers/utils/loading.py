@@ -232,6 +232,24 @@ class StrictLoadingMixin:
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
 
+def check_loaded_component(model: torch.nn.Module) -> None:
+    """Checks the folder a model of another library was loaded from (its config's `_name_or_path`), for models that
+    load without [`StrictLoadingMixin`]: TokenBridge's `AutoencoderKL`, which diffusers loads itself, with randomly
+    initialised weights and only a warning when they do not fit, under a bare `DiffusionPipeline.from_pretrained`.
+    Raises as [`check_component_folder`] does; passes for models built in memory, loaded from the Hub, or loaded from
+    another weights file than the plain one (a variant)."""
+    if isinstance(model, StrictLoadingMixin) or saved_layout(type(model)) is None:
+        return
+    folder = model.config.get("_name_or_path") if hasattr(model.config, "get") else None
+    if not folder or not os.path.isdir(folder):
+        return
+    _, weights_name, _ = saved_layout(type(model))
+    if os.path.isfile(os.path.join(folder, weights_name)) or os.path.isfile(
+        os.path.join(folder, f"{weights_name}.index.json")
+    ):
+        check_component_folder(type(model), folder)
+
+
 # ---------------------------------------------------------------------- pipelines
 
 
