@@ -3,9 +3,9 @@
 Every model class ([`TokenSetVQVAE`], [`TokenSetTransformer1DModel`], [`TokenBridgeTransformer2DModel`]) loads through
 [`StrictLoadingMixin`], and every pipeline ([`TokenSetPipeline`], [`TokenSetImg2ImgPipeline`], [`TokenBridgePipeline`])
 through [`PipelineLoadingMixin`], which also checks the folders of components that diffusers loads itself (TokenBridge's
-`AutoencoderKL`) before anything is loaded. A broken folder fails with a message that names the folder, the file, the
-component and the first keys concerned, instead of a deserialiser's error, a meta-device error, random weights or a
-warning:
+`AutoencoderKL`) before anything is loaded ([`check_loaded_component`] covers that VAE when diffusers alone loads the
+folder). A broken folder fails with a message that names the folder, the file, the component and the first keys
+concerned, instead of a deserialiser's error, a meta-device error, random weights or a warning:
 
 - a mistyped local path is reported as a missing folder (not as an invalid Hub repo id);
 - a missing `config.json` is reported as missing (instead of a default-sized model and a report of size mismatches);
