@@ -1,19 +1,16 @@
-"""Class names and ids for the class-conditional pipelines (TokenSet and TokenBridge), and their Hub loading.
+"""Class names and ids for the class-conditional pipelines (TokenSet and TokenBridge).
 
 A pipeline stores `id2label` (`{id: "name, synonym, ..."}`) in its `model_index.json`; [`ClassLabelsMixin`] maps
 names (any synonym) and ids to a `torch.LongTensor` of class ids, failing with the closest names for an unknown one.
-[`LocalFolderLoadingMixin`] lets `from_pretrained` take a Hub repo id although the components live outside diffusers.
 """
 
 import difflib
 import numbers
-import os
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from .utils.loading import check_local_folder
 from .utils.validation import short_repr
 
 
@@ -123,40 +120,4 @@ def _check_label_array(class_labels: torch.Tensor | np.ndarray) -> None:
         )
 
 
-class LocalFolderLoadingMixin:
-    """`from_pretrained` for a `DiffusionPipeline` whose components live outside diffusers."""
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
-        """Loads a pipeline from a local folder or a Hub repo id.
-
-        diffusers refuses Hub ids whose components live outside diffusers (its issue #5553), so a repo id is first
-        downloaded with `huggingface_hub.snapshot_download` (honouring `cache_dir`, `revision`, `local_files_only`,
-        `token`, and `HF_HUB_OFFLINE`), then the folder is loaded. Other keyword arguments (`dtype`, ...) go to
-        `DiffusionPipeline.from_pretrained`. A path that looks local but is no folder is reported as such, not as a
-        bad repo id, and the folder is checked by `_check_folder` before anything is loaded.
-        """
-        path = os.fspath(pretrained_model_name_or_path)
-        check_local_folder(path, cls.__name__)
-        if not os.path.isdir(path):
-            from huggingface_hub import snapshot_download
-
-            path = snapshot_download(
-                path,
-                cache_dir=kwargs.pop("cache_dir", None),
-                revision=kwargs.pop("revision", None),
-                local_files_only=kwargs.pop("local_files_only", False),
-                token=kwargs.pop("token", None),
-            )
-        else:
-            for name in ("cache_dir", "revision", "token"):
-                kwargs.pop(name, None)
-        cls._check_folder(path)
-        return super().from_pretrained(path, **kwargs)
-
-    @classmethod
-    def _check_folder(cls, folder: str) -> None:
-        """Checks a folder before it is loaded (nothing here; pipelines override it)."""
-
-
-__all__ = ["ClassLabelsMixin", "LocalFolderLoadingMixin", "label_to_id", "normalise_id2label", "short_repr"]
+__all__ = ["ClassLabelsMixin", "label_to_id", "normalise_id2label", "short_repr"]

@@ -1,7 +1,10 @@
 """Hub model cards for TokenSet repositories, rendered from the Jinja templates shipped with the package.
 
-Three kinds of repository get a card:
+These kinds of repository get a card:
 
+- `"tokenset_pipeline"` / `"tokenbridge_pipeline"`: the minimal card of any loaded pipeline of either system (sizes,
+  class names, sampling defaults, usage), made by [`pipeline_model_card`] for the pipelines' `model_card()` and
+  `push_to_hub()`;
 - `"converted_pipeline"`: a released ImageNet generator converted to a [`TokenSetPipeline`] folder (what TokenSet is,
   the paper's rFID / gFID table, the released sampling settings, usage, licence, citation);
 - `"tokenizer"`: a set tokenizer alone ([`TokenSetVQVAE`] folder), released or trained;
@@ -30,6 +33,8 @@ from huggingface_hub import ModelCard, ModelCardData
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 CardKind = Literal[
+    "tokenset_pipeline",
+    "tokenbridge_pipeline",
     "converted_pipeline",
     "tokenizer",
     "trained_pipeline",
@@ -61,6 +66,27 @@ _COMMON_DEFAULTS = {"library_name": None, "tags": (), "datasets": None}
 
 # Per kind: the template, the default metadata, the fields a caller must pass, and the defaults of the others.
 _KINDS: dict[str, dict[str, Any]] = {
+    # The minimal card of any loaded TokenSet pipeline ([`pipeline_model_card`]).
+    "tokenset_pipeline": {
+        "library_name": "diffusers",
+        "tags": ["class-conditional-image-generation", "image-generation"],
+        "required": ("repo_id", "image_size", "codebook_size", "num_tokens", "num_classes"),
+        "defaults": {"guidance_scale": None, "class_names": None, "example_class_label": 0},
+    },
+    # The minimal card of any loaded TokenBridge pipeline ([`pipeline_model_card`]).
+    "tokenbridge_pipeline": {
+        "library_name": "diffusers",
+        "base_tags": ["tokenbridge", "tokenset-diffusers", "arxiv:2503.16430"],
+        "tags": ["class-conditional-image-generation"],
+        "required": ("repo_id", "image_size", "sample_size", "latent_channels", "num_levels", "num_classes"),
+        "defaults": {
+            "num_inference_steps": 64,
+            "guidance_scale": 1.0,
+            "temperature": 1.0,
+            "class_names": None,
+            "example_class_label": 0,
+        },
+    },
     "converted_pipeline": {
         "library_name": "diffusers",
         "tags": ["class-conditional-image-generation", "imagenet"],
@@ -189,6 +215,8 @@ def render_model_card(kind: CardKind, **fields) -> ModelCard:
             - `"tokenbridge_converted_pipeline"`: `model_size` (`"L"` or `"H"`, required); `num_parameters` (of the
               generator, optional); `example_class_label` (`"golden retriever"`). The paper's FID and the released
               sampling settings of that size are filled in.
+            - `"tokenset_pipeline"`, `"tokenbridge_pipeline"`: the fields of [`pipeline_card_fields`] (for TokenBridge
+              also `num_levels`); [`pipeline_model_card`] fills them in from a pipeline.
 
     Returns:
         `huggingface_hub.ModelCard`; `.save(path)` writes it, `.push_to_hub(repo_id)` uploads it as `README.md`.
@@ -246,23 +274,57 @@ def write_model_card(output_dir: str | os.PathLike, kind: CardKind, **fields) ->
 
 
 def pipeline_card_fields(pipeline) -> dict[str, Any]:
-    """The fields a [`TokenSetPipeline`] determines: sizes, class names and its default guidance.
+    """The fields a pipeline determines: sizes, class names and its sampling defaults.
 
-    Returns a dict with `image_size`, `codebook_size`, `num_tokens`, `num_classes`, `guidance_scale` (the stored
-    default, `None` for none), `class_names` (the first name of each class, or `None`) and `example_class_label` (the
-    first class's name, or 0).
+    For a [`TokenSetPipeline`]: `image_size`, `codebook_size`, `num_tokens`, `num_classes`, `guidance_scale` (the
+    stored default, `None` for none). For a [`TokenBridgePipeline`]: `image_size`, `sample_size`, `latent_channels`,
+    `num_classes`, `num_inference_steps`, `guidance_scale`, `temperature` (the stored defaults). Both: `class_names`
+    (the first name of each class, or `None`) and `example_class_label` (the first class's name, or 0).
     """
+    from .tokenbridge.pipeline_tokenbridge import TokenBridgePipeline
+
     id2label = pipeline.config.id2label or {}
     class_names = [id2label[i].split(",")[0].strip() for i in sorted(id2label)] if id2label else None
+    labels = {"class_names": class_names, "example_class_label": class_names[0] if class_names else 0}
+    config = pipeline.transformer.config
+    if isinstance(pipeline, TokenBridgePipeline):
+        downsampling = 2 ** (len(pipeline.vae.config.block_out_channels) - 1)
+        return {
+            "image_size": config.sample_size * downsampling,
+            "sample_size": config.sample_size,
+            "latent_channels": config.latent_channels,
+            "num_classes": config.num_classes,
+            "num_inference_steps": pipeline.config.default_num_inference_steps,
+            "guidance_scale": pipeline.config.default_guidance_scale,
+            "temperature": pipeline.config.default_temperature,
+            **labels,
+        }
     return {
         "image_size": pipeline.image_tokenizer.config.image_size,
-        "codebook_size": pipeline.transformer.config.codebook_size,
-        "num_tokens": pipeline.transformer.config.num_tokens,
-        "num_classes": pipeline.transformer.config.num_classes,
+        "codebook_size": config.codebook_size,
+        "num_tokens": config.num_tokens,
+        "num_classes": config.num_classes,
         "guidance_scale": pipeline.config.default_guidance_scale,
-        "class_names": class_names,
-        "example_class_label": class_names[0] if class_names else 0,
+        **labels,
     }
+
+
+def pipeline_model_card(pipeline, repo_id: str = "<repo_id>") -> ModelCard:
+    """The minimal model card of a loaded pipeline of either system, as `pipeline.model_card(repo_id)` and
+    `pipeline.push_to_hub(repo_id)` (without a README.md of its own) give it: the `"tokenset_pipeline"` or
+    `"tokenbridge_pipeline"` template filled with [`pipeline_card_fields`].
+
+    Args:
+        pipeline ([`TokenSetPipeline`], [`TokenSetImg2ImgPipeline`] or [`TokenBridgePipeline`]).
+        repo_id (`str`, defaults to `"<repo_id>"`): the repository named in the usage snippets.
+    """
+    from .tokenbridge.pipeline_tokenbridge import TokenBridgePipeline
+
+    fields = pipeline_card_fields(pipeline)
+    if isinstance(pipeline, TokenBridgePipeline):
+        fields["num_levels"] = 2**pipeline.transformer.config.quantizer_bits
+        return render_model_card("tokenbridge_pipeline", repo_id=repo_id, **fields)
+    return render_model_card("tokenset_pipeline", repo_id=repo_id, **fields)
 
 
 # ---------------------------------------------------------------------- helpers

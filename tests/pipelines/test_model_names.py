@@ -21,14 +21,6 @@ from tokenset_diffusers.visualization import class_rows_grid
 
 
 ROOT = Path(__file__).resolve().parents[2]
-# Loading a TokenBridge folder saved by release 0.1 (the bundled one) in a fresh process fails until the pipeline maps
-# the release's module paths (`tokenset_diffusers.transformer_tokenbridge`, ...) as TokenSetPipeline.load_config does;
-# strict, so that the marker has to go once it loads.
-TOKENBRIDGE_RELEASE_FOLDERS_LOAD = pytest.mark.xfail(
-    strict=True,
-    reason="TokenBridgePipeline.from_pretrained(bundled tokenbridge-digits) fails: its model_index.json names release "
-    "0.1 module paths that diffusers finds only when already imported",
-)
 
 
 def run_script(script: str, *arguments: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -121,7 +113,6 @@ def test_refusals_are_one_line_value_errors(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------- generate.py
 
 
-@TOKENBRIDGE_RELEASE_FOLDERS_LOAD
 def test_generate_tokenbridge_digits_writes_the_grid(tmp_path):
     """Run by path: a row per class, captioned, each image the pipeline's for seed + i, as for TokenSet."""
     arguments = ["--model", "tokenbridge-digits", "--class_labels", "3", "7", "--num_images_per_class", "2"]
@@ -211,9 +202,7 @@ def test_tokenset_only_clis_run_digits_and_name_tokenbridge_digits_as_the_other_
     ]
 
 
-@pytest.mark.parametrize(
-    "model", ["digits", pytest.param("tokenbridge-digits", marks=TOKENBRIDGE_RELEASE_FOLDERS_LOAD)]
-)
+@pytest.mark.parametrize("model", ["digits", "tokenbridge-digits"])
 def test_digits_quality_judges_either_bundled_model(tmp_path, model):
     result = run_script("pipelines/digits_quality.py", *_cli_arguments("pipelines/digits_quality.py", model, tmp_path),
                         "--output", str(tmp_path / "quality.json"), cwd=tmp_path)  # fmt: skip

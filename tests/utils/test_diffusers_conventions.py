@@ -4,6 +4,7 @@ Hub snapshots, `output_type="latent"`, `num_images_per_class`, step callbacks wi
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from tokenset_diffusers import FSDDScheduler, TokenSetPipeline, bundled_pipeline_path
-from tokenset_diffusers.tokenset.pipeline_tokenset import write_remote_code_files
+from tokenset_diffusers.utils.remote_code import write_remote_code_files
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "conversion"))
@@ -171,6 +172,162 @@ def test_loading_and_config_access_raise_no_deprecation_warning(saved):
         warnings.simplefilter("error", DeprecationWarning)
         loaded = TokenSetPipeline.from_pretrained(saved, dtype=torch.float32)
         assert loaded.id2label == NAMES == loaded.config.id2label
+
+
+# ---------------------------------------------------------------- both systems: DiffusionPipeline, release 0.1, Hub
+
+RELEASE_0_1 = Path(__file__).resolve().parents[1] / "fixtures" / "release_0_1"
+
+# Loads each folder with diffusers alone (a fresh process importing diffusers only) and samples two images.
+LOAD_BOTH_SCRIPT = """
+import sys, warnings
+warnings.simplefilter("error", FutureWarning)
+import torch
+from diffusers import DiffusionPipeline
+results = {}
+for folder in sys.argv[2:]:
+    pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    generators = [torch.Generator().manual_seed(i) for i in range(2)]
+    images, tokens = pipe([0, 1], num_inference_steps=2, generator=generators, output_type="pt", return_dict=False)
+    results[folder] = {
+        "class": type(pipe).__module__ + "." + type(pipe).__name__,
+        "components": {name: type(c).__module__ for name, c in pipe.components.items()},
+        "images": images,
+        "tokens": tokens,
+    }
+torch.save(results, sys.argv[1])
+"""
+
+
+def _sample_with_the_pipeline_class(folder: Path):
+    from tokenset_diffusers import TokenBridgePipeline
+    from tokenset_diffusers.utils.remote_code import pipeline_class_name
+
+    index = json.loads((folder / "model_index.json").read_text())
+    pipeline_class = TokenBridgePipeline if pipeline_class_name(index) == "TokenBridgePipeline" else TokenSetPipeline
+    pipe = pipeline_class.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    generators = [torch.Generator().manual_seed(i) for i in range(2)]
+    return type(pipe), pipe([0, 1], num_inference_steps=2, generator=generators, output_type="pt", return_dict=False)
+
+
+def test_diffusion_pipeline_loads_both_systems_saved_bundled_and_release_0_1_folders(tmp_path):
+    """A bare `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` loads a saved TokenBridge folder, both
+    bundled pipelines and the folders release 0.1 saved, as the package's classes, with the images the pipeline class
+    gives for the same generators. Release 0.1's TokenBridge folder (no import files) loads in place with the pipeline
+    class and, once `write_remote_code_files` upgraded a copy (weights untouched), with diffusers alone."""
+    from tokenset_diffusers import TokenBridgePipeline
+    from tokenset_diffusers.utils.remote_code import write_remote_code_files
+
+    saved = tmp_path / "tokenbridge-saved"
+    TokenBridgePipeline.from_pretrained(RELEASE_0_1 / "tokenbridge_tiny").save_pretrained(saved)
+    upgraded = Path(shutil.copytree(RELEASE_0_1 / "tokenbridge_tiny", tmp_path / "tokenbridge-release-0.1"))
+    write_remote_code_files(upgraded)
+    for name in ("transformer", "vae"):
+        weights = "diffusion_pytorch_model.safetensors"
+        assert (upgraded / name / weights).read_bytes() == (
+            RELEASE_0_1 / "tokenbridge_tiny" / name / weights
+        ).read_bytes()
+    folders = {
+        saved: saved,
+        bundled_pipeline_path("tokenbridge-digits"): bundled_pipeline_path("tokenbridge-digits"),
+        bundled_pipeline_path("digits"): bundled_pipeline_path("digits"),
+        RELEASE_0_1 / "tokenset_tiny": RELEASE_0_1 / "tokenset_tiny",
+        upgraded: RELEASE_0_1 / "tokenbridge_tiny",  # loaded by diffusers: loaded by the pipeline class in place
+    }
+    output = tmp_path / "outputs.pt"
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_BOTH_SCRIPT, str(output), *map(str, folders)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = torch.load(output, weights_only=True)
+    for folder, original in folders.items():
+        pipeline_class, (images, tokens) = _sample_with_the_pipeline_class(original)
+        by_diffusers = loaded[str(folder)]
+        assert by_diffusers["class"] == f"{pipeline_class.__module__}.{pipeline_class.__name__}", folder
+        expected_modules = {
+            name: type(c).__module__ for name, c in pipeline_class.from_pretrained(original).components.items()
+        }
+        assert by_diffusers["components"] == expected_modules, folder
+        assert torch.equal(by_diffusers["tokens"], tokens), folder
+        torch.testing.assert_close(by_diffusers["images"], images, rtol=0, atol=1e-5)
+
+
+def test_bundled_tokenbridge_folder_carries_the_files():
+    folder = bundled_pipeline_path("tokenbridge-digits")
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline_tokenbridge", "TokenBridgePipeline"]
+    assert index["vae"] == ["diffusers", "AutoencoderKL"]
+    for name in ("transformer", "scheduler"):
+        assert (folder / name / f"{index[name][0]}.py").is_file()
+
+
+def test_img2img_pipeline_saves_and_loads_like_the_others(pipeline, tmp_path):
+    """An image-variations pipeline saves its own import file and loads with its class, `TokenSetPipeline` (the same
+    components) and diffusers alone."""
+    from diffusers import DiffusionPipeline
+
+    from tokenset_diffusers import TokenSetImg2ImgPipeline
+
+    folder = tmp_path / "img2img"
+    TokenSetImg2ImgPipeline.from_pipe(pipeline).save_pretrained(folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline_tokenset_img2img", "TokenSetImg2ImgPipeline"]
+    assert (folder / "pipeline_tokenset_img2img.py").is_file()
+    assert type(TokenSetImg2ImgPipeline.from_pretrained(folder)) is TokenSetImg2ImgPipeline
+    assert type(TokenSetPipeline.from_pretrained(folder)) is TokenSetPipeline
+    assert type(DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)) is TokenSetImg2ImgPipeline
+
+
+def _tokenbridge_pipeline():
+    from tokenset_diffusers import TokenBridgePipeline
+
+    return TokenBridgePipeline.from_pretrained(RELEASE_0_1 / "tokenbridge_tiny")
+
+
+@pytest.mark.parametrize("system", ["tokenset", "tokenbridge"])
+def test_push_to_hub_uploads_the_saved_pipeline_with_a_model_card(system, pipeline, monkeypatch, tmp_path):
+    """Both pipelines upload through `push_folder_to_hub`: the saved folder with its import files and a card; the Hub
+    is the one thing stubbed (it records the folder it is given), and what was uploaded loads and samples the same."""
+    import huggingface_hub
+
+    pipe = pipeline if system == "tokenset" else _tokenbridge_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    uploads = []
+
+    def create_repo(self, repo_id, private=None, exist_ok=False, **kwargs):
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(self, repo_id, folder_path, commit_message=None, create_pr=False, **kwargs):
+        copy = tmp_path / f"upload{len(uploads)}"
+        shutil.copytree(folder_path, copy)
+        uploads.append({"repo_id": repo_id, "folder": copy, "commit_message": commit_message})
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    class_name = type(pipe).__name__
+    pipe.push_to_hub("org/tiny-upload")
+    pipe.save_pretrained(tmp_path / "saved", push_to_hub=True, repo_id="org/tiny-upload-2")
+    assert [upload["repo_id"] for upload in uploads] == ["org/tiny-upload", "org/tiny-upload-2"]
+    assert uploads[0]["commit_message"] == f"Upload {class_name}"
+    for upload in uploads:
+        folder = upload["folder"]
+        index = json.loads((folder / "model_index.json").read_text())
+        assert (folder / f"{index['_class_name'][0]}.py").is_file()
+        card = huggingface_hub.ModelCard.load(folder / "README.md")
+        assert card.data.license == "mit" and card.data.library_name == "diffusers"
+        assert f'{class_name}.from_pretrained("{upload["repo_id"]}")' in card.text
+        assert f'DiffusionPipeline.from_pretrained("{upload["repo_id"]}", trust_remote_code=True)' in card.text
+        loaded = type(pipe).from_pretrained(folder)
+        loaded.set_progress_bar_config(disable=True)
+        generator = torch.Generator().manual_seed(0)
+        expected = pipe([1], num_inference_steps=2, generator=generator, output_type="pt", return_dict=False)[1]
+        generator = torch.Generator().manual_seed(0)
+        got = loaded([1], num_inference_steps=2, generator=generator, output_type="pt", return_dict=False)[1]
+        assert torch.equal(got, expected)
 
 
 # ---------------------------------------------------------------- the call

@@ -112,3 +112,177 @@ def test_mistyped_local_path_is_not_called_a_repo_id(saved, component):
         model_class.from_pretrained(typo)
     with pytest.raises(OSError, match="is a file; pass the folder"):
         model_class.from_pretrained(saved / component / "config.json")
+
+
+# ---------------------------------------------------------------- every class of both systems, one strict loader
+
+RELEASE_0_1 = Path(__file__).resolve().parents[1] / "fixtures" / "release_0_1"
+
+
+def _pipeline_classes():
+    from tokenset_diffusers import TokenBridgePipeline, TokenSetPipeline
+
+    return {"tokenset_tiny": TokenSetPipeline, "tokenbridge_tiny": TokenBridgePipeline}
+
+
+def _model_class(name):
+    from diffusers import AutoencoderKL
+
+    from tokenset_diffusers import TokenBridgeTransformer2DModel
+
+    return {
+        "TokenSetVQVAE": TokenSetVQVAE,
+        "TokenSetTransformer1DModel": TokenSetTransformer1DModel,
+        "TokenBridgeTransformer2DModel": TokenBridgeTransformer2DModel,
+        "AutoencoderKL": AutoencoderKL,
+    }[name]
+
+
+# (pipeline folder saved by release 0.1, component, class, a layer count of its config, loaded by)
+COMPONENTS = [
+    ("tokenset_tiny", "image_tokenizer", "TokenSetVQVAE", "encoder_num_hidden_layers", "model"),
+    ("tokenset_tiny", "image_tokenizer", "TokenSetVQVAE", "encoder_num_hidden_layers", "pipeline"),
+    ("tokenset_tiny", "transformer", "TokenSetTransformer1DModel", "num_layers", "model"),
+    ("tokenset_tiny", "transformer", "TokenSetTransformer1DModel", "num_layers", "pipeline"),
+    ("tokenbridge_tiny", "transformer", "TokenBridgeTransformer2DModel", "decoder_num_layers", "model"),
+    ("tokenbridge_tiny", "transformer", "TokenBridgeTransformer2DModel", "decoder_num_layers", "pipeline"),
+    # diffusers' own class, as a TokenBridge pipeline's `vae`: the pipeline checks its folder before diffusers loads it
+    ("tokenbridge_tiny", "vae", "AutoencoderKL", "layers_per_block", "pipeline"),
+]
+
+
+def _rewrite_weights(path: Path, change) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(path)
+    change(tensors)
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def _more_layers(folder, weights, field):
+    """The issue's case: a config with two more layers than the weights; returns the keys the weights lack."""
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    config[field] += 2
+    config_path.write_text(json.dumps(config))
+    return None  # computed by the test from the model the new config builds
+
+
+def _unexpected_key(folder, weights, field):
+    _rewrite_weights(folder / weights, lambda tensors: tensors.__setitem__("extra_block.weight", torch.zeros(3)))
+    return {"extra_block.weight"}
+
+
+def _reshaped(folder, weights, field):
+    from safetensors import safe_open
+
+    with safe_open(folder / weights, framework="pt") as handle:
+        name = next(key for key in sorted(handle.keys()) if handle.get_slice(key).get_shape())
+    _rewrite_weights(
+        folder / weights, lambda tensors: tensors.__setitem__(name, torch.zeros(tensors[name].numel() + 1))
+    )
+    return {name}
+
+
+def _missing_file(folder, weights, field):
+    (folder / weights).unlink()
+    return "any"
+
+
+def _truncated(folder, weights, field):
+    data = (folder / weights).read_bytes()
+    (folder / weights).write_bytes(data[: len(data) // 2])
+    return "any"
+
+
+DAMAGES = {
+    "more_layers": (_more_layers, ValueError),
+    "unexpected_key": (_unexpected_key, ValueError),
+    "shape_mismatch": (_reshaped, ValueError),
+    "missing_weights_file": (_missing_file, OSError),
+    "truncated_file": (_truncated, OSError),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+@pytest.mark.parametrize(
+    "system, component, class_name, field, loaded_by",
+    COMPONENTS,
+    ids=[f"{class_name}-by-{loaded_by}" for _, _, class_name, _, loaded_by in COMPONENTS],
+)
+def test_every_class_refuses_weights_that_do_not_fit(
+    tmp_path, system, component, class_name, field, loaded_by, damage
+):
+    """Missing, unexpected or reshaped weights, a config with more layers than the weights, and a missing or truncated
+    weights file fail before anything is loaded, whether the model class or its pipeline loads the folder: an error
+    naming the folder, the weights file and a key, never random weights or only a warning."""
+    from safetensors import safe_open
+
+    pipeline_folder = Path(shutil.copytree(RELEASE_0_1 / system, tmp_path / system))
+    folder = pipeline_folder / component
+    (weights,) = [path.name for path in folder.glob("*.safetensors")]
+    with safe_open(folder / weights, framework="pt") as handle:
+        saved_keys = set(handle.keys())
+    damage_folder, error = DAMAGES[damage]
+    keys = damage_folder(folder, weights, field)
+    model_class = _model_class(class_name)
+    if keys is None:  # a second computation: the tensors the new config's model has and the file lacks
+        config = model_class.config_class.from_pretrained(folder) if class_name == "TokenSetVQVAE" else None
+        model = model_class(config) if config is not None else model_class.from_config(model_class.load_config(folder))
+        keys = set(model.state_dict()) - saved_keys
+        assert keys
+    elif keys == "any":
+        keys = saved_keys
+    loader = model_class if loaded_by == "model" else _pipeline_classes()[system]
+    with pytest.raises(error) as raised:
+        loader.from_pretrained(folder if loaded_by == "model" else pipeline_folder)
+    message = str(raised.value)
+    assert str(folder) in message and weights in message and class_name in message
+    assert any(key in message for key in keys), message
+
+
+def test_intact_release_folders_load_with_both_loaders():
+    for system, pipeline_class in _pipeline_classes().items():
+        pipeline = pipeline_class.from_pretrained(RELEASE_0_1 / system)
+        for component, class_name in (
+            ("image_tokenizer", "TokenSetVQVAE"),
+            ("transformer", "TokenSetTransformer1DModel"),
+            ("transformer", "TokenBridgeTransformer2DModel"),
+        ):
+            if getattr(pipeline, component, None).__class__.__name__ == class_name:
+                loaded = _model_class(class_name).from_pretrained(RELEASE_0_1 / system / component)
+                for name, tensor in getattr(pipeline, component).state_dict().items():
+                    assert torch.equal(loaded.state_dict()[name], tensor), name
+
+
+@pytest.mark.parametrize(
+    "folder_of, loader",
+    [
+        ("tokenbridge_tiny", "TokenSetPipeline"),
+        ("tokenbridge_tiny", "TokenSetImg2ImgPipeline"),
+        ("tokenset_tiny", "TokenBridgePipeline"),
+    ],
+)
+def test_the_other_systems_folder_is_named_with_its_loader(folder_of, loader):
+    import tokenset_diffusers
+
+    other = {"tokenbridge_tiny": "TokenBridgePipeline", "tokenset_tiny": "TokenSetPipeline"}[folder_of]
+    with pytest.raises(
+        ValueError, match=rf"holds a saved {other} .* not a {loader}.*Load it with `{other}.from_pretrained"
+    ):
+        getattr(tokenset_diffusers, loader).from_pretrained(RELEASE_0_1 / folder_of)
+
+
+@pytest.mark.parametrize("damage", ["more_layers", "unexpected_key"])
+def test_bare_diffusion_pipeline_refuses_a_vae_that_does_not_fit(tmp_path, damage):
+    """diffusers loads TokenBridge's `AutoencoderKL` itself, with random weights and a warning where they do not fit;
+    the pipeline refuses such a VAE also when diffusers alone loads the folder."""
+    from diffusers import DiffusionPipeline
+
+    from tokenset_diffusers.utils.remote_code import write_remote_code_files
+
+    folder = Path(shutil.copytree(RELEASE_0_1 / "tokenbridge_tiny", tmp_path / "tokenbridge"))
+    write_remote_code_files(folder)
+    DAMAGES[damage][0](folder / "vae", "diffusion_pytorch_model.safetensors", "layers_per_block")
+    with pytest.raises(ValueError, match=rf"AutoencoderKL: the weights in {folder / 'vae'}/diffusion_pytorch_model"):
+        DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)

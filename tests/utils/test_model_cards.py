@@ -229,3 +229,61 @@ def test_cards_install_from_the_repository_and_use_current_arguments(kind):
     assert "torch_dtype" not in text
     if kind != "tokenizer":
         assert "DiffusionPipeline.from_pretrained(" in text and "trust_remote_code=True" in text
+
+
+# ---------------------------------------------------------------- the pipelines' own minimal cards, both systems
+
+RELEASE_TOKENBRIDGE = ROOT / "tests" / "fixtures" / "release_0_1" / "tokenbridge_tiny"
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenbridge_dir(tmp_path_factory) -> Path:
+    from tokenset_diffusers import TokenBridgePipeline
+
+    folder = tmp_path_factory.mktemp("cards") / "tokenbridge"
+    TokenBridgePipeline.from_pretrained(RELEASE_TOKENBRIDGE).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("system", ["tokenset", "tokenbridge"])
+def test_pipeline_model_card_comes_from_its_template_and_its_snippets_run(
+    system, tiny_pipeline, tiny_pipeline_dir, tiny_tokenbridge_dir, tmp_path, monkeypatch
+):
+    """`pipeline.model_card()` (also what `push_to_hub` uploads without a README.md of its own) is the
+    `<system>_pipeline` template filled from the pipeline: its metadata parses, it states the sizes and defaults read
+    from the configs, and its usage snippets run against the saved folder."""
+    from tokenset_diffusers import TokenBridgePipeline
+    from tokenset_diffusers.model_cards import pipeline_model_card
+
+    if system == "tokenset":
+        pipeline, folder, class_name = tiny_pipeline, tiny_pipeline_dir, "TokenSetPipeline"
+        facts = ["classes: 10 (zero, one, two", "32x32", "C = 64", "M = 16", "default guidance: constant 2"]
+        arxiv = "arxiv:2503.16425"
+    else:
+        folder, class_name = tiny_tokenbridge_dir, "TokenBridgePipeline"
+        pipeline = TokenBridgePipeline.from_pretrained(folder)
+        facts = ["classes: 3 (red, green, blue)", "8x8", "latent grid 4x4, 4", "16 levels per channel", "4 steps"]
+        arxiv = "arxiv:2503.16430"
+    card = pipeline.model_card(REPO_ID)
+    assert card.text == pipeline_model_card(pipeline, REPO_ID).text
+    assert template_path(f"{system}_pipeline").parent == ROOT / "tokenset_diffusers" / "templates"
+    assert (ROOT / "model_cards" / f"{system}_pipeline.md").read_text() == template_path(
+        f"{system}_pipeline"
+    ).read_text()
+    data = ModelCard(str(card)).data
+    assert data.license == "mit" and data.library_name == "diffusers" and data.pipeline_tag is None
+    assert {"class-conditional-image-generation", arxiv} <= set(data.tags)
+    text = card.text
+    assert "{{" not in text and "{%" not in text and "None" not in text and "torch_dtype" not in text
+    assert "pip install ." in text and "pip install tokenset-diffusers" not in text
+    for fact in facts:
+        assert fact in text, fact
+    assert f'{class_name}.from_pretrained("{REPO_ID}")' in text
+    assert f'DiffusionPipeline.from_pretrained("{REPO_ID}", trust_remote_code=True)' in text
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    for block in _python_blocks(text):
+        exec(compile(block.replace(REPO_ID, str(folder)), f"<{system} card>", "exec"), namespace)  # noqa: S102
+    size = 32 if system == "tokenset" else 8
+    assert PIL.Image.open("sample.png").size == (size, size)
+    assert type(namespace["pipeline"]).__name__ == class_name  # the last block: diffusers alone, the same class

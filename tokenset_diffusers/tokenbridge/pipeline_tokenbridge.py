@@ -10,14 +10,22 @@ import torch
 from diffusers import AutoencoderKL, DiffusionPipeline
 from diffusers.utils import BaseOutput
 
-from ..class_labels import ClassLabelsMixin, LocalFolderLoadingMixin, label_to_id, normalise_id2label
+from ..class_labels import ClassLabelsMixin, label_to_id, normalise_id2label
 from ..image_processing import postprocess_images
 from ..pipeline_utils import ClassConditionalPipelineMixin, image_output_bytes
+from ..utils.loading import PipelineLoadingMixin, check_loaded_component
 from ..utils.sampling import GeneratorType
 from ..utils.validation import check_choice, check_integer, check_number, checks_values
 from .scheduling_masked_ar import GUIDANCE_SCHEDULES, MaskedARScheduler
 from .transformer_tokenbridge import TokenBridgeTransformer2DModel
 
+
+# The components a pipeline folder must name, by `model_index.json` key.
+COMPONENT_CLASSES = {
+    "transformer": TokenBridgeTransformer2DModel,
+    "vae": AutoencoderKL,
+    "scheduler": MaskedARScheduler,
+}
 
 # The released evaluation settings (num_iter 256, linear guidance); the README's faster setting uses 64 steps.
 RELEASED_SAMPLING_DEFAULTS = {
@@ -42,7 +50,7 @@ class TokenBridgePipelineOutput(BaseOutput):
     indices: torch.LongTensor
 
 
-class TokenBridgePipeline(LocalFolderLoadingMixin, ClassLabelsMixin, ClassConditionalPipelineMixin, DiffusionPipeline):
+class TokenBridgePipeline(PipelineLoadingMixin, ClassLabelsMixin, ClassConditionalPipelineMixin, DiffusionPipeline):
     """Class-conditional generation with TokenBridge: masked autoregressive sampling of quantized VAE latents.
 
     Args:
@@ -59,6 +67,8 @@ class TokenBridgePipeline(LocalFolderLoadingMixin, ClassLabelsMixin, ClassCondit
     """
 
     model_cpu_offload_seq = "transformer->vae"
+    # Loading, saving, Hub upload and the minimal model card: `PipelineLoadingMixin` (utils/loading.py).
+    _component_classes = COMPONENT_CLASSES
     # "latents" is diffusers' name for what is being denoised: here the level indices, also named "indices".
     _callback_tensor_inputs = ["latents", "indices", "mask"]
     _callback_latents_aliases = ("indices",)
@@ -75,6 +85,9 @@ class TokenBridgePipeline(LocalFolderLoadingMixin, ClassLabelsMixin, ClassCondit
         default_temperature: float = 1.0,
     ):
         super().__init__()
+        # diffusers loads the VAE itself (also under a bare `DiffusionPipeline.from_pretrained`): refuse a folder
+        # whose weights did not fit its config rather than run with the randomly initialised rest.
+        check_loaded_component(vae)
         if vae.config.latent_channels != transformer.config.latent_channels:
             raise ValueError(
                 f"The VAE has {vae.config.latent_channels} latent channels, the transformer "
@@ -94,31 +107,6 @@ class TokenBridgePipeline(LocalFolderLoadingMixin, ClassLabelsMixin, ClassCondit
             default_temperature=default_temperature,
         )
         self.labels = label_to_id(id2label)
-
-    def model_card(self, repo_id: str = "<repo_id>") -> "huggingface_hub.ModelCard":  # noqa: F821
-        """A minimal model card for this pipeline: metadata, sizes, sampling defaults and a usage snippet."""
-        from huggingface_hub import ModelCard, ModelCardData
-
-        data = ModelCardData(
-            library_name="diffusers",
-            license="mit",
-            tags=["tokenbridge", "tokenset-diffusers", "class-conditional-image-generation", "arxiv:2503.16430"],
-        )
-        config = self.transformer.config
-        text = (
-            f"---\n{data.to_yaml()}\n---\n\n# TokenBridge pipeline\n\n"
-            "Class-conditional image generation with TokenBridge ([Bridging Continuous and Discrete Tokens for "
-            "Autoregressive Visual Generation](https://arxiv.org/abs/2503.16430)): a masked autoregressive "
-            "transformer over post-training-quantized VAE latents, one channel index after the other.\n\n"
-            f"- classes: {config.num_classes}; latent grid {config.sample_size}x{config.sample_size}, "
-            f"{config.latent_channels} channels, {2**config.quantizer_bits} levels per channel\n"
-            f"- defaults: {self.config.default_num_inference_steps} steps, guidance "
-            f"{self.config.default_guidance_scale} (linear), temperature {self.config.default_temperature}\n\n"
-            "```python\nfrom tokenset_diffusers import TokenBridgePipeline\n\n"
-            f'pipeline = TokenBridgePipeline.from_pretrained("{repo_id}")\n'
-            "images = pipeline([0, 1, 2]).images\n```\n"
-        )
-        return ModelCard(text)
 
     # ------------------------------------------------------------------ guidance
 

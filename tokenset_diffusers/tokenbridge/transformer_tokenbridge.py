@@ -22,6 +22,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 from torch import nn
 
+from ..utils.loading import StrictLoadingMixin
 from ..utils.sampling import GeneratorType, inverse_cdf, uniform_tensor
 from ..utils.validation import check_integer, check_number, checks_values
 from .quantization_tokenbridge import TokenBridgeQuantizer
@@ -331,7 +332,7 @@ class TokenBridgeChannelHead(nn.Module):
         return self.norm_out(hidden_states) * (1 + scale) + shift  # (N, 1, D)
 
 
-class TokenBridgeTransformer2DModel(ModelMixin, ConfigMixin):
+class TokenBridgeTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
     """
     TokenBridge's masked autoregressive generator (MAE encoder/decoder with buffer tokens + causal channel head).
 

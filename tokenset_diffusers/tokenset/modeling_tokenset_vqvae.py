@@ -23,9 +23,9 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_NAME, ModelOutput
+from transformers.utils import ModelOutput
 
-from ..utils.loading import check_saved_component
+from ..utils.loading import StrictLoadingMixin
 from ..utils.remote_code import write_import_file
 from .configuration_tokenset_vqvae import TokenSetVQVAEConfig
 from .set_ops import counts_to_tokens, tokens_to_counts
@@ -545,7 +545,11 @@ class TokenSetVQVAEPixelDecoder(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class TokenSetVQVAEPreTrainedModel(PreTrainedModel):
+class TokenSetVQVAEPreTrainedModel(StrictLoadingMixin, PreTrainedModel):
+    """`from_pretrained` checks a local folder first ([`~utils.loading.StrictLoadingMixin`]): a mistyped path, a missing
+    `config.json`, a missing or unreadable weights file, or weights that do not fit the config fail with a message
+    naming the file."""
+
     config: TokenSetVQVAEConfig
     config_class = TokenSetVQVAEConfig
     base_model_prefix = "tokenset_vqvae"
@@ -554,22 +558,6 @@ class TokenSetVQVAEPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["TokenSetVQVAELayer", "TokenSetVQVAEResnetBlock"]
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """`PreTrainedModel.from_pretrained`, after checking a local folder ([`~loading.check_saved_component`]): a
-        mistyped path, a missing `config.json`, an unreadable weights file, or weights that do not fit the config
-        fail with a message naming the file."""
-        if kwargs.get("config") is None:
-
-            def build_meta_model(folder: str) -> nn.Module:
-                with torch.device("meta"):
-                    return cls(cls.config_class.from_pretrained(folder))
-
-            check_saved_component(
-                cls, pretrained_model_name_or_path, kwargs, CONFIG_NAME, SAFE_WEIGHTS_NAME, build_meta_model
-            )
-        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):

@@ -1,9 +1,7 @@
 """TokenSetPipeline: class-conditional image generation with Fixed-Sum Discrete Diffusion and the set tokenizer."""
 
-import json
 import math
 import numbers
-import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,10 +13,11 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
-from ..class_labels import ClassLabelsMixin, LocalFolderLoadingMixin, label_to_id, normalise_id2label
+from ..class_labels import ClassLabelsMixin, label_to_id, normalise_id2label
 from ..image_processing import postprocess_images
 from ..pipeline_utils import ClassConditionalPipelineMixin, image_output_bytes
-from ..utils.remote_code import write_import_file
+from ..utils.loading import PipelineLoadingMixin
+from ..utils.remote_code import write_remote_code_files  # noqa: F401 (documented here by release 0.1's README)
 from ..utils.sampling import GeneratorType
 from ..utils.validation import check_integer, checks_values, described
 from .modeling_tokenset_vqvae import TokenSetVQVAE
@@ -35,15 +34,6 @@ COMPONENT_CLASSES = {
     "transformer": TokenSetTransformer1DModel,
     "scheduler": FSDDScheduler,
 }
-
-# `save_pretrained` writes these small files next to the weights, so that diffusers' own loader finds the classes:
-# `DiffusionPipeline.from_pretrained(folder_or_repo_id, trust_remote_code=True)`. model_index.json names the pipeline
-# `["pipeline_tokenset", "TokenSetPipeline"]` with a root `pipeline_tokenset.py` (diffusers' custom-pipeline entry), and
-# each component by a file in its folder, e.g. `["scheduling_fsdd", "FSDDScheduler"]` with
-# `scheduler/scheduling_fsdd.py` (diffusers' custom-component entry, which its Hub download checks for). Every file
-# only imports the class from the installed package: the code that runs is the package's, never a copy.
-# `TokenSetPipeline.from_pretrained` reads the same entries as the package modules and imports nothing from the folder.
-REMOTE_CODE_MODULE = "pipeline_tokenset"
 
 
 @dataclass
@@ -64,7 +54,7 @@ class TokenSetPipelineOutput(BaseOutput):
     counts: torch.LongTensor
 
 
-class TokenSetPipeline(LocalFolderLoadingMixin, ClassLabelsMixin, ClassConditionalPipelineMixin, DiffusionPipeline):
+class TokenSetPipeline(PipelineLoadingMixin, ClassLabelsMixin, ClassConditionalPipelineMixin, DiffusionPipeline):
     """Class-conditional generation with TokenSet: FSDD over count vectors, then the set tokenizer's decoder.
 
     Args:
@@ -80,6 +70,8 @@ class TokenSetPipeline(LocalFolderLoadingMixin, ClassLabelsMixin, ClassCondition
     """
 
     model_cpu_offload_seq = "transformer->image_tokenizer"
+    # Loading, saving, Hub upload and the minimal model card: `PipelineLoadingMixin` (utils/loading.py).
+    _component_classes = COMPONENT_CLASSES
     # "latents" is diffusers' name for the count vectors being denoised; "sample" is the same tensor.
     _callback_tensor_inputs = ["latents", "sample", "pred_original_sample"]
     _callback_latents_aliases = ("sample",)
@@ -105,101 +97,11 @@ class TokenSetPipeline(LocalFolderLoadingMixin, ClassLabelsMixin, ClassCondition
         self._guidance_scale = None  # set by every call, read at every step
         self._num_timesteps = None
 
-    # ------------------------------------------------------------------ loading
-
-    @classmethod
-    def _check_folder(cls, folder: str) -> None:
-        """Called by `from_pretrained` before loading: model_index.json must name this pipeline's component classes."""
-        _check_model_index(folder)
-
-    @classmethod
-    def load_config(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """diffusers' `load_config`, reading model_index.json as this class: the pipeline entry becomes the class name
-        and each component entry the package module, so no remote-code file in the folder is imported."""
-        loaded = super().load_config(pretrained_model_name_or_path, *args, **kwargs)
-        config = loaded[0] if isinstance(loaded, tuple) else loaded
-        if isinstance(config.get("_class_name"), (list, tuple)):
-            config["_class_name"] = config["_class_name"][-1]
-        for name in ("image_tokenizer", "transformer", "scheduler"):
-            entry = config.get(name)
-            if isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1] in _PACKAGE_MODULES:
-                config[name] = [_PACKAGE_MODULES[entry[1]], entry[1]]
-        return loaded
-
-    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
-        """diffusers' `save_pretrained`, plus the files that let `DiffusionPipeline.from_pretrained(save_directory,
-        trust_remote_code=True)` load the folder: `pipeline_tokenset.py`, one `<component>/<module>.py` per
-        component, and model_index.json's `_class_name` set to `["pipeline_tokenset", "TokenSetPipeline"]`."""
-        super().save_pretrained(save_directory, *args, **kwargs)
-        write_remote_code_files(save_directory)
-
     @property
     def id2label(self) -> dict[int, str] | None:
         """The class names by id (`None` when the pipeline has none); the same as `pipeline.config.id2label`."""
         return self.config.id2label
 
-    def push_to_hub(
-        self,
-        repo_id: str,
-        commit_message: str | None = None,
-        private: bool | None = None,
-        token: str | None = None,
-        create_pr: bool = False,
-        model_card: "huggingface_hub.ModelCard | None" = None,  # noqa: F821
-    ):
-        """Saves the pipeline with a model card (README.md) to a temporary folder and uploads it to `repo_id`.
-
-        `model_card` defaults to the README.md of the folder the pipeline was loaded from (conversion and training
-        write one), else a minimal card describing this pipeline (classes, C, M, sampling defaults).
-        """
-        import tempfile
-
-        from huggingface_hub import HfApi, ModelCard
-
-        with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder)
-            if model_card is None:
-                loaded_from = self.config.get("_name_or_path") or ""
-                source = os.path.join(loaded_from, "README.md")
-                use_source = bool(loaded_from) and os.path.isdir(loaded_from) and os.path.isfile(source)
-                model_card = ModelCard.load(source) if use_source else self.model_card(repo_id)
-            model_card.save(os.path.join(folder, "README.md"))
-            api = HfApi(token=token)
-            api.create_repo(repo_id, private=private, exist_ok=True)
-            return api.upload_folder(
-                repo_id=repo_id,
-                folder_path=folder,
-                commit_message=commit_message or "Upload TokenSetPipeline",
-                create_pr=create_pr,
-            )
-
-    def model_card(self, repo_id: str = "<repo_id>") -> "huggingface_hub.ModelCard":  # noqa: F821
-        """A minimal model card for this pipeline: metadata, sizes, sampling defaults and a usage snippet."""
-        from huggingface_hub import ModelCard, ModelCardData
-
-        from ..model_cards import INSTALL_COMMANDS
-
-        # No `pipeline_tag`: the Hub has none for class-conditional generation ("unconditional-image-generation"
-        # would be wrong); the tag says it.
-        data = ModelCardData(
-            library_name="diffusers",
-            license="mit",
-            tags=["tokenset", "class-conditional-image-generation", "image-generation"],
-        )
-        config = self.transformer.config
-        text = (
-            f"---\n{data.to_yaml()}\n---\n\n# TokenSet pipeline\n\n"
-            "Class-conditional image generation with TokenSet ([Tokenize Image as a Set](https://arxiv.org/abs/2503.16425)): "
-            "Fixed-Sum Discrete Diffusion over count vectors, decoded by the set tokenizer.\n\n"
-            f"- classes: {config.num_classes}; codebook size C = {config.codebook_size}; tokens per image "
-            f"M = {config.num_tokens}\n"
-            f"- default guidance: {self.config.default_guidance_scale or 1.0}\n\n"
-            f"```bash\n{INSTALL_COMMANDS}\n```\n\n"
-            "```python\nfrom tokenset_diffusers import TokenSetPipeline\n\n"
-            f'pipeline = TokenSetPipeline.from_pretrained("{repo_id}")\n'
-            "images = pipeline([0, 1, 2]).images\n```\n"
-        )
-        return ModelCard(text)
 
     # ------------------------------------------------------------------ guidance
 
@@ -482,58 +384,7 @@ class TokenSetPipeline(LocalFolderLoadingMixin, ClassLabelsMixin, ClassCondition
 
 # ---------------------------------------------------------------------- helpers
 
-# Each component class -> the package module that defines it (what diffusers writes into model_index.json).
-_PACKAGE_MODULES = {
-    "TokenSetVQVAE": "tokenset_diffusers.tokenset.modeling_tokenset_vqvae",
-    "TokenSetTransformer1DModel": "tokenset_diffusers.tokenset.transformer_tokenset",
-    "FSDDScheduler": "tokenset_diffusers.tokenset.scheduling_fsdd",
-}
 
-
-def write_remote_code_files(folder: str | os.PathLike) -> None:
-    """Makes a saved [`TokenSetPipeline`] folder loadable with `DiffusionPipeline.from_pretrained(folder,
-    trust_remote_code=True)`, also once uploaded to the Hub: writes `pipeline_tokenset.py` and one
-    `<component>/<module>.py` per component (each imports its class from the installed package) and points
-    model_index.json's entries at them. Also upgrades folders saved before these files existed."""
-    index_path = os.path.join(folder, "model_index.json")
-    with open(index_path, encoding="utf-8") as file:
-        index = json.load(file)
-    class_name = index["_class_name"][-1] if isinstance(index["_class_name"], list) else index["_class_name"]
-    if class_name != TokenSetPipeline.__name__:
-        raise ValueError(f"{index_path} describes a {class_name!r}, not a {TokenSetPipeline.__name__!r}.")
-    files = {f"{REMOTE_CODE_MODULE}.py": (__name__, class_name)}
-    index["_class_name"] = [REMOTE_CODE_MODULE, class_name]
-    for name in ("image_tokenizer", "transformer", "scheduler"):
-        component_class = index[name][1]
-        if component_class not in _PACKAGE_MODULES:
-            raise ValueError(f"{index_path}: `{name}` is {index[name]}, not a tokenset-diffusers class.")
-        module = _PACKAGE_MODULES[component_class]
-        short_name = module.rsplit(".", 1)[-1]
-        files[os.path.join(name, f"{short_name}.py")] = (module, component_class)
-        index[name] = [short_name, component_class]
-    for relative, (module, component_class) in files.items():
-        write_import_file(os.path.join(folder, relative), module, component_class)
-    with open(index_path, "w", encoding="utf-8") as file:
-        file.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
-
-
-def _check_model_index(folder: str) -> None:
-    """Raises `ValueError` if the folder's model_index.json names a component of another class (e.g. diffusers'
-    `DDPMScheduler` or transformers' `GPT2Model`), before anything is loaded."""
-    index_path = os.path.join(folder, "model_index.json")
-    if not os.path.isfile(index_path):
-        return  # diffusers says that the file is missing
-    with open(index_path, encoding="utf-8") as file:
-        index = json.load(file)
-    for name, expected in COMPONENT_CLASSES.items():
-        entry = index.get(name)
-        if entry is None:
-            raise ValueError(f"{index_path} has no `{name}` entry; a TokenSetPipeline needs a {expected.__name__}.")
-        if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[1] == expected.__name__):
-            raise ValueError(
-                f"{index_path}: `{name}` is {entry}; a TokenSetPipeline needs a {expected.__name__} "
-                f"([{_PACKAGE_MODULES[expected.__name__]!r}, {expected.__name__!r}])."
-            )
 
 
 def _warn_if_far_from_sum(counts: torch.LongTensor, num_tokens: int) -> None:

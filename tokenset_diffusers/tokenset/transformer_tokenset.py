@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.embeddings import get_timestep_embedding
-from diffusers.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, BaseOutput
+from diffusers.utils import BaseOutput
 from torch import nn
 
-from ..utils.loading import check_saved_component
+from ..utils.loading import StrictLoadingMixin
 from ..utils.validation import check_integer, check_number, checks_values
 
 
@@ -175,7 +175,7 @@ class TokenSetTransformerBlock(nn.Module):
         return hidden_states
 
 
-class TokenSetTransformer1DModel(ModelMixin, ConfigMixin):
+class TokenSetTransformer1DModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
     """
     DiT-1D denoiser of FSDD: class- and timestep-conditioned transformer over the `codebook_size` positions of a
     count vector, predicting the clean count at every position.
@@ -214,21 +214,6 @@ class TokenSetTransformer1DModel(ModelMixin, ConfigMixin):
         "adaLN_modulation_out",
         "proj_out",
     ]
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """`ModelMixin.from_pretrained`, after checking a local folder ([`~loading.check_saved_component`]): a
-        mistyped path, a missing `config.json`, an unreadable weights file, or weights that do not fit the config
-        (e.g. another `num_layers`) fail with a message naming the file."""
-
-        def build_meta_model(folder: str) -> nn.Module:
-            with torch.device("meta"):
-                return cls.from_config(cls.load_config(folder))
-
-        check_saved_component(
-            cls, pretrained_model_name_or_path, kwargs, CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, build_meta_model
-        )
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     _skip_layerwise_casting_patterns = ["norm"]
 

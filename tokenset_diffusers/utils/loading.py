@@ -1,22 +1,38 @@
-"""Checks of a saved component folder before `from_pretrained` reads it, so that a broken folder fails with a message
-that names the file, the component and what is wrong, instead of a deserialiser's or a meta-device error.
+"""Strict loading and saving of both systems' models and pipelines, in one place.
+
+Every model class ([`TokenSetVQVAE`], [`TokenSetTransformer1DModel`], [`TokenBridgeTransformer2DModel`]) loads through
+[`StrictLoadingMixin`], and every pipeline ([`TokenSetPipeline`], [`TokenSetImg2ImgPipeline`], [`TokenBridgePipeline`])
+through [`PipelineLoadingMixin`], which also checks the folders of components that diffusers loads itself (TokenBridge's
+`AutoencoderKL`) before anything is loaded ([`check_loaded_component`] covers that VAE when diffusers alone loads the
+folder). A broken folder fails with a message that names the folder, the file, the component and the first keys
+concerned, instead of a deserialiser's error, a meta-device error, random weights or a warning:
 
 - a mistyped local path is reported as a missing folder (not as an invalid Hub repo id);
 - a missing `config.json` is reported as missing (instead of a default-sized model and a report of size mismatches);
-- a truncated, empty or garbage `.safetensors` file is named, with its size;
-- weights that do not fit the config (another layer count, another width) are listed before any weight is loaded.
+- a missing weights file, or a truncated, empty or garbage `.safetensors` file, is an `OSError` naming the file;
+- weights that do not fit the config (missing, unexpected or reshaped tensors: another layer count, another width)
+  are a `ValueError` listing the first keys, before any weight is loaded.
 
-Only local folders are checked; Hub repo ids go to `from_pretrained` unchanged. Nothing here loads a weight: the
-safetensors headers are read, and the model is built on the meta device.
+Only local folders are checked by the models; a pipeline downloads a Hub repo id first and checks the download. Nothing
+here loads a weight: the safetensors headers are read, and the model is built on the meta device.
 """
 
 import difflib
 import json
 import os
+import pickle
 from collections.abc import Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
+
+from .remote_code import (
+    PIPELINE_MODULES,
+    is_component_entry,
+    pipeline_class_name,
+    read_as_package,
+    write_remote_code_files,
+)
 
 
 def looks_like_local_path(path: str) -> bool:
@@ -63,16 +79,20 @@ def _weights_files(folder: str, weights_name: str) -> list[str]:
     return sorted({os.path.join(folder, shard) for shard in weight_map.values()})
 
 
-def _read_shapes(path: str, component: str) -> dict[str, tuple[int, ...]]:
-    """`{name: shape}` from the header of a safetensors file; raises `OSError` naming the file if it is unreadable."""
+def _read_shapes(path: str, component: str, needed: str) -> dict[str, tuple[int, ...]]:
+    """`{name: shape}` from the header of a safetensors file (or, for a `.bin` file, from a `weights_only` load on the
+    meta device); raises `OSError` naming the file and `needed` (what the config needs) if it is unreadable."""
     try:
+        if path.endswith(".bin"):
+            state_dict = torch.load(path, map_location="meta", weights_only=True)
+            return {name: tuple(tensor.shape) for name, tensor in state_dict.items()}
         with safe_open(path, framework="pt") as handle:
             return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
-    except (SafetensorError, OSError, ValueError) as error:
+    except (SafetensorError, OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as error:
         size = os.path.getsize(path)
         raise OSError(
             f"{component}: cannot read the weights file {path} ({size} bytes): {error}. The file is truncated, empty "
-            "or not a safetensors file; download or save it again."
+            f"or not a safetensors file; download or save it again (the config needs {needed})."
         ) from error
 
 
@@ -80,56 +100,84 @@ def _examples(names: list[str], count: int = 3) -> str:
     return ", ".join(names[:count]) + (", ..." if len(names) > count else "")
 
 
-def check_saved_component(
-    cls: type,
-    pretrained_model_name_or_path: str | os.PathLike,
-    kwargs: dict,
-    config_name: str,
-    weights_name: str,
-    build_meta_model: Callable[[str], torch.nn.Module],
+def saved_layout(model_class: type) -> tuple[str, str, Callable[[str], torch.nn.Module]] | None:
+    """`(config_name, weights_name, build_meta_model)` of a diffusers `ModelMixin` or transformers `PreTrainedModel`
+    class: the file names its `save_pretrained` writes, and a function that builds the model of a folder's config on
+    the meta device. `None` for classes without weights (schedulers)."""
+    from diffusers import ModelMixin
+    from transformers import PreTrainedModel
+
+    if issubclass(model_class, PreTrainedModel):
+        from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_NAME
+
+        def build_transformers_model(folder: str) -> torch.nn.Module:
+            with torch.device("meta"):
+                return model_class(model_class.config_class.from_pretrained(folder))
+
+        return CONFIG_NAME, SAFE_WEIGHTS_NAME, build_transformers_model
+    if issubclass(model_class, ModelMixin):
+        from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
+
+        def build_diffusers_model(folder: str) -> torch.nn.Module:
+            with torch.device("meta"):
+                return model_class.from_config(model_class.load_config(folder))
+
+        return model_class.config_name, SAFETENSORS_WEIGHTS_NAME, build_diffusers_model
+    return None
+
+
+def check_component_folder(
+    model_class: type, folder: str, variant: str | None = None, ignore_mismatched_sizes: bool = False
 ) -> None:
-    """Checks a local folder saved by `cls.save_pretrained` before `cls.from_pretrained` loads it.
+    """Checks a local folder saved by `model_class.save_pretrained` before anything is loaded from it.
 
     Args:
-        cls (`type`): the model class, named in messages.
-        pretrained_model_name_or_path (`str` or `os.PathLike`): what `from_pretrained` got.
-        kwargs (`dict`): its keyword arguments (`subfolder`, `variant`, `ignore_mismatched_sizes` are read).
-        config_name (`str`), weights_name (`str`): the file names the library saves (`config.json`,
-            `model.safetensors` / `diffusion_pytorch_model.safetensors`).
-        build_meta_model (`Callable[[str], torch.nn.Module]`): builds the model of a folder's config on the meta
-            device.
+        model_class (`type`): a diffusers `ModelMixin` or transformers `PreTrainedModel` class (others pass).
+        folder (`str`): the folder holding `config.json` and the weights.
+        variant (`str`, *optional*): the weights variant (`diffusion_pytorch_model.<variant>.safetensors`).
+        ignore_mismatched_sizes (`bool`, defaults to `False`): accept tensors of another shape (the library then
+            initialises them anew, as asked).
+
+    Raises:
+        `OSError`: no `config.json`, no weights file, or an unreadable one (named with its size).
+        `ValueError`: the weights do not fit the config: tensors the config needs are missing, tensors have no place
+            in the model, or have another shape; the message names the weights file, the config file and the first
+            keys of each kind.
     """
-    component = cls.__name__
-    path = os.fspath(pretrained_model_name_or_path)
-    check_local_folder(path, component)
-    if not os.path.isdir(path):
-        return  # a Hub repo id
-    folder = os.path.join(path, kwargs["subfolder"]) if kwargs.get("subfolder") else path
-    if not os.path.isdir(folder):
-        raise OSError(f"{component}: {path} has no subfolder {kwargs.get('subfolder')!r}.")
+    layout = saved_layout(model_class)
+    if layout is None:
+        return
+    config_name, weights_name, build_meta_model = layout
+    component = model_class.__name__
     if not os.path.isfile(os.path.join(folder, config_name)):
         raise OSError(
             f"{component}: {folder} has no {config_name}, which says how to build the model; a saved {component} "
             f"folder holds {config_name} and {weights_name}. The folder holds {sorted(os.listdir(folder))}."
         )
-    variant = kwargs.get("variant")
     if variant:
         stem, extension = os.path.splitext(weights_name)
         weights_name = f"{stem}.{variant}{extension}"
+    expected = {name: tuple(tensor.shape) for name, tensor in build_meta_model(folder).state_dict().items()}
+    needed = f"{len(expected)} tensors: {_examples(sorted(expected))}"
     files = [file for file in _weights_files(folder, weights_name) if os.path.isfile(file)]
     if not files:
-        return  # another weights format (e.g. a `.bin` file): the library reports what it finds
+        pickled = os.path.join(folder, weights_name.replace(".safetensors", ".bin"))
+        files = [pickled] if os.path.isfile(pickled) else []
+    if not files:
+        raise OSError(
+            f"{component}: {folder} has no weights file {weights_name} (nor a sharded or `.bin` one); the config "
+            f"{os.path.join(folder, config_name)} needs {needed}. The folder holds {sorted(os.listdir(folder))}."
+        )
     stored = {}
     for file in files:
-        stored.update(_read_shapes(file, component))
-    expected = {name: tuple(tensor.shape) for name, tensor in build_meta_model(folder).state_dict().items()}
+        stored.update(_read_shapes(file, component, needed))
     missing = sorted(set(expected) - set(stored))
     unexpected = sorted(set(stored) - set(expected))
     common = sorted(set(stored) & set(expected))
     reshaped = [
         f"{name}: file {stored[name]} vs config {expected[name]}" for name in common if stored[name] != expected[name]
     ]
-    if kwargs.get("ignore_mismatched_sizes"):
+    if ignore_mismatched_sizes:
         reshaped = []
     if missing or unexpected or reshaped:
         problems = []
@@ -145,3 +193,246 @@ def check_saved_component(
             f"{component}: the weights in {', '.join(files)} do not fit {os.path.join(folder, config_name)}: "
             f"{'; '.join(problems)}. Do the config's layer counts and sizes belong to these weights?"
         )
+
+
+def check_saved_component(cls: type, pretrained_model_name_or_path: str | os.PathLike, kwargs: dict) -> None:
+    """Checks what `cls.from_pretrained(pretrained_model_name_or_path, **kwargs)` is about to load, if it is a local
+    folder ([`check_component_folder`] on it, or on its `subfolder`); a Hub repo id passes unchanged.
+
+    Args:
+        cls (`type`): the model class, named in messages.
+        pretrained_model_name_or_path (`str` or `os.PathLike`): what `from_pretrained` got.
+        kwargs (`dict`): its keyword arguments (`subfolder`, `variant`, `ignore_mismatched_sizes` are read).
+    """
+    component = cls.__name__
+    path = os.fspath(pretrained_model_name_or_path)
+    check_local_folder(path, component)
+    if not os.path.isdir(path):
+        return  # a Hub repo id
+    folder = os.path.join(path, kwargs["subfolder"]) if kwargs.get("subfolder") else path
+    if not os.path.isdir(folder):
+        raise OSError(f"{component}: {path} has no subfolder {kwargs.get('subfolder')!r}.")
+    check_component_folder(
+        cls, folder, variant=kwargs.get("variant"), ignore_mismatched_sizes=bool(kwargs.get("ignore_mismatched_sizes"))
+    )
+
+
+class StrictLoadingMixin:
+    """`from_pretrained` for the package's model classes (put before `ModelMixin` / `PreTrainedModel`): a local folder
+    is checked with [`check_saved_component`] first, so missing, unexpected or reshaped weights, a config that
+    disagrees with the weights, or a missing or unreadable file fail with a message naming the file and the first keys,
+    never with randomly initialised weights or only a warning."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """The library's `from_pretrained`, after [`check_saved_component`] (skipped when transformers gets an
+        explicit `config`, which then describes the model instead of the folder's `config.json`)."""
+        if kwargs.get("config") is None:
+            check_saved_component(cls, pretrained_model_name_or_path, kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+
+def check_loaded_component(model: torch.nn.Module) -> None:
+    """Checks the folder a model of another library was loaded from (its config's `_name_or_path`), for models that
+    load without [`StrictLoadingMixin`]: TokenBridge's `AutoencoderKL`, which diffusers loads itself, with randomly
+    initialised weights and only a warning when they do not fit, under a bare `DiffusionPipeline.from_pretrained`.
+    Raises as [`check_component_folder`] does; passes for models built in memory, loaded from the Hub, or loaded from
+    another weights file than the plain one (a variant)."""
+    if isinstance(model, StrictLoadingMixin) or saved_layout(type(model)) is None:
+        return
+    folder = model.config.get("_name_or_path") if hasattr(model.config, "get") else None
+    if not folder or not os.path.isdir(folder):
+        return
+    _, weights_name, _ = saved_layout(type(model))
+    if os.path.isfile(os.path.join(folder, weights_name)) or os.path.isfile(
+        os.path.join(folder, f"{weights_name}.index.json")
+    ):
+        check_component_folder(type(model), folder)
+
+
+# ---------------------------------------------------------------------- pipelines
+
+
+def check_model_index(pipeline_class: type, folder: str, component_classes: dict[str, type]) -> None:
+    """Raises `ValueError` if the folder's `model_index.json` is another system's pipeline (naming the class that
+    loads it) or names a component of another class (e.g. diffusers' `DDPMScheduler`), before anything is loaded."""
+    index_path = os.path.join(folder, "model_index.json")
+    if not os.path.isfile(index_path):
+        return  # diffusers says that the file is missing
+    with open(index_path, encoding="utf-8") as file:
+        index = json.load(file)
+    expected = {name: component_class.__name__ for name, component_class in component_classes.items()}
+    class_name = pipeline_class_name(index)
+    named = {name: entry[1] for name, entry in index.items() if not name.startswith("_") and is_component_entry(entry)}
+    if class_name in PIPELINE_MODULES and set(named) != set(expected):  # another system's components
+        raise ValueError(
+            f"{folder} holds a saved {class_name} (its model_index.json names the components {named}), not a "
+            f"{pipeline_class.__name__}, which needs {expected}. Load it with `{class_name}.from_pretrained(...)` (or "
+            "`diffusers.DiffusionPipeline.from_pretrained(..., trust_remote_code=True)`)."
+        )
+    for name, component_class in expected.items():
+        entry = index.get(name)
+        if entry is None:
+            raise ValueError(
+                f"{index_path} has no `{name}` entry; a {pipeline_class.__name__} needs a {component_class}."
+            )
+        if not (is_component_entry(entry) and entry[1] == component_class):
+            raise ValueError(
+                f"{index_path}: `{name}` is {entry}; a {pipeline_class.__name__} needs a {component_class} "
+                f"([{component_classes[name].__module__!r}, {component_class!r}])."
+            )
+
+
+def check_component_folders(folder: str, component_classes: dict[str, type], kwargs: dict) -> None:
+    """[`check_component_folder`] on every model component of a pipeline folder (`<folder>/<name>`), including those
+    diffusers loads without this package's classes (TokenBridge's `AutoencoderKL`), except components passed to
+    `from_pretrained` as objects (`kwargs[name]`)."""
+    for name, component_class in component_classes.items():
+        if name in kwargs or saved_layout(component_class) is None:
+            continue
+        component_folder = os.path.join(folder, name)
+        if not os.path.isdir(component_folder):
+            raise OSError(
+                f"{component_class.__name__}: {folder} has no `{name}` folder; the model_index.json names one."
+            )
+        check_component_folder(
+            component_class,
+            component_folder,
+            variant=kwargs.get("variant"),
+            ignore_mismatched_sizes=bool(kwargs.get("ignore_mismatched_sizes")),
+        )
+
+
+class PipelineLoadingMixin:
+    """Loading, saving and uploading of the package's pipelines (put before `DiffusionPipeline`), the same for both
+    systems. A pipeline class sets `_component_classes` (`{model_index.json key: class}`).
+
+    - `from_pretrained` takes a local folder or a Hub repo id (downloaded with `huggingface_hub.snapshot_download`,
+      since diffusers refuses repo ids whose components live outside diffusers, its issue #5553), refuses another
+      system's folder or other component classes ([`check_model_index`]), checks every model component's folder
+      ([`check_component_folders`]) and only then loads;
+    - `load_config` reads `model_index.json` as the package's modules ([`~remote_code.read_as_package`]): release 0.1
+      flat module paths, current paths and remote-code short names alike, and imports nothing from the folder;
+    - `save_pretrained` adds the import-only files that let `DiffusionPipeline.from_pretrained(folder,
+      trust_remote_code=True)` load the folder ([`~remote_code.write_remote_code_files`]);
+    - `push_to_hub` saves the pipeline with a model card and uploads it with [`~hub.push_folder_to_hub`];
+    - `model_card` renders the minimal card of the pipeline ([`~model_cards.pipeline_model_card`]).
+    """
+
+    _component_classes: dict[str, type] = {}
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
+        """Loads a pipeline from a local folder or a Hub repo id.
+
+        A repo id is first downloaded with `huggingface_hub.snapshot_download` (honouring `cache_dir`, `revision`,
+        `local_files_only`, `token`, and `HF_HUB_OFFLINE`), then the folder is loaded. Other keyword arguments
+        (`dtype`, components to use instead of the saved ones, ...) go to `DiffusionPipeline.from_pretrained`. A path
+        that looks local but is no folder is reported as such, not as a bad repo id.
+
+        Raises:
+            `OSError` or `ValueError`, before anything is loaded, for another system's folder, a component of another
+            class, or a component folder whose files are missing, unreadable or do not fit its config.
+        """
+        path = os.fspath(pretrained_model_name_or_path)
+        check_local_folder(path, cls.__name__)
+        if not os.path.isdir(path):
+            from huggingface_hub import snapshot_download
+
+            path = snapshot_download(
+                path,
+                cache_dir=kwargs.pop("cache_dir", None),
+                revision=kwargs.pop("revision", None),
+                local_files_only=kwargs.pop("local_files_only", False),
+                token=kwargs.pop("token", None),
+            )
+        else:
+            for name in ("cache_dir", "revision", "token"):
+                kwargs.pop(name, None)
+        check_model_index(cls, path, cls._component_classes)
+        check_component_folders(path, cls._component_classes, kwargs)
+        return super().from_pretrained(path, **kwargs)
+
+    @classmethod
+    def load_config(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """diffusers' `load_config`, reading model_index.json as this package: the pipeline entry becomes the class
+        name and each entry of a package component the package module, so no file in the folder is imported."""
+        loaded = super().load_config(pretrained_model_name_or_path, *args, **kwargs)
+        read_as_package(loaded[0] if isinstance(loaded, tuple) else loaded)
+        return loaded
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        """diffusers' `save_pretrained`, plus the files that let `DiffusionPipeline.from_pretrained(save_directory,
+        trust_remote_code=True)` load the folder: `<pipeline module>.py`, one `<component>/<module>.py` per package
+        component, and model_index.json's entries pointing at them. With `push_to_hub=True` the complete folder is
+        uploaded afterwards (`repo_id`, `commit_message`, `private`, `token`, `create_pr` as in [`push_to_hub`])."""
+        push_to_hub = kwargs.pop("push_to_hub", False)
+        upload = {
+            name: kwargs.pop(name)
+            for name in ("repo_id", "commit_message", "private", "token", "create_pr")
+            if name in kwargs
+        }
+        super().save_pretrained(save_directory, *args, **kwargs)
+        write_remote_code_files(save_directory)
+        if push_to_hub:
+            from .hub import push_folder_to_hub
+
+            repo_id = upload.pop("repo_id", None) or os.path.basename(os.path.normpath(save_directory))
+            readme = os.path.join(save_directory, "README.md")
+            if not os.path.isfile(readme):
+                self.model_card(repo_id).save(readme)
+            upload.setdefault("commit_message", f"Upload {type(self).__name__}")
+            push_folder_to_hub(save_directory, repo_id, **upload)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        create_pr: bool = False,
+        model_card: "huggingface_hub.ModelCard | None" = None,  # noqa: F821
+    ):
+        """Saves the pipeline with a model card (README.md) to a temporary folder and uploads it to `repo_id` with
+        [`~hub.push_folder_to_hub`].
+
+        Args:
+            repo_id (`str`): `namespace/name` of the Hub model repository (created if needed).
+            commit_message (`str`, *optional*): defaults to `"Upload <pipeline class>"`.
+            private (`bool`, *optional*), token (`str`, *optional*), create_pr (`bool`, defaults to `False`): see
+                [`~hub.push_folder_to_hub`].
+            model_card (`huggingface_hub.ModelCard`, *optional*): defaults to the README.md of the folder the pipeline
+                was loaded from (conversion and training write one), else [`model_card`].
+
+        Returns:
+            The `huggingface_hub.CommitInfo` of the upload.
+        """
+        import tempfile
+
+        from huggingface_hub import ModelCard
+
+        from .hub import push_folder_to_hub
+
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder)
+            if model_card is None:
+                loaded_from = self.config.get("_name_or_path") or ""
+                source = os.path.join(loaded_from, "README.md")
+                use_source = bool(loaded_from) and os.path.isdir(loaded_from) and os.path.isfile(source)
+                model_card = ModelCard.load(source) if use_source else self.model_card(repo_id)
+            model_card.save(os.path.join(folder, "README.md"))
+            return push_folder_to_hub(
+                folder,
+                repo_id,
+                commit_message=commit_message or f"Upload {type(self).__name__}",
+                private=private,
+                token=token,
+                create_pr=create_pr,
+            )
+
+    def model_card(self, repo_id: str = "<repo_id>") -> "huggingface_hub.ModelCard":  # noqa: F821
+        """A minimal model card for this pipeline (metadata, sizes, sampling defaults, usage), rendered by
+        [`~model_cards.pipeline_model_card`]."""
+        from ..model_cards import pipeline_model_card
+
+        return pipeline_model_card(self, repo_id)

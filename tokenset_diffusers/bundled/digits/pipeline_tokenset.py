@@ -4,7 +4,7 @@
 """
 
 try:
-    from ...tokenset.pipeline_tokenset import TokenSetPipeline  # noqa: F401
+    from tokenset_diffusers.tokenset.pipeline_tokenset import TokenSetPipeline  # noqa: F401
 except ImportError as error:
     raise ImportError(
         "This model needs the tokenset-diffusers package; see the Usage section of the model card (README.md)."

@@ -4,7 +4,7 @@
 """
 
 try:
-    from ....tokenset.configuration_tokenset_vqvae import TokenSetVQVAEConfig  # noqa: F401
+    from tokenset_diffusers.tokenset.configuration_tokenset_vqvae import TokenSetVQVAEConfig  # noqa: F401
 except ImportError as error:
     raise ImportError(
         "This model needs the tokenset-diffusers package; see the Usage section of the model card (README.md)."

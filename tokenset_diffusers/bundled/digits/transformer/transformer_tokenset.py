@@ -4,7 +4,7 @@
 """
 
 try:
-    from ....tokenset.transformer_tokenset import TokenSetTransformer1DModel  # noqa: F401
+    from tokenset_diffusers.tokenset.transformer_tokenset import TokenSetTransformer1DModel  # noqa: F401
 except ImportError as error:
     raise ImportError(
         "This model needs the tokenset-diffusers package; see the Usage section of the model card (README.md)."
