@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.hardware import describe, matmul_tflops  # noqa: E402
 from training import train_generator, train_tokenizer  # noqa: E402
-from training.common import build_accelerator  # noqa: E402
+from training.training_utils import build_accelerator  # noqa: E402
 
 
 def counted_flops(step_function) -> int:

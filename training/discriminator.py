@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.common import build_lr_scheduler, build_optimizer
+from training.training_utils import build_lr_scheduler, build_optimizer
 
 
 class PatchGANDiscriminator(nn.Module):

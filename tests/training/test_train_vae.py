@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from tokenset_diffusers import preprocess_images
 from tokenset_diffusers.utils.testing_utils import TINY_VAE, make_image_folder, make_saved_dataset
-from training.common import parameters_checksum
+from training.checkpointing import parameters_checksum
 from training.latents import LatentExamples, sample_latents, shard_path
 from training.train_vae import VAEModelArguments, VAETrainingArguments, kl_divergence
 

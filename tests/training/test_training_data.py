@@ -18,15 +18,8 @@ from tokenset_diffusers.tokenset.configuration_tokenset_vqvae import TokenSetVQV
 from tokenset_diffusers.tokenset.scheduling_fsdd import FSDDScheduler
 from tokenset_diffusers.tokenset.transformer_tokenset import TRANSFORMER_PRESETS
 from tokenset_diffusers.utils.testing_utils import CLASS_NAMES, make_image_folder, make_saved_dataset
-from training.common import (
-    ExponentialMovingAverage,
-    RunArguments,
-    derived_seed,
-    list_checkpoints,
-    parse_config,
-    resolve_checkpoint,
-    step_generator,
-)
+from training.checkpointing import list_checkpoints, resolve_checkpoint
+from training.config import RunArguments, parse_config
 from training.data import (
     DataArguments,
     DistributedBatchSampler,
@@ -42,6 +35,7 @@ from training.discriminator import (
     hinge_discriminator_loss,
     hinge_generator_loss,
 )
+from training.image_losses import build_perceptual_loss, reconstruction_metrics
 from training.prepare_digits import build_digits_dataset
 from training.train_generator import (
     GeneratorModelArguments,
@@ -49,13 +43,9 @@ from training.train_generator import (
     batch_token_ids,
 )
 from training.train_generator import parse_args as parse_generator_args
-from training.train_tokenizer import (
-    TokenizerModelArguments,
-    TokenizerTrainingArguments,
-    build_perceptual_loss,
-    reconstruction_metrics,
-)
+from training.train_tokenizer import TokenizerModelArguments, TokenizerTrainingArguments
 from training.train_tokenizer import parse_args as parse_tokenizer_args
+from training.training_utils import ExponentialMovingAverage, derived_seed, step_generator
 
 
 CONFIGS = REPOSITORY_ROOT / "training" / "configs"
