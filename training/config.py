@@ -113,7 +113,8 @@ def flat_config(*instances: Any) -> dict:
 
 @dataclass
 class RunArguments:
-    """Settings of a training run that both stages share. Each script subclasses it with its own defaults."""
+    """Settings of a training run that every training script shares, with the same meaning and checks in each; a script
+    subclasses it to set its own defaults (and add its own settings)."""
 
     output_dir: str = arg("outputs/run", "Folder for checkpoints, logs, the run summary and the final model(s).")
     seed: int = arg(0, "Seed of model initialisation, data order and every random draw of training.")
@@ -135,6 +136,11 @@ class RunArguments:
     use_cpu: bool = arg(False, "Train on CPU even if an accelerator is available.")
     allow_tf32: bool = arg(True, "Allow TF32 matmuls on Ampere+ GPUs.")
     gradient_checkpointing: bool = arg(False, "Recompute activations in backward to save memory.")
+    random_flip: bool = arg(
+        True,
+        "Train on randomly mirrored images (or the stored token sets / latents of the mirror images), each with "
+        "probability 1/2; off for data, such as digits, whose mirror images are not examples of their class.",
+    )
     checkpointing_steps: int = arg(1000, "Save a resumable checkpoint every this many steps (and at the end).")
     checkpoints_total_limit: Optional[int] = arg(3, "Keep only the newest this many checkpoints; None keeps all.")
     resume_from_checkpoint: Optional[str] = arg(
@@ -158,3 +164,34 @@ class RunArguments:
             raise ValueError(f"`ema_decay` must be in [0, 1), got {self.ema_decay}.")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("`push_to_hub` needs `hub_model_id` (e.g. `user/tokenset-digits`), got None.")
+
+
+@dataclass
+class AutoencoderTrainingArguments(RunArguments):
+    """The loss and evaluation settings both image-autoencoder trainings share (`train_tokenizer.py`,
+    `train_vae.py`), with the same meaning and checks; each script sets its own defaults."""
+
+    reconstruction_loss: Literal["l1", "l2"] = arg("l1", "Pixel reconstruction loss (mean over pixels).")
+    reconstruction_weight: float = arg(1.0, "Weight of the reconstruction loss.")
+    perceptual_weight: float = arg(0.0, "Weight of the LPIPS loss; > 0 needs the `lpips` package and its weights.")
+    discriminator_start_step: Optional[int] = arg(None, "Step at which the GAN loss starts; None: no GAN.")
+    discriminator_weight: float = arg(0.5, "Weight of the adaptively scaled GAN loss.")
+    discriminator_learning_rate: Optional[float] = arg(None, "Discriminator learning rate (default: learning_rate).")
+    discriminator_base_channels: int = arg(64, "Channels of the discriminator's first layer.")
+    discriminator_num_layers: int = arg(3, "Stride-2 layers of the PatchGAN discriminator.")
+    discriminator_norm_num_groups: int = arg(32, "GroupNorm groups of the discriminator.")
+    eval_steps: int = arg(10_000, "Evaluate PSNR / L1 of the EMA model on `eval_split` every this many steps.")
+    eval_batch_size: int = arg(32, "Images per process per evaluation batch.")
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choices(self)
+        check_positive(self, "eval_steps", "eval_batch_size", "discriminator_learning_rate")
+        check_positive(
+            self,
+            "reconstruction_weight",
+            "perceptual_weight",
+            "discriminator_weight",
+            "discriminator_start_step",
+            allow_zero=True,
+        )

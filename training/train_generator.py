@@ -127,11 +127,6 @@ class GeneratorTrainingArguments(RunArguments):
     train_batch_size: int = arg(32, "Token sets per process per micro-batch (the paper: 256 in total).")
     weight_decay: float = arg(0.01, "AdamW weight decay (the original leaves torch's default, 0.01).")
     ema_decay: float = arg(0.9999, "EMA decay of the saved weights.")
-    random_flip: bool = arg(
-        True,
-        "Train on the token sets of randomly mirrored images (the paper's augmentation); off for data, such as "
-        "digits, whose mirror images are not examples of their class.",
-    )
     class_embedding_init_std: Optional[float] = arg(
         None,
         "Initialise the class embedding table from N(0, std^2) instead of DiT's N(0, 0.02^2). adaLN-Zero starts "

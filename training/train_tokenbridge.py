@@ -159,9 +159,6 @@ class TokenBridgeTrainingArguments(RunArguments):
     max_grad_norm: Optional[float] = arg(3.0, "Gradient clipping norm.")
     ema_decay: float = arg(0.9999, "EMA decay of the saved weights.")
     checkpointing_steps: int = arg(5_000, "Save a resumable checkpoint every this many steps.")
-    random_flip: bool = arg(
-        True, "Train on randomly mirrored images (off for data such as digits whose mirror images are not examples)."
-    )
 
     def __post_init__(self):
         super().__post_init__()

@@ -27,7 +27,7 @@ from accelerate import Accelerator
 from tokenset_diffusers.tokenset.configuration_tokenset_vqvae import TokenSetVQVAEConfig
 from tokenset_diffusers.tokenset.modeling_tokenset_vqvae import TokenSetVQVAE
 from training.checkpointing import parameters_checksum
-from training.config import RunArguments, arg, check_choices, check_positive, parse_config
+from training.config import AutoencoderTrainingArguments, arg, check_positive, parse_config
 from training.data import DataArguments, build_eval_dataloader, build_train_examples, random_horizontal_flip
 from training.discriminator import adversarial_loss, discriminator_update, prepare_discriminator
 from training.image_losses import (
@@ -77,7 +77,7 @@ class TokenizerModelArguments:
 
 
 @dataclass
-class TokenizerTrainingArguments(RunArguments):
+class TokenizerTrainingArguments(AutoencoderTrainingArguments):
     """Run and loss settings; the defaults are the paper's ImageNet recipe (TiTok's)."""
 
     output_dir: str = arg("outputs/tokenizer", "Folder for checkpoints, logs and `image_tokenizer/`.")
@@ -89,18 +89,12 @@ class TokenizerTrainingArguments(RunArguments):
     max_grad_norm: Optional[float] = arg(1.0, "Gradient clipping norm; None disables clipping.")
     ema_decay: float = arg(0.999, "EMA decay of the saved weights.")
     checkpointing_steps: int = arg(10_000, "Save a resumable checkpoint every this many steps.")
-    reconstruction_loss: Literal["l1", "l2"] = arg("l2", "Pixel reconstruction loss.")
-    reconstruction_weight: float = arg(1.0, "Weight of the reconstruction loss.")
-    perceptual_weight: float = arg(0.0, "Weight of the LPIPS loss; > 0 needs the `lpips` package and its weights.")
+    reconstruction_loss: Literal["l1", "l2"] = arg("l2", "Pixel reconstruction loss (mean over pixels).")
     codebook_weight: float = arg(1.0, "Weight of the codebook loss.")
     commitment_weight: float = arg(0.25, "Weight of the commitment loss.")
     shuffle_tokens: bool = arg(True, "Permute the latent tokens before the decoder, as in the paper's training.")
     discriminator_start_step: Optional[int] = arg(20_000, "Step at which the GAN loss starts; None: no GAN.")
     discriminator_weight: float = arg(0.1, "Weight of the adaptively scaled GAN loss.")
-    discriminator_learning_rate: Optional[float] = arg(None, "Discriminator learning rate (default: learning_rate).")
-    discriminator_base_channels: int = arg(64, "Channels of the discriminator's first layer.")
-    discriminator_num_layers: int = arg(3, "Stride-2 layers of the PatchGAN discriminator.")
-    discriminator_norm_num_groups: int = arg(32, "GroupNorm groups of the discriminator.")
     decoder_only_start_step: Optional[int] = arg(500_000, "Step from which only the decoder trains; None: never.")
     bootstrap_steps: int = arg(
         0,
@@ -110,21 +104,13 @@ class TokenizerTrainingArguments(RunArguments):
         "signal (the role TiTok's proxy codes play). 0: off.",
     )
     bootstrap_weight: float = arg(1.0, "Weight of the bootstrap readout loss.")
-    eval_steps: int = arg(10_000, "Evaluate PSNR / L1 of the EMA model on `eval_split` every this many steps.")
-    eval_batch_size: int = arg(32, "Images per process per evaluation batch.")
 
     def __post_init__(self):
         super().__post_init__()
-        check_choices(self)
-        check_positive(self, "eval_steps", "eval_batch_size", "discriminator_learning_rate")
         check_positive(
             self,
-            "reconstruction_weight",
-            "perceptual_weight",
             "codebook_weight",
             "commitment_weight",
-            "discriminator_weight",
-            "discriminator_start_step",
             "decoder_only_start_step",
             "bootstrap_steps",
             "bootstrap_weight",
@@ -266,7 +252,9 @@ def train_step(
     sums, pairs = {}, []
     for index, batch in enumerate(micro_batches):
         generator = step_generator(args.seed, accelerator.process_index, step, index, accelerator.device)
-        pixel_values = random_horizontal_flip(batch["pixel_values"].to(accelerator.device), generator)  # (B, 3, H, W)
+        pixel_values = batch["pixel_values"].to(accelerator.device)  # (B, 3, H, W)
+        flipped = random_horizontal_flip(pixel_values, generator)  # drawn even when unused: the same random stream
+        pixel_values = flipped if args.random_flip else pixel_values
         sync = index == len(micro_batches) - 1
         with contextlib.nullcontext() if sync else accelerator.no_sync(state.model):
             with accelerator.autocast():

@@ -32,7 +32,7 @@ from accelerate import Accelerator
 from diffusers import AutoencoderKL
 
 from training.checkpointing import parameters_checksum
-from training.config import RunArguments, arg, check_choices, check_positive, parse_config
+from training.config import AutoencoderTrainingArguments, arg, check_positive, parse_config
 from training.data import (
     DataArguments,
     build_eval_dataloader,
@@ -113,7 +113,7 @@ class VAEModelArguments:
 
 
 @dataclass
-class VAETrainingArguments(RunArguments):
+class VAETrainingArguments(AutoencoderTrainingArguments):
     """Run and loss settings; the defaults follow LDM's KL autoencoder recipe (which MAR's KL-16 came from)."""
 
     output_dir: str = arg("outputs/vae", "Folder for checkpoints, logs and `vae/`.")
@@ -124,36 +124,18 @@ class VAETrainingArguments(RunArguments):
     adam_beta2: float = arg(0.9, "AdamW beta2 (LDM: 0.9).")
     ema_decay: float = arg(0.999, "EMA decay of the saved weights.")
     checkpointing_steps: int = arg(10_000, "Save a resumable checkpoint every this many steps.")
-    random_flip: bool = arg(True, "Flip training images left-right with probability 1/2.")
     reconstruction_loss: Literal["l1", "l2"] = arg("l1", "Pixel reconstruction loss (mean over pixels).")
-    reconstruction_weight: float = arg(1.0, "Weight of the reconstruction loss.")
     kl_weight: float = arg(
         1e-6, "Weight of KL(posterior || N(0, I)), averaged over latent elements (see training/README.md for LDM's)."
     )
-    perceptual_weight: float = arg(0.0, "Weight of the LPIPS loss; > 0 needs the `lpips` package and its weights.")
     discriminator_start_step: Optional[int] = arg(50_001, "Step at which the GAN loss starts; None: no GAN.")
     discriminator_weight: float = arg(0.5, "Weight of the adaptively scaled GAN loss.")
-    discriminator_learning_rate: Optional[float] = arg(None, "Discriminator learning rate (default: learning_rate).")
-    discriminator_base_channels: int = arg(64, "Channels of the discriminator's first layer.")
-    discriminator_num_layers: int = arg(3, "Stride-2 layers of the PatchGAN discriminator.")
-    discriminator_norm_num_groups: int = arg(32, "GroupNorm groups of the discriminator.")
-    eval_steps: int = arg(10_000, "Evaluate PSNR / L1 of the EMA model on `eval_split` every this many steps.")
-    eval_batch_size: int = arg(32, "Images per process per evaluation batch.")
     scaling_factor_samples: int = arg(1024, "Training images whose posterior samples set `scaling_factor`.")
 
     def __post_init__(self):
         super().__post_init__()
-        check_choices(self)
-        check_positive(self, "eval_steps", "eval_batch_size", "discriminator_learning_rate", "scaling_factor_samples")
-        check_positive(
-            self,
-            "reconstruction_weight",
-            "kl_weight",
-            "perceptual_weight",
-            "discriminator_weight",
-            "discriminator_start_step",
-            allow_zero=True,
-        )
+        check_positive(self, "scaling_factor_samples")
+        check_positive(self, "kl_weight", allow_zero=True)
 
 
 class VAEWithPosterior(torch.nn.Module):

@@ -118,6 +118,54 @@ def test_documented_defaults_are_the_library_defaults():
     )
 
 
+def training_scripts() -> list:
+    from training.train_generator import GeneratorTraining
+    from training.train_tokenbridge import TokenBridgeTraining
+    from training.train_tokenizer import TokenizerTraining
+    from training.train_vae import VAETraining
+
+    return [TokenizerTraining, GeneratorTraining, VAETraining, TokenBridgeTraining]
+
+
+def test_every_flag_means_the_same_in_every_training_script():
+    """The four scripts read the same `DataArguments` and subclass `RunArguments`: a flag they share has one type,
+    every flag has a help text, and the same bad value is refused by every script."""
+    import typing
+
+    types_by_name = {}
+    for hooks in training_scripts():
+        data_type, model_type, args_type = hooks.argument_types
+        assert data_type is DataArguments and issubclass(args_type, RunArguments)
+        for argument_type in hooks.argument_types:
+            hints = typing.get_type_hints(argument_type)
+            for field in dataclasses.fields(argument_type):
+                assert field.metadata.get("help"), f"{argument_type.__name__}.{field.name} has no help text"
+                if argument_type is args_type:
+                    types_by_name.setdefault(field.name, set()).add(str(hints[field.name]))
+        bad_values = {
+            "max_train_steps": 0,
+            "train_batch_size": 0,
+            "learning_rate": -1.0,
+            "lr_warmup_steps": -1,
+            "ema_decay": 1.0,
+            "lr_scheduler": "linear",
+            "logging_steps": 0,
+            "checkpoints_total_limit": 0,
+            "hub_model_id": None,
+        }
+        for name, value in bad_values.items():
+            overrides = {name: value, "push_to_hub": name == "hub_model_id"}
+            with pytest.raises(ValueError, match=f"`{name}`"):
+                args_type(**overrides)
+        assert args_type().random_flip is True
+    assert all(len(types) == 1 for types in types_by_name.values()), types_by_name
+    for hooks in training_scripts()[::2]:  # the tokenizer and the VAE evaluate and train a discriminator
+        args_type = hooks.argument_types[2]
+        for name, value in {"eval_steps": 0, "perceptual_weight": -0.5, "discriminator_learning_rate": 0.0}.items():
+            with pytest.raises(ValueError, match=f"`{name}`"):
+                args_type(**{name: value})
+
+
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda path: path.name)
 def test_every_preset_parses(path):
     if "tokenizer" in path.name:
