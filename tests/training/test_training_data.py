@@ -330,6 +330,32 @@ def test_resolve_checkpoint_picks_the_newest_complete_one(tmp_path):
         resolve_checkpoint(str(tmp_path / "checkpoint-11"), str(tmp_path))
 
 
+def test_final_outputs_replace_the_previous_ones_whole(tmp_path):
+    """`move_into_place` puts every entry of the temporary folder into the output folder: a folder replaces the old
+    one whole (no stale file survives in it), files are replaced, other entries are kept, nothing hidden is left."""
+    from training.training_utils import PARTIAL_FINAL_NAME, move_into_place
+
+    output_dir = tmp_path / "run"
+    (output_dir / "transformer").mkdir(parents=True)
+    (output_dir / "transformer" / "old_weights.safetensors").write_text("old")
+    (output_dir / "model_index.json").write_text("old")
+    (output_dir / "checkpoint-4").mkdir()
+    new = output_dir / PARTIAL_FINAL_NAME
+    (new / "transformer").mkdir(parents=True)
+    (new / "transformer" / "weights.safetensors").write_text("new")
+    (new / "model_index.json").write_text("new")
+    (new / "README.md").write_text("card")
+    move_into_place(new, output_dir)
+    assert sorted(path.name for path in output_dir.iterdir()) == [
+        "README.md",
+        "checkpoint-4",
+        "model_index.json",
+        "transformer",
+    ]
+    assert [path.name for path in (output_dir / "transformer").iterdir()] == ["weights.safetensors"]
+    assert (output_dir / "model_index.json").read_text() == "new"
+
+
 # ------------------------------------------------------------------------------------------------- discriminator
 
 
