@@ -53,6 +53,7 @@ from training.training_utils import (
     FinalOutput,
     TrainingHooks,
     TrainingProgress,
+    TrainingState,
     build_lr_scheduler,
     build_optimizer,
     read_provenance,
@@ -154,12 +155,9 @@ class GeneratorData:
 
 
 @dataclass
-class GeneratorTrainingState:
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
-    ema: ExponentialMovingAverage
-    progress: TrainingProgress
+class GeneratorTrainingState(TrainingState):
+    """The generator's [`TrainingState`] and the FSDD scheduler that noises its data."""
+
     scheduler: FSDDScheduler
 
 

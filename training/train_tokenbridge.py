@@ -49,6 +49,7 @@ from training.training_utils import (
     FinalOutput,
     TrainingHooks,
     TrainingProgress,
+    TrainingState,
     build_lr_scheduler,
     build_optimizer,
     derived_seed,
@@ -178,12 +179,9 @@ class TokenBridgeData:
 
 
 @dataclass
-class TokenBridgeTrainingState:
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
-    ema: ExponentialMovingAverage
-    progress: TrainingProgress
+class TokenBridgeTrainingState(TrainingState):
+    """TokenBridge's [`TrainingState`] and the masked-AR scheduler that draws its training masks."""
+
     scheduler: MaskedARScheduler
 
 

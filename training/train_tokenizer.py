@@ -41,6 +41,7 @@ from training.training_utils import (
     FinalOutput,
     TrainingHooks,
     TrainingProgress,
+    TrainingState,
     build_lr_scheduler,
     build_optimizer,
     reduce_metrics,
@@ -119,14 +120,9 @@ class TokenizerTrainingArguments(AutoencoderTrainingArguments):
 
 
 @dataclass
-class TokenizerTrainingState:
-    """Everything a training step touches (prepared by accelerate where it applies)."""
+class TokenizerTrainingState(TrainingState):
+    """The [`TrainingState`] and the GAN's and LPIPS' parts (prepared by accelerate where it applies)."""
 
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
-    ema: ExponentialMovingAverage
-    progress: TrainingProgress
     discriminator: Optional[torch.nn.Module] = None
     discriminator_optimizer: Optional[torch.optim.Optimizer] = None
     discriminator_lr_scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None

@@ -51,6 +51,7 @@ from training.training_utils import (
     FinalOutput,
     TrainingHooks,
     TrainingProgress,
+    TrainingState,
     build_lr_scheduler,
     build_optimizer,
     derived_seed,
@@ -156,14 +157,10 @@ class VAEWithPosterior(torch.nn.Module):
 
 
 @dataclass
-class VAETrainingState:
-    """Everything a training step touches (prepared by accelerate where it applies)."""
+class VAETrainingState(TrainingState):
+    """The [`TrainingState`] (`model`: the prepared [`VAEWithPosterior`]; `ema`: of its `AutoencoderKL`) and the GAN's
+    and LPIPS' parts (prepared by accelerate where it applies)."""
 
-    model: torch.nn.Module  # VAEWithPosterior, prepared
-    optimizer: torch.optim.Optimizer
-    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
-    ema: ExponentialMovingAverage  # of the AutoencoderKL
-    progress: TrainingProgress
     discriminator: Optional[torch.nn.Module] = None
     discriminator_optimizer: Optional[torch.optim.Optimizer] = None
     discriminator_lr_scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None

@@ -274,6 +274,19 @@ class TrainingProgress:
             self.unreadable.load_state_dict(state_dict["unreadable_samples"])
 
 
+@dataclass
+class TrainingState:
+    """What every training step touches: the (prepared) model, its optimiser and learning-rate schedule, the EMA of
+    its weights and the progress, the last three registered for checkpointing. Scripts subclass it to add their own
+    parts (a discriminator, a noise scheduler, ...)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: ExponentialMovingAverage
+    progress: TrainingProgress
+
+
 # -------------------------------------------------------------------------------------------------------- randomness
 
 
@@ -443,8 +456,7 @@ class TrainingHooks:
         argument_types (`tuple`): `(DataArguments, <model arguments>, <a RunArguments subclass>)`.
         hub_commit_message (`str`): the commit message of `--push_to_hub`.
 
-    After [`build`], `self.state` holds at least `model` (prepared), `optimizer`, `lr_scheduler`, `ema`
-    ([`ExponentialMovingAverage`]) and `progress` ([`TrainingProgress`]), the last three registered for checkpointing.
+    After [`build`], `self.state` is a [`TrainingState`] (a subclass of it).
     """
 
     script: str = ""
@@ -453,7 +465,7 @@ class TrainingHooks:
 
     def __init__(self, data_args, model_args, args: RunArguments):
         self.data_args, self.model_args, self.args = data_args, model_args, args
-        self.state = None
+        self.state: Optional[TrainingState] = None
 
     @property
     def tracker_name(self) -> str:
@@ -463,7 +475,7 @@ class TrainingHooks:
         """Whether DDP must allow parameters without gradients (e.g. a frozen part)."""
         return False
 
-    def build(self, accelerator: Accelerator) -> Any:
+    def build(self, accelerator: Accelerator) -> TrainingState:
         """Builds (after the seed is set) the model, optimiser, schedule, EMA and progress, prepared and registered for
         checkpointing, and whatever else the steps need; sets and returns `self.state`."""
         raise NotImplementedError
