@@ -485,7 +485,9 @@ class TrainingHooks:
         raise NotImplementedError
 
     def eval_dataloader(self, accelerator: Accelerator) -> Optional[torch.utils.data.DataLoader]:
-        """This process's held-out batches, evaluated every `args.eval_steps` steps and at the last; None: none."""
+        """This process's held-out batches, evaluated every `args.eval_steps` steps and at the last (a script that
+        evaluates has `eval_steps` among its arguments, e.g. [`training.config.AutoencoderTrainingArguments`]); None:
+        no evaluation."""
         return None
 
     def train_step(self, accelerator: Accelerator, micro_batches: list[dict]) -> dict[str, torch.Tensor | float]:
