@@ -15,7 +15,6 @@ The loop (resume, logging, evaluation every `eval_steps`, checkpoints, unreadabl
 the tokenizer's part ([`TokenizerTraining`]).
 """
 
-import contextlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -29,7 +28,12 @@ from tokenset_diffusers.tokenset.modeling_tokenset_vqvae import TokenSetVQVAE
 from training.checkpointing import parameters_checksum
 from training.config import AutoencoderTrainingArguments, arg, check_positive, parse_config
 from training.data import DataArguments, build_eval_dataloader, build_train_examples, random_horizontal_flip
-from training.discriminator import adversarial_loss, discriminator_update, prepare_discriminator
+from training.discriminator import (
+    AutoencoderTrainingState,
+    adversarial_loss,
+    autoencoder_train_step,
+    prepare_discriminator,
+)
 from training.image_losses import (
     build_perceptual_loss,
     describe_reconstruction_metrics,
@@ -41,12 +45,9 @@ from training.training_utils import (
     FinalOutput,
     TrainingHooks,
     TrainingProgress,
-    TrainingState,
     build_lr_scheduler,
     build_optimizer,
-    reduce_metrics,
     run_training,
-    step_generator,
 )
 
 
@@ -120,13 +121,9 @@ class TokenizerTrainingArguments(AutoencoderTrainingArguments):
 
 
 @dataclass
-class TokenizerTrainingState(TrainingState):
-    """The [`TrainingState`] and the GAN's and LPIPS' parts (prepared by accelerate where it applies)."""
+class TokenizerTrainingState(AutoencoderTrainingState):
+    """The autoencoder's state and the bootstrap readout (prepared; None when off)."""
 
-    discriminator: Optional[torch.nn.Module] = None
-    discriminator_optimizer: Optional[torch.optim.Optimizer] = None
-    discriminator_lr_scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None
-    perceptual: Optional[torch.nn.Module] = None
     readout: Optional[torch.nn.Module] = None
 
 
@@ -212,74 +209,31 @@ def tokenizer_losses(
     return losses
 
 
-def discriminator_step(
-    accelerator: Accelerator, state: TokenizerTrainingState, pairs: list, args: TokenizerTrainingArguments
-) -> torch.Tensor:
-    """One optimiser step of the discriminator on (real, reconstructed) micro-batches; returns the mean hinge loss."""
-    return discriminator_update(
-        accelerator,
-        state.discriminator,
-        state.discriminator_optimizer,
-        state.discriminator_lr_scheduler,
-        pairs,
-        args.max_grad_norm,
-    )
-
-
 def train_step(
     accelerator: Accelerator,
     state: TokenizerTrainingState,
     micro_batches: list[dict],
     args: TokenizerTrainingArguments,
 ) -> dict[str, float]:
-    """One optimiser step of the tokenizer (and of the discriminator once the GAN is on); returns the metrics averaged
-    over micro-batches and processes."""
+    """One optimiser step of the tokenizer (and of the discriminator once the GAN is on,
+    [`training.discriminator.autoencoder_train_step`]); from `decoder_only_start_step` on, the encoder and the
+    codebook stay frozen. Returns the metrics averaged over micro-batches and processes."""
     step = state.progress.step
     model = accelerator.unwrap_model(state.model)
-    use_gan = state.discriminator is not None and step >= args.discriminator_start_step
     decoder_only = args.decoder_only_start_step is not None and step >= args.decoder_only_start_step
     use_bootstrap = state.readout is not None and step < args.bootstrap_steps
     set_decoder_only(model, decoder_only)
-    if use_gan:
-        accelerator.unwrap_model(state.discriminator).requires_grad_(False)
-    state.model.train()
 
-    # 1. tokenizer: forward and backward on every micro-batch, gradients synchronised on the last
-    sums, pairs = {}, []
-    for index, batch in enumerate(micro_batches):
-        generator = step_generator(args.seed, accelerator.process_index, step, index, accelerator.device)
+    def images(batch: dict, generator: torch.Generator) -> torch.Tensor:
         pixel_values = batch["pixel_values"].to(accelerator.device)  # (B, 3, H, W)
         flipped = random_horizontal_flip(pixel_values, generator)  # drawn even when unused: the same random stream
-        pixel_values = flipped if args.random_flip else pixel_values
-        sync = index == len(micro_batches) - 1
-        with contextlib.nullcontext() if sync else accelerator.no_sync(state.model):
-            with accelerator.autocast():
-                losses = tokenizer_losses(state, accelerator, pixel_values, generator, use_gan, args, use_bootstrap)
-            accelerator.backward(losses["loss"] / len(micro_batches))
-        reconstruction = losses.pop("reconstruction")
-        if use_gan:
-            pairs.append((pixel_values, reconstruction.detach()))
-        for name, value in losses.items():
-            sums[name] = sums.get(name, 0.0) + value.detach() / len(micro_batches)
+        return flipped if args.random_flip else pixel_values
 
-    # 2. tokenizer update (frozen parts keep no gradient, whatever DDP filled in), then the EMA
-    if decoder_only:
-        for parameter in [*model.encoder.parameters(), *model.quantizer.parameters()]:
-            parameter.grad = None
-    if args.max_grad_norm is not None:
-        sums["grad_norm"] = accelerator.clip_grad_norm_(state.model.parameters(), args.max_grad_norm)
-    state.optimizer.step()
-    state.lr_scheduler.step()
-    state.optimizer.zero_grad(set_to_none=True)
-    state.ema.update(model)
+    def losses(pixel_values: torch.Tensor, generator: torch.Generator, use_gan: bool) -> dict[str, torch.Tensor]:
+        return tokenizer_losses(state, accelerator, pixel_values, generator, use_gan, args, use_bootstrap)
 
-    # 3. discriminator update on the same images
-    if use_gan:
-        accelerator.unwrap_model(state.discriminator).requires_grad_(True)
-        sums["discriminator_loss"] = discriminator_step(accelerator, state, pairs, args)
-    metrics = reduce_metrics(accelerator, sums)
-    metrics["lr"] = state.lr_scheduler.get_last_lr()[0]
-    return metrics
+    frozen = [*model.encoder.parameters(), *model.quantizer.parameters()] if decoder_only else []
+    return autoencoder_train_step(accelerator, state, micro_batches, args, model, images, losses, frozen)
 
 
 class TokenizerTraining(TrainingHooks):

@@ -21,7 +21,6 @@ The loop (resume, logging, evaluation every `eval_steps`, checkpoints, unreadabl
 the VAE's part ([`VAETraining`]).
 """
 
-import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,12 @@ from training.data import (
     build_train_examples,
     random_horizontal_flip,
 )
-from training.discriminator import adversarial_loss, discriminator_update, prepare_discriminator
+from training.discriminator import (
+    AutoencoderTrainingState,
+    adversarial_loss,
+    autoencoder_train_step,
+    prepare_discriminator,
+)
 from training.image_losses import (
     build_perceptual_loss,
     describe_reconstruction_metrics,
@@ -51,13 +55,10 @@ from training.training_utils import (
     FinalOutput,
     TrainingHooks,
     TrainingProgress,
-    TrainingState,
     build_lr_scheduler,
     build_optimizer,
     derived_seed,
-    reduce_metrics,
     run_training,
-    step_generator,
 )
 
 
@@ -157,14 +158,8 @@ class VAEWithPosterior(torch.nn.Module):
 
 
 @dataclass
-class VAETrainingState(TrainingState):
-    """The [`TrainingState`] (`model`: the prepared [`VAEWithPosterior`]; `ema`: of its `AutoencoderKL`) and the GAN's
-    and LPIPS' parts (prepared by accelerate where it applies)."""
-
-    discriminator: Optional[torch.nn.Module] = None
-    discriminator_optimizer: Optional[torch.optim.Optimizer] = None
-    discriminator_lr_scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None
-    perceptual: Optional[torch.nn.Module] = None
+class VAETrainingState(AutoencoderTrainingState):
+    """The autoencoder's state; `model` is the prepared [`VAEWithPosterior`], `ema` follows its `AutoencoderKL`."""
 
 
 # ---------------------------------------------------------------------------------------------------------- building
@@ -237,52 +232,19 @@ def vae_losses(
 def train_step(
     accelerator: Accelerator, state: VAETrainingState, micro_batches: list[dict], args: VAETrainingArguments
 ) -> dict[str, torch.Tensor | float]:
-    """One optimiser step of the VAE (and of the discriminator once the GAN is on); returns the metrics averaged over
-    micro-batches and processes (0-d device tensors, and the learning rate)."""
-    step = state.progress.step
-    vae = accelerator.unwrap_model(state.model).vae
-    use_gan = state.discriminator is not None and step >= args.discriminator_start_step
-    if use_gan:
-        accelerator.unwrap_model(state.discriminator).requires_grad_(False)
-    state.model.train()
+    """One optimiser step of the VAE (and of the discriminator once the GAN is on,
+    [`training.discriminator.autoencoder_train_step`]); returns the metrics averaged over micro-batches and processes
+    (0-d device tensors, and the learning rate)."""
 
-    sums, pairs = {}, []
-    for index, batch in enumerate(micro_batches):
-        generator = step_generator(args.seed, accelerator.process_index, step, index, accelerator.device)
+    def images(batch: dict, generator: torch.Generator) -> torch.Tensor:
         pixel_values = batch["pixel_values"].to(accelerator.device)  # (B, C, H, W)
-        if args.random_flip:
-            pixel_values = random_horizontal_flip(pixel_values, generator)
-        sync = index == len(micro_batches) - 1
-        with contextlib.nullcontext() if sync else accelerator.no_sync(state.model):
-            with accelerator.autocast():
-                losses = vae_losses(state, accelerator, pixel_values, generator, use_gan, args)
-            accelerator.backward(losses["loss"] / len(micro_batches))
-        reconstruction = losses.pop("reconstruction")
-        if use_gan:
-            pairs.append((pixel_values, reconstruction.detach()))
-        for name, value in losses.items():
-            sums[name] = sums.get(name, 0.0) + value.detach() / len(micro_batches)
+        return random_horizontal_flip(pixel_values, generator) if args.random_flip else pixel_values
 
-    if args.max_grad_norm is not None:
-        sums["grad_norm"] = accelerator.clip_grad_norm_(state.model.parameters(), args.max_grad_norm)
-    state.optimizer.step()
-    state.lr_scheduler.step()
-    state.optimizer.zero_grad(set_to_none=True)
-    state.ema.update(vae)
+    def losses(pixel_values: torch.Tensor, generator: torch.Generator, use_gan: bool) -> dict[str, torch.Tensor]:
+        return vae_losses(state, accelerator, pixel_values, generator, use_gan, args)
 
-    if use_gan:
-        accelerator.unwrap_model(state.discriminator).requires_grad_(True)
-        sums["discriminator_loss"] = discriminator_update(
-            accelerator,
-            state.discriminator,
-            state.discriminator_optimizer,
-            state.discriminator_lr_scheduler,
-            pairs,
-            args.max_grad_norm,
-        )
-    metrics = reduce_metrics(accelerator, sums)
-    metrics["lr"] = state.lr_scheduler.get_last_lr()[0]
-    return metrics
+    vae = accelerator.unwrap_model(state.model).vae
+    return autoencoder_train_step(accelerator, state, micro_batches, args, vae, images, losses)
 
 
 # ------------------------------------------------------------------------------------------------------------ saving
