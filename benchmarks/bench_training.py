@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.hardware import describe, matmul_tflops
 from training import train_generator, train_tokenizer
-from training.common import build_accelerator
+from training.training_utils import build_accelerator
 
 
 def counted_flops(step_function) -> int:

@@ -1,6 +1,8 @@
-"""Training scripts for TokenSet (both stages), launched with `accelerate launch training/<script>.py`.
+"""Training scripts of TokenSet and TokenBridge, launched with `accelerate launch training/<script>.py`.
 
-Shared code lives in `training.common` (configuration parsing, accelerator, EMA, checkpoints, summaries),
-`training.data` (datasets, augmentation, deterministic per-process batching) and `training.discriminator`
-(PatchGAN and its losses). See `training/README.md`.
+The scripts share one training loop, `training.training_utils.run_training` (accelerator, EMA, resume, unreadable
+samples, logging, evaluation, checkpoints, final save, model card, Hub upload, run summary); `training.config` holds
+the typed configuration (YAML presets + flags, `RunArguments`), `training.checkpointing` the atomic rotating
+checkpoints, `training.data` the datasets and deterministic per-process batching, `training.discriminator` and
+`training.image_losses` the autoencoders' GAN and image losses. See `training/README.md`.
 """

@@ -15,7 +15,7 @@ fatal: images are decoded here rather than by `datasets`, so the failure names t
 training batch its place is taken by a readable example drawn with a generator seeded by (seed, the unreadable
 index), so batches keep their size, no other example moves, and a resumed run skips exactly what an uninterrupted one
 skips; [`collate_examples`] passes the skipped names on to the training loop, which counts them per epoch, logs the
-first few, puts them in the run summary and stops past `max_bad_samples` ([`training.common.UnreadableSamples`]).
+first few, puts them in the run summary and stops past `max_bad_samples` ([`training.training_utils.UnreadableSamples`]).
 
 Token sets written by `training/pretokenize.py` are read by [`load_pretokenized`] / [`TokenSetExamples`].
 """
@@ -37,8 +37,8 @@ from datasets.distributed import split_dataset_by_node
 from PIL import Image
 
 from tokenset_diffusers.image_processing import preprocess_images
-
-from .common import UnreadableSamples, arg, check_choices, check_positive, derived_seed
+from training.config import arg, check_choices, check_positive
+from training.training_utils import UnreadableSamples, derived_seed
 
 
 logger = logging.getLogger(__name__)

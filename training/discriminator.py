@@ -1,4 +1,6 @@
-"""The adversarial part of tokenizer training: a PatchGAN discriminator, hinge losses and the VQGAN adaptive weight.
+"""The adversarial training of the two image autoencoders (`train_tokenizer.py`, `train_vae.py`): a PatchGAN
+discriminator, hinge losses, the VQGAN adaptive weight, and the optimiser step that updates the autoencoder and then the
+discriminator ([`autoencoder_train_step`]).
 
 The discriminator is the pix2pix/VQGAN PatchGAN (4x4 convolutions, stride 2 then 1, LeakyReLU 0.2), with GroupNorm
 instead of BatchNorm: its output does not depend on the other images of the batch or on the number of processes, and
@@ -6,13 +8,20 @@ it has no running statistics to keep in sync across processes.
 """
 
 import contextlib
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.common import build_lr_scheduler, build_optimizer
+from training.training_utils import (
+    TrainingState,
+    build_lr_scheduler,
+    build_optimizer,
+    reduce_metrics,
+    step_generator,
+)
 
 
 class PatchGANDiscriminator(nn.Module):
@@ -163,3 +172,84 @@ def discriminator_update(
     lr_scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return total
+
+
+@dataclass
+class AutoencoderTrainingState(TrainingState):
+    """The [`TrainingState`] of an image autoencoder and its GAN's and LPIPS' parts (prepared by accelerate where it
+    applies; None when off)."""
+
+    discriminator: Optional[nn.Module] = None
+    discriminator_optimizer: Optional[torch.optim.Optimizer] = None
+    discriminator_lr_scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None
+    perceptual: Optional[nn.Module] = None
+
+
+def autoencoder_train_step(
+    accelerator,
+    state: AutoencoderTrainingState,
+    micro_batches: list[dict],
+    args,
+    autoencoder: nn.Module,
+    images: Callable[[dict, torch.Generator], torch.Tensor],
+    losses: Callable[[torch.Tensor, torch.Generator, bool], dict[str, torch.Tensor]],
+    frozen_parameters: Iterable[nn.Parameter] = (),
+) -> dict[str, torch.Tensor | float]:
+    """One optimiser step of an image autoencoder, then (once the GAN is on) of the discriminator on the same images.
+
+    1. For every micro-batch: the step's generator ([`training.training_utils.step_generator`]), `images(batch,
+       generator)` (`(B, C, H, W)` on the device), `losses(images, generator, use_gan)` under autocast (a dict with
+       the scalar `loss` that is back-propagated, the `reconstruction` and other scalars to log); gradients are
+       synchronised on the last micro-batch.
+    2. The update: `frozen_parameters` lose their gradients, clipping at `args.max_grad_norm`, the optimiser and LR
+       schedule step, the EMA follows `autoencoder` (the unwrapped model).
+    3. From step `args.discriminator_start_step` on: the discriminator's update on (image, reconstruction) pairs.
+
+    Returns the metrics averaged over micro-batches and processes (0-d device tensors) and the learning rate `lr`.
+    """
+    step = state.progress.step
+    use_gan = state.discriminator is not None and step >= args.discriminator_start_step
+    if use_gan:
+        accelerator.unwrap_model(state.discriminator).requires_grad_(False)
+    state.model.train()
+
+    # 1. autoencoder: forward and backward on every micro-batch, gradients synchronised on the last
+    sums, pairs = {}, []
+    for index, batch in enumerate(micro_batches):
+        generator = step_generator(args.seed, accelerator.process_index, step, index, accelerator.device)
+        pixel_values = images(batch, generator)  # (B, C, H, W)
+        sync = index == len(micro_batches) - 1
+        with contextlib.nullcontext() if sync else accelerator.no_sync(state.model):
+            with accelerator.autocast():
+                values = losses(pixel_values, generator, use_gan)
+            accelerator.backward(values["loss"] / len(micro_batches))
+        reconstruction = values.pop("reconstruction")
+        if use_gan:
+            pairs.append((pixel_values, reconstruction.detach()))
+        for name, value in values.items():
+            sums[name] = sums.get(name, 0.0) + value.detach() / len(micro_batches)
+
+    # 2. autoencoder update (frozen parts keep no gradient, whatever DDP filled in), then the EMA
+    for parameter in frozen_parameters:
+        parameter.grad = None
+    if args.max_grad_norm is not None:
+        sums["grad_norm"] = accelerator.clip_grad_norm_(state.model.parameters(), args.max_grad_norm)
+    state.optimizer.step()
+    state.lr_scheduler.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    state.ema.update(autoencoder)
+
+    # 3. discriminator update on the same images
+    if use_gan:
+        accelerator.unwrap_model(state.discriminator).requires_grad_(True)
+        sums["discriminator_loss"] = discriminator_update(
+            accelerator,
+            state.discriminator,
+            state.discriminator_optimizer,
+            state.discriminator_lr_scheduler,
+            pairs,
+            args.max_grad_norm,
+        )
+    metrics = reduce_metrics(accelerator, sums)
+    metrics["lr"] = state.lr_scheduler.get_last_lr()[0]
+    return metrics

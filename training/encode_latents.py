@@ -1,4 +1,3 @@
-# ruff: noqa: E402
 """Cache the VAE posterior of every image and of its mirror image, for TokenBridge training (the original's cached
 mode, `main_cache.py`).
 
@@ -15,25 +14,19 @@ every split exists. `train_tokenbridge.py --latents_dir output_dir` trains on it
 
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
-
-
-if __package__ in (None, ""):  # run as a file: make the repository root importable instead of training/
-    script_dir = str(Path(__file__).resolve().parent)
-    sys.path = [path for path in sys.path if Path(path or ".").resolve() != Path(script_dir)]
-    sys.path.insert(0, str(Path(script_dir).parent))
 
 import torch
 from accelerate import Accelerator
 from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
-from training.common import arg, check_choices, check_positive, create_accelerator, parse_config, setup_logging
+from training.config import arg, check_choices, check_positive, parse_config
 from training.data import DataArguments, ImageExamples, class_names, load_split, num_classes_of
 from training.latents import LATENTS_INFO_NAME, shard_path, shard_rows, write_latents_info, write_shard
+from training.training_utils import create_accelerator, setup_logging
 
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,3 @@
-# ruff: noqa: E402
 """Turn scikit-learn's bundled handwritten digits into a small image dataset for quick TokenSet runs.
 
     python training/prepare_digits.py --output_dir data/digits [--image_size 16 --resample bilinear]
@@ -10,23 +9,15 @@ saved with `datasets.DatasetDict.save_to_disk`: splits `train` / `test`, columns
 (`ClassLabel` with names "0".."9"). `training/configs/digits_*.yaml` train on it.
 """
 
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, Optional
-
-
-if __package__ in (None, ""):  # run as a file: make the repository root importable instead of training/
-    script_dir = str(Path(__file__).resolve().parent)
-    sys.path = [path for path in sys.path if Path(path or ".").resolve() != Path(script_dir)]
-    sys.path.insert(0, str(Path(script_dir).parent))
 
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features
 from datasets import Image as ImageFeature
 from PIL import Image
 
-from training.common import arg, check_choices, check_positive, parse_config
+from training.config import arg, check_choices, check_positive, parse_config
 
 
 NUM_DIGITS = 1797

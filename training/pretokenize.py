@@ -1,4 +1,3 @@
-# ruff: noqa: E402
 """Tokenize a dataset once with a trained set tokenizer, for generator training.
 
     accelerate launch training/pretokenize.py --tokenizer_name_or_path outputs/tokenizer/image_tokenizer \
@@ -21,16 +20,9 @@ an error once a process has met more than `--max_bad_samples`.
 
 import logging
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
-
-
-if __package__ in (None, ""):  # run as a file: make the repository root importable instead of training/
-    script_dir = str(Path(__file__).resolve().parent)
-    sys.path = [path for path in sys.path if Path(path or ".").resolve() != Path(script_dir)]
-    sys.path.insert(0, str(Path(script_dir).parent))
 
 import numpy as np
 import pyarrow as pa
@@ -42,16 +34,7 @@ from datasets.distributed import split_dataset_by_node
 from tqdm.auto import tqdm
 
 from tokenset_diffusers.tokenset.modeling_tokenset_vqvae import TokenSetVQVAE
-from training.common import (
-    arg,
-    check_choices,
-    check_positive,
-    create_accelerator,
-    launch_command,
-    parse_config,
-    read_provenance,
-    setup_logging,
-)
+from training.config import arg, check_choices, check_positive, parse_config
 from training.data import (
     DataArguments,
     ImageExamples,
@@ -64,6 +47,7 @@ from training.data import (
     process_example,
     write_pretokenized_info,
 )
+from training.training_utils import create_accelerator, launch_command, read_provenance, setup_logging
 
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,3 @@
-# ruff: noqa: E402
 """Stage 2: train the FSDD generator (`TokenSetTransformer1DModel`) on the token sets of a trained set tokenizer.
 
     accelerate launch training/train_generator.py --config training/configs/digits_generator.yaml [--flag value ...]
@@ -18,74 +17,50 @@ One micro-batch, as the original's training step, with the noising owned by the 
 
 The loss is also logged per bucket of t. The EMA of the weights is saved to `output_dir/transformer`; given a tokenizer,
 `output_dir` also becomes a complete `TokenSetPipeline` folder (tokenizer, EMA transformer, scheduler, class names).
+
+The loop (resume, logging, checkpoints, unreadable images counted against `--max_bad_samples`, the final save, card
+and Hub upload) is `training.training_utils.run_training`'s; this file holds the generator's part
+([`GeneratorTraining`]).
 """
 
 import contextlib
 import json
-import logging
-import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-
-if __package__ in (None, ""):  # run as a file: make the repository root importable instead of training/
-    script_dir = str(Path(__file__).resolve().parent)
-    sys.path = [path for path in sys.path if Path(path or ".").resolve() != Path(script_dir)]
-    sys.path.insert(0, str(Path(script_dir).parent))
-
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 
-from tokenset_diffusers.model_cards import write_model_card
 from tokenset_diffusers.tokenset.modeling_tokenset_vqvae import TokenSetVQVAE
 from tokenset_diffusers.tokenset.scheduling_fsdd import FSDDScheduler
 from tokenset_diffusers.tokenset.set_ops import sample_fixed_sum_noise, tokens_to_counts
 from tokenset_diffusers.tokenset.transformer_tokenset import TokenSetTransformer1DModel
-from training.common import (
-    ExponentialMovingAverage,
-    MetricWindow,
-    PendingMetrics,
-    RunArguments,
-    TrainingProgress,
-    arg,
-    build_accelerator,
-    build_lr_scheduler,
-    build_optimizer,
-    check_choices,
-    check_positive,
-    config_path,
-    flat_config,
-    launch_command,
-    parameters_checksum,
-    parse_config,
-    push_folder_to_hub,
-    read_provenance,
-    record_launch,
-    reduce_metrics,
-    resume_if_requested,
-    save_checkpoint,
-    step_generator,
-    write_run_summary,
-)
+from training.config import RunArguments, arg, check_choices, check_positive, parse_config
 from training.data import (
     PRETOKENIZED_INFO_NAME,
     DataArguments,
     TokenSetExamples,
-    build_dataloader,
     build_train_examples,
     class_names,
     load_pretokenized,
     num_classes_of,
     random_horizontal_flip,
 )
-
-
-logger = logging.getLogger(__name__)
+from training.training_utils import (
+    ExponentialMovingAverage,
+    FinalOutput,
+    TrainingHooks,
+    TrainingProgress,
+    TrainingState,
+    build_lr_scheduler,
+    build_optimizer,
+    read_provenance,
+    reduce_metrics,
+    run_training,
+    step_generator,
+)
 
 
 @dataclass
@@ -153,11 +128,6 @@ class GeneratorTrainingArguments(RunArguments):
     train_batch_size: int = arg(32, "Token sets per process per micro-batch (the paper: 256 in total).")
     weight_decay: float = arg(0.01, "AdamW weight decay (the original leaves torch's default, 0.01).")
     ema_decay: float = arg(0.9999, "EMA decay of the saved weights.")
-    random_flip: bool = arg(
-        True,
-        "Train on the token sets of randomly mirrored images (the paper's augmentation); off for data, such as "
-        "digits, whose mirror images are not examples of their class.",
-    )
     class_embedding_init_std: Optional[float] = arg(
         None,
         "Initialise the class embedding table from N(0, std^2) instead of DiT's N(0, 0.02^2). adaLN-Zero starts "
@@ -185,12 +155,9 @@ class GeneratorData:
 
 
 @dataclass
-class GeneratorTrainingState:
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
-    ema: ExponentialMovingAverage
-    progress: TrainingProgress
+class GeneratorTrainingState(TrainingState):
+    """The generator's [`TrainingState`] and the FSDD scheduler that noises its data."""
+
     scheduler: FSDDScheduler
 
 
@@ -401,99 +368,7 @@ def bucket_metrics(bucket_sums: torch.Tensor) -> dict[str, float]:
     }
 
 
-def train(
-    accelerator: Accelerator,
-    state: GeneratorTrainingState,
-    data: GeneratorData,
-    batches,
-    model_args: GeneratorModelArguments,
-    args: GeneratorTrainingArguments,
-) -> tuple[list[dict], dict[str, float]]:
-    """Runs steps until `max_train_steps`, logging and checkpointing; returns the per-step metrics and the last
-    logged per-bucket losses."""
-    history, window, pending, last_buckets = [], MetricWindow(), PendingMetrics(), {}
-    window_buckets = torch.zeros(2, args.num_time_buckets, device=accelerator.device)
-    progress_bar = tqdm(
-        initial=state.progress.step, total=args.max_train_steps, disable=not accelerator.is_local_main_process
-    )
-    while state.progress.step < args.max_train_steps:
-        micro_batches = [next(batches) for _ in range(args.gradient_accumulation_steps)]
-        metrics, buckets = train_step(accelerator, state, data, micro_batches, model_args, args)
-        state.progress.step += 1
-        step = state.progress.step
-        pending.add(step, metrics)  # read back at the next logging step: no per-step host synchronisation
-        window_buckets += buckets
-        progress_bar.update(1)
-        last = step == args.max_train_steps
-        if step % args.logging_steps == 0 or last:
-            entries = pending.flush()
-            for entry in entries:
-                window.add(entry)
-            history.extend(entries)
-            progress_bar.set_postfix(loss=f"{entries[-1]['loss']:.4f}")
-            last_buckets = bucket_metrics(accelerator.reduce(window_buckets, reduction="sum"))
-            accelerator.log({**window.pop_means(), **last_buckets}, step=step)
-            window_buckets.zero_()
-        if step % args.logging_steps == 0 or step % args.checkpointing_steps == 0 or last:
-            state.progress.unreadable.sync(accelerator)  # counts, logs, and stops past `max_bad_samples`
-        if step % args.checkpointing_steps == 0 or last:
-            save_checkpoint(accelerator, args.output_dir, step, args.checkpoints_total_limit)
-    progress_bar.close()
-    return history, last_buckets
-
-
 # ------------------------------------------------------------------------------------------------------------ saving
-
-
-def save_final_outputs(
-    accelerator: Accelerator,
-    state: GeneratorTrainingState,
-    data: GeneratorData,
-    data_args: DataArguments,
-    model_args: GeneratorModelArguments,
-    args: GeneratorTrainingArguments,
-    metrics: dict[str, float],
-    argv: Optional[list[str]],
-    commands: list[str],
-) -> None:
-    """Saves the EMA transformer to `output_dir/transformer`; with a tokenizer, `output_dir` becomes a complete
-    `TokenSetPipeline` folder with a model card (pushed to the Hub if asked). The card lists every command line that
-    produced the weights (tokenizer training and pre-tokenization where recorded, then this run's launches)."""
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        from tokenset_diffusers.model_cards import pipeline_card_fields
-        from tokenset_diffusers.tokenset.pipeline_tokenset import TokenSetPipeline
-
-        output_dir = Path(args.output_dir)
-        transformer = state.ema.shadow
-        transformer.save_pretrained(output_dir / "transformer")
-        if model_args.tokenizer_name_or_path is not None:
-            pipeline = TokenSetPipeline(
-                image_tokenizer=data.tokenizer,
-                transformer=transformer,
-                scheduler=state.scheduler,
-                id2label=data.id2label,
-                default_guidance_scale=model_args.default_guidance_scale,
-            )
-            pipeline.save_pretrained(output_dir)
-            upstream = upstream_provenance(data_args, model_args)
-            write_model_card(
-                output_dir,
-                "trained_pipeline",
-                repo_id=args.hub_model_id or str(output_dir),
-                dataset=upstream["dataset"],
-                preset=config_path(argv) or "command line",
-                tokenizer_steps=upstream["tokenizer_steps"]
-                or f"not recorded (see {model_args.tokenizer_name_or_path})",
-                generator_steps=state.progress.step,
-                metrics=metrics,
-                training_commands=[*upstream["commands"], *commands],
-                **pipeline_card_fields(pipeline),
-            )
-        if args.push_to_hub:
-            folder = output_dir if model_args.tokenizer_name_or_path is not None else output_dir / "transformer"
-            push_folder_to_hub(str(folder), args.hub_model_id, args.hub_private_repo, "TokenSet generator")
-    accelerator.wait_for_everyone()
 
 
 def upstream_provenance(data_args: DataArguments, model_args: GeneratorModelArguments) -> dict:
@@ -514,55 +389,90 @@ def upstream_provenance(data_args: DataArguments, model_args: GeneratorModelArgu
     }
 
 
+class GeneratorTraining(TrainingHooks):
+    """What [`run_training`] needs from this script: the transformer and its FSDD loss, the token sets (or images and
+    the tokenizer), the loss per bucket of t, and `output_dir/transformer` (with a tokenizer: `output_dir` as a
+    `TokenSetPipeline` folder)."""
+
+    script = "training/train_generator.py"
+    argument_types = (DataArguments, GeneratorModelArguments, GeneratorTrainingArguments)
+    hub_commit_message = "TokenSet generator"
+
+    def __init__(
+        self, data_args: DataArguments, model_args: GeneratorModelArguments, args: GeneratorTrainingArguments
+    ):
+        super().__init__(data_args, model_args, args)
+        self.data = None
+        self.window_buckets = None  # (2, num_time_buckets): loss sums and counts of this process since the last log
+        self.last_buckets = {}  # the last logged `train/loss_t...` of every process together
+
+    def build(self, accelerator: Accelerator) -> GeneratorTrainingState:
+        self.data = build_data(accelerator, self.data_args, self.model_args, self.args)
+        self.state = build_training_state(accelerator, self.model_args, self.args, self.data)
+        self.window_buckets = torch.zeros(2, self.args.num_time_buckets, device=accelerator.device)
+        return self.state
+
+    def train_examples(self, accelerator: Accelerator):
+        return self.data.examples
+
+    def train_step(self, accelerator: Accelerator, micro_batches: list[dict]) -> dict:
+        metrics, buckets = train_step(accelerator, self.state, self.data, micro_batches, self.model_args, self.args)
+        self.window_buckets += buckets
+        return metrics
+
+    def logging_metrics(self, accelerator: Accelerator) -> dict[str, float]:
+        self.last_buckets = bucket_metrics(accelerator.reduce(self.window_buckets, reduction="sum"))
+        self.window_buckets.zero_()
+        return self.last_buckets
+
+    def save_final(self, accelerator: Accelerator, folder: Path, history: list[dict]) -> FinalOutput:
+        """The EMA transformer in `folder/transformer`; with a tokenizer, `folder` becomes a complete
+        `TokenSetPipeline` folder whose card lists every command line that produced the weights (tokenizer training
+        and pre-tokenization where recorded, then this run's launches)."""
+        from tokenset_diffusers.model_cards import pipeline_card_fields
+        from tokenset_diffusers.tokenset.pipeline_tokenset import TokenSetPipeline
+
+        model_args = self.model_args
+        transformer = self.state.ema.shadow
+        transformer.save_pretrained(folder / "transformer")
+        upstream = upstream_provenance(self.data_args, model_args)
+        if model_args.tokenizer_name_or_path is None:
+            return FinalOutput("transformer", dataset=upstream["dataset"])
+        pipeline = TokenSetPipeline(
+            image_tokenizer=self.data.tokenizer,
+            transformer=transformer,
+            scheduler=self.state.scheduler,
+            id2label=self.data.id2label,
+            default_guidance_scale=model_args.default_guidance_scale,
+        )
+        pipeline.save_pretrained(folder)
+        card_fields = {
+            "dataset": upstream["dataset"],
+            "tokenizer_steps": upstream["tokenizer_steps"]
+            or f"not recorded (see {model_args.tokenizer_name_or_path})",
+            "generator_steps": self.state.progress.step,
+            "metrics": {"loss": history[-1]["loss"], **self.last_buckets} if history else {},
+            **pipeline_card_fields(pipeline),
+        }
+        return FinalOutput(
+            "", "trained_pipeline", card_fields, dataset=upstream["dataset"], upstream_commands=upstream["commands"]
+        )
+
+    def summary(self, accelerator: Accelerator, history: list[dict]) -> dict:
+        return {
+            "time_bucket_losses": self.last_buckets,
+            "codebook_size": self.data.codebook_size,
+            "num_tokens": self.data.num_tokens,
+            "num_classes": self.data.num_classes,
+        }
+
+
 def parse_args(argv: Optional[list[str]] = None):
-    return parse_config((DataArguments, GeneratorModelArguments, GeneratorTrainingArguments), argv)
+    return parse_config(GeneratorTraining.argument_types, argv)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    data_args, model_args, args = parse_args(argv)
-    accelerator = build_accelerator(args)
-    set_seed(args.seed)
-    data = build_data(accelerator, data_args, model_args, args)
-    state = build_training_state(accelerator, model_args, args, data)
-    state.progress.unreadable.max_bad_samples = data_args.max_bad_samples
-    resume_if_requested(accelerator, args, state.progress)
-    start_step = state.progress.step
-    command = launch_command("training/train_generator.py", argv)
-    commands = record_launch(accelerator, args.output_dir, command, resumed=start_step > 0)
-    batches = build_dataloader(
-        data.examples,
-        args.train_batch_size,
-        accelerator,
-        args.seed,
-        start_step * args.gradient_accumulation_steps,
-        data_args,
-        state.progress.unreadable,
-    )
-    accelerator.init_trackers(
-        args.tracker_project_name or "train_generator", config=flat_config(data_args, model_args, args)
-    )
-
-    history, bucket_losses = train(accelerator, state, data, batches, model_args, args)
-    final_metrics = {"loss": history[-1]["loss"], **bucket_losses} if history else {}
-    save_final_outputs(accelerator, state, data, data_args, model_args, args, final_metrics, argv, commands)
-    write_run_summary(
-        accelerator,
-        args.output_dir,
-        {
-            "start_step": start_step,
-            "final_step": state.progress.step,
-            "history": history,
-            "unreadable_samples": state.progress.unreadable.summary(),
-            "time_bucket_losses": bucket_losses,
-            "codebook_size": data.codebook_size,
-            "num_tokens": data.num_tokens,
-            "num_classes": data.num_classes,
-            "model_checksum": parameters_checksum(accelerator.unwrap_model(state.model)),
-            "ema_checksum": parameters_checksum(state.ema.shadow),
-            "all_finite": all(math.isfinite(value) for entry in history for value in entry.values()),
-        },
-    )
-    accelerator.end_training()
+def main(argv: Optional[list[str]] = None) -> GeneratorTraining:
+    return run_training(GeneratorTraining, argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,3 @@
-# ruff: noqa: E402
 """Train TokenBridge's generator (`TokenBridgeTransformer2DModel`) on a frozen continuous VAE.
 
     accelerate launch training/train_tokenbridge.py --config training/configs/digits_tokenbridge.yaml [--flag value ...]
@@ -15,69 +14,49 @@ repeats an uninterrupted one step for step.
 
 Output: `output_dir/transformer` (EMA weights) and `output_dir` as a complete `TokenBridgePipeline` folder (the VAE,
 the EMA transformer, a `MaskedARScheduler`, the class names, the sampling defaults) with a model card.
+
+The loop (resume, logging, checkpoints, unreadable images counted against `--max_bad_samples`, the final save, card
+and Hub upload) is `training.training_utils.run_training`'s; this file holds TokenBridge's part
+([`TokenBridgeTraining`]).
 """
 
-import math
-import sys
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-
-if __package__ in (None, ""):  # run as a file: make the repository root importable instead of training/
-    script_dir = str(Path(__file__).resolve().parent)
-    sys.path = [path for path in sys.path if Path(path or ".").resolve() != Path(script_dir)]
-    sys.path.insert(0, str(Path(script_dir).parent))
-
-import contextlib
-
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
 from diffusers import AutoencoderKL
-from tqdm.auto import tqdm
 
-from tokenset_diffusers.model_cards import write_model_card
 from tokenset_diffusers.tokenbridge.pipeline_tokenbridge import TokenBridgePipeline
 from tokenset_diffusers.tokenbridge.scheduling_masked_ar import MaskedARScheduler
 from tokenset_diffusers.tokenbridge.transformer_tokenbridge import (
     RELEASED_CHANNEL_ORDER,
     TokenBridgeTransformer2DModel,
 )
-from training.common import (
-    ExponentialMovingAverage,
-    MetricWindow,
-    PendingMetrics,
-    RunArguments,
-    TrainingProgress,
-    arg,
-    build_accelerator,
-    build_lr_scheduler,
-    build_optimizer,
-    check_choices,
-    check_positive,
-    config_path,
-    derived_seed,
-    flat_config,
-    launch_command,
-    parameters_checksum,
-    parse_config,
-    push_folder_to_hub,
-    reduce_metrics,
-    resume_if_requested,
-    save_checkpoint,
-    step_generator,
-    write_run_summary,
-)
+from training.config import RunArguments, arg, check_choices, check_positive, parse_config
 from training.data import (
     DataArguments,
-    build_dataloader,
     build_train_examples,
     class_names,
     num_classes_of,
     random_horizontal_flip,
 )
 from training.latents import LatentExamples, sample_latents
+from training.training_utils import (
+    ExponentialMovingAverage,
+    FinalOutput,
+    TrainingHooks,
+    TrainingProgress,
+    TrainingState,
+    build_lr_scheduler,
+    build_optimizer,
+    derived_seed,
+    reduce_metrics,
+    run_training,
+    step_generator,
+)
 
 
 @dataclass
@@ -181,9 +160,6 @@ class TokenBridgeTrainingArguments(RunArguments):
     max_grad_norm: Optional[float] = arg(3.0, "Gradient clipping norm.")
     ema_decay: float = arg(0.9999, "EMA decay of the saved weights.")
     checkpointing_steps: int = arg(5_000, "Save a resumable checkpoint every this many steps.")
-    random_flip: bool = arg(
-        True, "Train on randomly mirrored images (off for data such as digits whose mirror images are not examples)."
-    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -203,12 +179,9 @@ class TokenBridgeData:
 
 
 @dataclass
-class TokenBridgeTrainingState:
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
-    ema: ExponentialMovingAverage
-    progress: TrainingProgress
+class TokenBridgeTrainingState(TrainingState):
+    """TokenBridge's [`TrainingState`] and the masked-AR scheduler that draws its training masks."""
+
     scheduler: MaskedARScheduler
 
 
@@ -380,137 +353,77 @@ def train_step(
     return metrics
 
 
-def train(
-    accelerator: Accelerator,
-    state: TokenBridgeTrainingState,
-    data: TokenBridgeData,
-    batches,
-    model_args: TokenBridgeModelArguments,
-    args: TokenBridgeTrainingArguments,
-) -> list[dict]:
-    """Runs steps until `max_train_steps`, logging and checkpointing; returns the per-step metrics."""
-    history, window, pending = [], MetricWindow(), PendingMetrics()
-    progress_bar = tqdm(
-        initial=state.progress.step, total=args.max_train_steps, disable=not accelerator.is_local_main_process
-    )
-    while state.progress.step < args.max_train_steps:
-        micro_batches = [next(batches) for _ in range(args.gradient_accumulation_steps)]
-        metrics = train_step(accelerator, state, data, micro_batches, model_args, args)
-        state.progress.step += 1
-        step = state.progress.step
-        pending.add(step, metrics)  # read back at the next logging step: no per-step host synchronisation
-        progress_bar.update(1)
-        last = step == args.max_train_steps
-        if step % args.logging_steps == 0 or last:
-            entries = pending.flush()
-            for entry in entries:
-                window.add(entry)
-            history.extend(entries)
-            progress_bar.set_postfix(loss=f"{entries[-1]['loss']:.4f}")
-            accelerator.log(window.pop_means(), step=step)
-        if step % args.checkpointing_steps == 0 or last:
-            save_checkpoint(accelerator, args.output_dir, step, args.checkpoints_total_limit)
-    progress_bar.close()
-    return history
+class TokenBridgeTraining(TrainingHooks):
+    """What [`run_training`] needs from this script: the transformer and its masked loss, the latents (cached or
+    encoded on the fly) and `output_dir` as a `TokenBridgePipeline` folder."""
 
+    script = "training/train_tokenbridge.py"
+    argument_types = (DataArguments, TokenBridgeModelArguments, TokenBridgeTrainingArguments)
+    hub_commit_message = "TokenBridge pipeline"
 
-# ------------------------------------------------------------------------------------------------------------ saving
+    def __init__(
+        self, data_args: DataArguments, model_args: TokenBridgeModelArguments, args: TokenBridgeTrainingArguments
+    ):
+        super().__init__(data_args, model_args, args)
+        self.data = None
 
+    def build(self, accelerator: Accelerator) -> TokenBridgeTrainingState:
+        self.data = build_data(accelerator, self.data_args, self.model_args, self.args.seed)
+        self.state = build_training_state(accelerator, self.model_args, self.args, self.data)
+        return self.state
 
-def save_final_outputs(
-    accelerator: Accelerator,
-    state: TokenBridgeTrainingState,
-    data: TokenBridgeData,
-    data_args: DataArguments,
-    model_args: TokenBridgeModelArguments,
-    args: TokenBridgeTrainingArguments,
-    history: list[dict],
-    argv: Optional[list[str]],
-) -> None:
-    """Saves the EMA transformer to `output_dir/transformer` and makes `output_dir` a `TokenBridgePipeline` folder
-    with a model card (pushed to the Hub if asked)."""
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        output_dir = Path(args.output_dir)
-        transformer = state.ema.shadow
+    def train_examples(self, accelerator: Accelerator):
+        return self.data.examples
+
+    def train_step(self, accelerator: Accelerator, micro_batches: list[dict]) -> dict:
+        return train_step(accelerator, self.state, self.data, micro_batches, self.model_args, self.args)
+
+    def save_final(self, accelerator: Accelerator, folder: Path, history: list[dict]) -> FinalOutput:
+        """`folder` as a `TokenBridgePipeline` folder: the VAE, the EMA transformer, the scheduler, the class names
+        and the sampling defaults."""
+        data, model_args = self.data, self.model_args
         pipeline = TokenBridgePipeline(
-            transformer=transformer,
+            transformer=self.state.ema.shadow,
             vae=data.vae,
-            scheduler=state.scheduler,
+            scheduler=self.state.scheduler,
             id2label=data.id2label,
             default_num_inference_steps=model_args.default_num_inference_steps,
             default_guidance_scale=model_args.default_guidance_scale,
             default_temperature=model_args.default_temperature,
         )
-        pipeline.save_pretrained(output_dir)
-        final = {"loss": history[-1]["loss"]} if history else {}
+        pipeline.save_pretrained(folder)
         names = [data.id2label[i] for i in sorted(data.id2label)] if data.id2label else None
-        write_model_card(
-            output_dir,
-            "tokenbridge_trained_pipeline",
-            repo_id=args.hub_model_id or str(output_dir),
-            dataset=data_args.dataset_name or model_args.latents_dir,
-            preset=config_path(argv) or "command line",
-            training_steps=state.progress.step,
-            metrics=final,
-            image_size=data.vae.config.sample_size,
-            sample_size=data.sample_size,
-            latent_channels=data.vae.config.latent_channels,
-            num_classes=data.num_classes,
-            class_names=names,
-            example_class_label=names[0] if names else 0,
-            num_inference_steps=model_args.default_num_inference_steps,
-            guidance_scale=model_args.default_guidance_scale,
-            temperature=model_args.default_temperature,
-            training_commands=[launch_command("training/train_tokenbridge.py", argv)],
-        )
-        if args.push_to_hub:
-            push_folder_to_hub(str(output_dir), args.hub_model_id, args.hub_private_repo, "TokenBridge pipeline")
-    accelerator.wait_for_everyone()
+        dataset = self.data_args.dataset_name or model_args.latents_dir
+        card_fields = {
+            "dataset": dataset,
+            "training_steps": self.state.progress.step,
+            "metrics": {"loss": history[-1]["loss"]} if history else {},
+            "image_size": data.vae.config.sample_size,
+            "sample_size": data.sample_size,
+            "latent_channels": data.vae.config.latent_channels,
+            "num_classes": data.num_classes,
+            "class_names": names,
+            "example_class_label": names[0] if names else 0,
+            "num_inference_steps": model_args.default_num_inference_steps,
+            "guidance_scale": model_args.default_guidance_scale,
+            "temperature": model_args.default_temperature,
+        }
+        return FinalOutput("", "tokenbridge_trained_pipeline", card_fields, dataset=dataset)
+
+    def summary(self, accelerator: Accelerator, history: list[dict]) -> dict:
+        return {
+            "learning_rate": effective_learning_rate(self.args, accelerator.num_processes),
+            "sample_size": self.data.sample_size,
+            "num_classes": self.data.num_classes,
+        }
 
 
 def parse_args(argv: Optional[list[str]] = None):
-    return parse_config((DataArguments, TokenBridgeModelArguments, TokenBridgeTrainingArguments), argv)
+    return parse_config(TokenBridgeTraining.argument_types, argv)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    data_args, model_args, args = parse_args(argv)
-    accelerator = build_accelerator(args)
-    set_seed(args.seed)  # the same initial weights on every process
-    data = build_data(accelerator, data_args, model_args, args.seed)
-    state = build_training_state(accelerator, model_args, args, data)
-    resume_if_requested(accelerator, args, state.progress)
-    start_step = state.progress.step
-    batches = build_dataloader(
-        data.examples,
-        args.train_batch_size,
-        accelerator,
-        args.seed,
-        start_step * args.gradient_accumulation_steps,
-        data_args,
-    )
-    accelerator.init_trackers(
-        args.tracker_project_name or "train_tokenbridge", config=flat_config(data_args, model_args, args)
-    )
-
-    history = train(accelerator, state, data, batches, model_args, args)
-    save_final_outputs(accelerator, state, data, data_args, model_args, args, history, argv)
-    write_run_summary(
-        accelerator,
-        args.output_dir,
-        {
-            "start_step": start_step,
-            "final_step": state.progress.step,
-            "history": history,
-            "learning_rate": effective_learning_rate(args, accelerator.num_processes),
-            "sample_size": data.sample_size,
-            "num_classes": data.num_classes,
-            "model_checksum": parameters_checksum(accelerator.unwrap_model(state.model)),
-            "ema_checksum": parameters_checksum(state.ema.shadow),
-            "all_finite": all(math.isfinite(value) for entry in history for value in entry.values()),
-        },
-    )
-    accelerator.end_training()
+def main(argv: Optional[list[str]] = None) -> TokenBridgeTraining:
+    return run_training(TokenBridgeTraining, argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,3 @@
-# ruff: noqa: E402
 """Stage 1: train the TokenSet set tokenizer (`TokenSetVQVAE`) from scratch.
 
     accelerate launch training/train_tokenizer.py --config training/configs/digits_tokenizer.yaml [--flag value ...]
@@ -10,69 +9,46 @@ PatchGAN discriminator, which is trained alongside with the hinge loss. From `de
 the codebook and the latent tokens are frozen and only the decoder trains (the paper's final phase). AdamW with
 warm-up + cosine decay, gradient clipping, and an EMA of the weights, which is what gets evaluated (PSNR / L1 on
 `eval_split`) and saved: `output_dir/image_tokenizer` (`TokenSetVQVAE.from_pretrained`).
+
+The loop (resume, logging, evaluation every `eval_steps`, checkpoints, unreadable images counted against
+`--max_bad_samples`, the final save, card and Hub upload) is `training.training_utils.run_training`'s; this file holds
+the tokenizer's part ([`TokenizerTraining`]).
 """
 
-import contextlib
-import logging
-import math
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-
-if __package__ in (None, ""):  # run as a file: make the repository root importable instead of training/
-    script_dir = str(Path(__file__).resolve().parent)
-    sys.path = [path for path in sys.path if Path(path or ".").resolve() != Path(script_dir)]
-    sys.path.insert(0, str(Path(script_dir).parent))
-
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 
-from tokenset_diffusers.model_cards import write_model_card
 from tokenset_diffusers.tokenset.configuration_tokenset_vqvae import TokenSetVQVAEConfig
 from tokenset_diffusers.tokenset.modeling_tokenset_vqvae import TokenSetVQVAE
-from training.common import (
+from training.checkpointing import parameters_checksum
+from training.config import AutoencoderTrainingArguments, arg, check_positive, parse_config
+from training.data import DataArguments, build_eval_dataloader, build_train_examples, random_horizontal_flip
+from training.discriminator import (
+    AutoencoderTrainingState,
+    adversarial_loss,
+    autoencoder_train_step,
+    prepare_discriminator,
+)
+from training.image_losses import (
+    build_perceptual_loss,
+    describe_reconstruction_metrics,
+    evaluate_reconstruction,
+    reconstruction_nll,
+)
+from training.training_utils import (
     ExponentialMovingAverage,
-    MetricWindow,
-    PendingMetrics,
-    RunArguments,
+    FinalOutput,
+    TrainingHooks,
     TrainingProgress,
-    arg,
-    build_accelerator,
     build_lr_scheduler,
     build_optimizer,
-    check_choices,
-    check_positive,
-    config_path,
-    flat_config,
-    launch_command,
-    parameters_checksum,
-    parse_config,
-    push_folder_to_hub,
-    record_launch,
-    reduce_metrics,
-    resume_if_requested,
-    save_checkpoint,
-    step_generator,
-    write_provenance,
-    write_run_summary,
+    run_training,
 )
-from training.data import (
-    DataArguments,
-    build_dataloader,
-    build_eval_dataloader,
-    build_train_examples,
-    random_horizontal_flip,
-)
-from training.discriminator import adversarial_loss, discriminator_update, prepare_discriminator
-from training.image_losses import build_perceptual_loss, reconstruction_metrics, reconstruction_nll
-
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -103,7 +79,7 @@ class TokenizerModelArguments:
 
 
 @dataclass
-class TokenizerTrainingArguments(RunArguments):
+class TokenizerTrainingArguments(AutoencoderTrainingArguments):
     """Run and loss settings; the defaults are the paper's ImageNet recipe (TiTok's)."""
 
     output_dir: str = arg("outputs/tokenizer", "Folder for checkpoints, logs and `image_tokenizer/`.")
@@ -115,18 +91,12 @@ class TokenizerTrainingArguments(RunArguments):
     max_grad_norm: Optional[float] = arg(1.0, "Gradient clipping norm; None disables clipping.")
     ema_decay: float = arg(0.999, "EMA decay of the saved weights.")
     checkpointing_steps: int = arg(10_000, "Save a resumable checkpoint every this many steps.")
-    reconstruction_loss: Literal["l1", "l2"] = arg("l2", "Pixel reconstruction loss.")
-    reconstruction_weight: float = arg(1.0, "Weight of the reconstruction loss.")
-    perceptual_weight: float = arg(0.0, "Weight of the LPIPS loss; > 0 needs the `lpips` package and its weights.")
+    reconstruction_loss: Literal["l1", "l2"] = arg("l2", "Pixel reconstruction loss (mean over pixels).")
     codebook_weight: float = arg(1.0, "Weight of the codebook loss.")
     commitment_weight: float = arg(0.25, "Weight of the commitment loss.")
     shuffle_tokens: bool = arg(True, "Permute the latent tokens before the decoder, as in the paper's training.")
     discriminator_start_step: Optional[int] = arg(20_000, "Step at which the GAN loss starts; None: no GAN.")
     discriminator_weight: float = arg(0.1, "Weight of the adaptively scaled GAN loss.")
-    discriminator_learning_rate: Optional[float] = arg(None, "Discriminator learning rate (default: learning_rate).")
-    discriminator_base_channels: int = arg(64, "Channels of the discriminator's first layer.")
-    discriminator_num_layers: int = arg(3, "Stride-2 layers of the PatchGAN discriminator.")
-    discriminator_norm_num_groups: int = arg(32, "GroupNorm groups of the discriminator.")
     decoder_only_start_step: Optional[int] = arg(500_000, "Step from which only the decoder trains; None: never.")
     bootstrap_steps: int = arg(
         0,
@@ -136,21 +106,13 @@ class TokenizerTrainingArguments(RunArguments):
         "signal (the role TiTok's proxy codes play). 0: off.",
     )
     bootstrap_weight: float = arg(1.0, "Weight of the bootstrap readout loss.")
-    eval_steps: int = arg(10_000, "Evaluate PSNR / L1 of the EMA model on `eval_split` every this many steps.")
-    eval_batch_size: int = arg(32, "Images per process per evaluation batch.")
 
     def __post_init__(self):
         super().__post_init__()
-        check_choices(self)
-        check_positive(self, "eval_steps", "eval_batch_size", "discriminator_learning_rate")
         check_positive(
             self,
-            "reconstruction_weight",
-            "perceptual_weight",
             "codebook_weight",
             "commitment_weight",
-            "discriminator_weight",
-            "discriminator_start_step",
             "decoder_only_start_step",
             "bootstrap_steps",
             "bootstrap_weight",
@@ -159,18 +121,9 @@ class TokenizerTrainingArguments(RunArguments):
 
 
 @dataclass
-class TokenizerTrainingState:
-    """Everything a training step touches (prepared by accelerate where it applies)."""
+class TokenizerTrainingState(AutoencoderTrainingState):
+    """The autoencoder's state and the bootstrap readout (prepared; None when off)."""
 
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
-    ema: ExponentialMovingAverage
-    progress: TrainingProgress
-    discriminator: Optional[torch.nn.Module] = None
-    discriminator_optimizer: Optional[torch.optim.Optimizer] = None
-    discriminator_lr_scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None
-    perceptual: Optional[torch.nn.Module] = None
     readout: Optional[torch.nn.Module] = None
 
 
@@ -256,236 +209,101 @@ def tokenizer_losses(
     return losses
 
 
-def discriminator_step(
-    accelerator: Accelerator, state: TokenizerTrainingState, pairs: list, args: TokenizerTrainingArguments
-) -> torch.Tensor:
-    """One optimiser step of the discriminator on (real, reconstructed) micro-batches; returns the mean hinge loss."""
-    return discriminator_update(
-        accelerator,
-        state.discriminator,
-        state.discriminator_optimizer,
-        state.discriminator_lr_scheduler,
-        pairs,
-        args.max_grad_norm,
-    )
-
-
 def train_step(
     accelerator: Accelerator,
     state: TokenizerTrainingState,
     micro_batches: list[dict],
     args: TokenizerTrainingArguments,
 ) -> dict[str, float]:
-    """One optimiser step of the tokenizer (and of the discriminator once the GAN is on); returns the metrics averaged
-    over micro-batches and processes."""
+    """One optimiser step of the tokenizer (and of the discriminator once the GAN is on,
+    [`training.discriminator.autoencoder_train_step`]); from `decoder_only_start_step` on, the encoder and the
+    codebook stay frozen. Returns the metrics averaged over micro-batches and processes."""
     step = state.progress.step
     model = accelerator.unwrap_model(state.model)
-    use_gan = state.discriminator is not None and step >= args.discriminator_start_step
     decoder_only = args.decoder_only_start_step is not None and step >= args.decoder_only_start_step
     use_bootstrap = state.readout is not None and step < args.bootstrap_steps
     set_decoder_only(model, decoder_only)
-    if use_gan:
-        accelerator.unwrap_model(state.discriminator).requires_grad_(False)
-    state.model.train()
 
-    # 1. tokenizer: forward and backward on every micro-batch, gradients synchronised on the last
-    sums, pairs = {}, []
-    for index, batch in enumerate(micro_batches):
-        generator = step_generator(args.seed, accelerator.process_index, step, index, accelerator.device)
-        pixel_values = random_horizontal_flip(batch["pixel_values"].to(accelerator.device), generator)  # (B, 3, H, W)
-        sync = index == len(micro_batches) - 1
-        with contextlib.nullcontext() if sync else accelerator.no_sync(state.model):
-            with accelerator.autocast():
-                losses = tokenizer_losses(state, accelerator, pixel_values, generator, use_gan, args, use_bootstrap)
-            accelerator.backward(losses["loss"] / len(micro_batches))
-        reconstruction = losses.pop("reconstruction")
-        if use_gan:
-            pairs.append((pixel_values, reconstruction.detach()))
-        for name, value in losses.items():
-            sums[name] = sums.get(name, 0.0) + value.detach() / len(micro_batches)
-
-    # 2. tokenizer update (frozen parts keep no gradient, whatever DDP filled in), then the EMA
-    if decoder_only:
-        for parameter in [*model.encoder.parameters(), *model.quantizer.parameters()]:
-            parameter.grad = None
-    if args.max_grad_norm is not None:
-        sums["grad_norm"] = accelerator.clip_grad_norm_(state.model.parameters(), args.max_grad_norm)
-    state.optimizer.step()
-    state.lr_scheduler.step()
-    state.optimizer.zero_grad(set_to_none=True)
-    state.ema.update(model)
-
-    # 3. discriminator update on the same images
-    if use_gan:
-        accelerator.unwrap_model(state.discriminator).requires_grad_(True)
-        sums["discriminator_loss"] = discriminator_step(accelerator, state, pairs, args)
-    metrics = reduce_metrics(accelerator, sums)
-    metrics["lr"] = state.lr_scheduler.get_last_lr()[0]
-    return metrics
-
-
-@torch.no_grad()
-def evaluate(accelerator: Accelerator, model: TokenSetVQVAE, eval_dataloader) -> dict[str, float]:
-    """PSNR and L1 (on the [0, 1] scale) of `decode(encode(image))` over the held-out images of every process."""
-    totals = torch.zeros(3, device=accelerator.device)  # psnr sum, l1 sum, image count
-    skipped = []
-    for batch in eval_dataloader:
-        skipped += batch.pop("skipped")
-        if "pixel_values" not in batch:  # every image of the batch was unreadable
-            continue
+    def images(batch: dict, generator: torch.Generator) -> torch.Tensor:
         pixel_values = batch["pixel_values"].to(accelerator.device)  # (B, 3, H, W)
-        with accelerator.autocast():
-            reconstruction = model.decode(model.encode(pixel_values).token_ids)  # (B, 3, H, W)
-        psnr, l1 = reconstruction_metrics(reconstruction, pixel_values)
-        totals += torch.stack([psnr.sum(), l1.sum(), torch.tensor(float(len(psnr)), device=psnr.device)])
-    totals = accelerator.reduce(totals, reduction="sum")
-    count = max(totals[2].item(), 1.0)
-    if skipped:
-        logger.warning("Evaluation skipped %d unreadable images: %s", len(skipped), skipped[:10])
-    return {"eval/psnr": totals[0].item() / count, "eval/l1": totals[1].item() / count}
+        flipped = random_horizontal_flip(pixel_values, generator)  # drawn even when unused: the same random stream
+        return flipped if args.random_flip else pixel_values
+
+    def losses(pixel_values: torch.Tensor, generator: torch.Generator, use_gan: bool) -> dict[str, torch.Tensor]:
+        return tokenizer_losses(state, accelerator, pixel_values, generator, use_gan, args, use_bootstrap)
+
+    frozen = [*model.encoder.parameters(), *model.quantizer.parameters()] if decoder_only else []
+    return autoencoder_train_step(accelerator, state, micro_batches, args, model, images, losses, frozen)
 
 
-def train(
-    accelerator: Accelerator,
-    state: TokenizerTrainingState,
-    batches,
-    eval_dataloader,
-    args: TokenizerTrainingArguments,
-) -> list[dict]:
-    """Runs steps until `max_train_steps`, logging, evaluating and checkpointing; returns the per-step metrics."""
-    history, window, pending = [], MetricWindow(), PendingMetrics()
-    last_eval = None  # the latest evaluation, shown on the progress bar beside the loss
-    progress_bar = tqdm(
-        initial=state.progress.step, total=args.max_train_steps, disable=not accelerator.is_local_main_process
-    )
-    while state.progress.step < args.max_train_steps:
-        micro_batches = [next(batches) for _ in range(args.gradient_accumulation_steps)]
-        metrics = train_step(accelerator, state, micro_batches, args)
-        state.progress.step += 1
-        step = state.progress.step
-        progress_bar.update(1)
-        last = step == args.max_train_steps
-        evaluating = eval_dataloader is not None and (step % args.eval_steps == 0 or last)
-        if evaluating:
-            eval_metrics = evaluate(accelerator, state.ema.shadow, eval_dataloader)
-            metrics.update(eval_metrics)
-            if accelerator.is_local_main_process:  # on the console too, not only in the tracker
-                tqdm.write(
-                    f"step {step}: evaluation of the EMA model: PSNR {eval_metrics['eval/psnr']:.2f} dB, "
-                    f"L1 {eval_metrics['eval/l1']:.4f}"
-                )
-        pending.add(step, metrics)  # read back at the next logging step: no per-step host synchronisation
-        if step % args.logging_steps == 0 or last or evaluating:
-            entries = pending.flush()
-            for entry in entries:
-                window.add({name: value for name, value in entry.items() if not name.startswith("eval/")})
-            history.extend(entries)
-            postfix = {"loss": f"{entries[-1]['loss']:.4f}"}
-            if last_eval is not None or evaluating:
-                last_eval = eval_metrics if evaluating else last_eval
-                postfix.update(psnr=f"{last_eval['eval/psnr']:.2f}", l1=f"{last_eval['eval/l1']:.4f}")
-            progress_bar.set_postfix(postfix)
-        if step % args.logging_steps == 0 or last:
-            accelerator.log(window.pop_means(), step=step)
-        if evaluating:
-            accelerator.log(eval_metrics, step=step)
-        if step % args.logging_steps == 0 or step % args.checkpointing_steps == 0 or last:
-            state.progress.unreadable.sync(accelerator)  # counts, logs, and stops past `max_bad_samples`
-        if step % args.checkpointing_steps == 0 or last:
-            save_checkpoint(accelerator, args.output_dir, step, args.checkpoints_total_limit)
-    progress_bar.close()
-    return history
+class TokenizerTraining(TrainingHooks):
+    """What [`run_training`] needs from this script: the tokenizer, its loss (and the GAN's), the images and the
+    evaluation of the EMA model, and `output_dir/image_tokenizer`."""
 
+    script = "training/train_tokenizer.py"
+    argument_types = (DataArguments, TokenizerModelArguments, TokenizerTrainingArguments)
+    hub_commit_message = "TokenSet set tokenizer"
 
-# ------------------------------------------------------------------------------------------------------------ saving
+    def find_unused_parameters(self) -> bool:
+        return self.args.decoder_only_start_step is not None  # the frozen encoder gets no gradient then
 
+    def build(self, accelerator: Accelerator) -> TokenizerTrainingState:
+        self.state = build_training_state(accelerator, self.model_args, self.args)
+        return self.state
 
-def save_final_model(
-    accelerator: Accelerator,
-    state: TokenizerTrainingState,
-    data_args: DataArguments,
-    args: TokenizerTrainingArguments,
-    history: list[dict],
-    argv: Optional[list[str]],
-    commands: list[str],
-) -> None:
-    """Saves the EMA tokenizer to `output_dir/image_tokenizer` with a model card and its provenance (every command
-    line of the run, resumes included, and the step count), and pushes it if asked."""
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        folder = Path(args.output_dir) / "image_tokenizer"
-        state.ema.shadow.save_pretrained(folder)
-        config = state.ema.shadow.config
-        final = history[-1] if history else {}
-        write_model_card(
-            folder,
-            "tokenizer",
-            source="trained",
-            repo_id=args.hub_model_id or str(folder),
-            image_size=config.image_size,
-            codebook_size=config.codebook_size,
-            num_tokens=config.num_tokens,
-            dataset=data_args.dataset_name,
-            training_steps=state.progress.step,
-            preset=config_path(argv),
-            metrics={name: value for name, value in final.items() if name != "step"} or None,
-            training_commands=commands,
+    def train_examples(self, accelerator: Accelerator):
+        image_size = self.model_args.image_size
+        return build_train_examples(self.data_args, image_size, accelerator, self.args.seed)[0]
+
+    def eval_dataloader(self, accelerator: Accelerator):
+        image_size, batch_size = self.model_args.image_size, self.args.eval_batch_size
+        return build_eval_dataloader(self.data_args, image_size, batch_size, accelerator)
+
+    def train_step(self, accelerator: Accelerator, micro_batches: list[dict]) -> dict:
+        return train_step(accelerator, self.state, micro_batches, self.args)
+
+    def evaluate(self, accelerator: Accelerator, eval_dataloader) -> dict[str, float]:
+        """PSNR and L1 of `decode(encode(image))` of the EMA model."""
+        model = self.state.ema.shadow
+        return evaluate_reconstruction(
+            accelerator, lambda images: model.decode(model.encode(images).token_ids), eval_dataloader
         )
-        write_provenance(folder, commands=commands, steps=state.progress.step, dataset=data_args.dataset_name)
-        if args.push_to_hub:
-            push_folder_to_hub(str(folder), args.hub_model_id, args.hub_private_repo, "TokenSet set tokenizer")
-    accelerator.wait_for_everyone()
 
+    def evaluation_message(self, metrics: dict[str, float]) -> str:
+        return describe_reconstruction_metrics(metrics)
 
-def main(argv: Optional[list[str]] = None) -> None:
-    data_args, model_args, args = parse_args(argv)
-    accelerator = build_accelerator(args, find_unused_parameters=args.decoder_only_start_step is not None)
-    set_seed(args.seed)
-    state = build_training_state(accelerator, model_args, args)
-    state.progress.unreadable.max_bad_samples = data_args.max_bad_samples
-    resume_if_requested(accelerator, args, state.progress)
-    start_step = state.progress.step
-    command = launch_command("training/train_tokenizer.py", argv)
-    commands = record_launch(accelerator, args.output_dir, command, resumed=start_step > 0)
-    examples, _ = build_train_examples(data_args, model_args.image_size, accelerator, args.seed)
-    batches = build_dataloader(
-        examples,
-        args.train_batch_size,
-        accelerator,
-        args.seed,
-        start_step * args.gradient_accumulation_steps,
-        data_args,
-        state.progress.unreadable,
-    )
-    eval_dataloader = build_eval_dataloader(data_args, model_args.image_size, args.eval_batch_size, accelerator)
-    config = flat_config(data_args, model_args, args)
-    accelerator.init_trackers(args.tracker_project_name or "train_tokenizer", config=config)
+    def save_final(self, accelerator: Accelerator, folder: Path, history: list[dict]) -> FinalOutput:
+        """The EMA tokenizer in `folder/image_tokenizer`."""
+        tokenizer = self.state.ema.shadow
+        tokenizer.save_pretrained(folder / "image_tokenizer")
+        config = tokenizer.config
+        final = history[-1] if history else {}
+        card_fields = {
+            "source": "trained",
+            "image_size": config.image_size,
+            "codebook_size": config.codebook_size,
+            "num_tokens": config.num_tokens,
+            "dataset": self.data_args.dataset_name,
+            "training_steps": self.state.progress.step,
+            "metrics": {name: value for name, value in final.items() if name != "step"} or None,
+        }
+        return FinalOutput("image_tokenizer", "tokenizer", card_fields, dataset=self.data_args.dataset_name)
 
-    history = train(accelerator, state, batches, eval_dataloader, args)
-    save_final_model(accelerator, state, data_args, args, history, argv, commands)
-    write_run_summary(
-        accelerator,
-        args.output_dir,
-        {
-            "start_step": start_step,
-            "final_step": state.progress.step,
-            "history": history,
-            "unreadable_samples": state.progress.unreadable.summary(),
-            "model_checksum": parameters_checksum(accelerator.unwrap_model(state.model)),
-            "ema_checksum": parameters_checksum(state.ema.shadow),
+    def summary(self, accelerator: Accelerator, history: list[dict]) -> dict:
+        discriminator = self.state.discriminator
+        return {
             "discriminator_checksum": (
-                parameters_checksum(accelerator.unwrap_model(state.discriminator))
-                if state.discriminator is not None
-                else None
+                parameters_checksum(accelerator.unwrap_model(discriminator)) if discriminator is not None else None
             ),
-            "all_finite": all(math.isfinite(value) for entry in history for value in entry.values()),
-        },
-    )
-    accelerator.end_training()
+        }
+
+
+def main(argv: Optional[list[str]] = None) -> TokenizerTraining:
+    return run_training(TokenizerTraining, argv)
 
 
 def parse_args(argv: Optional[list[str]] = None):
-    return parse_config((DataArguments, TokenizerModelArguments, TokenizerTrainingArguments), argv)
+    return parse_config(TokenizerTraining.argument_types, argv)
 
 
 if __name__ == "__main__":

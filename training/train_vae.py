@@ -1,4 +1,3 @@
-# ruff: noqa: E402
 """Train a continuous VAE (diffusers `AutoencoderKL`) from scratch, as TokenBridge's quantizer needs one.
 
     accelerate launch training/train_vae.py --config training/configs/digits_vae.yaml [--flag value ...]
@@ -16,63 +15,51 @@ warm-up + cosine (or constant) LR, gradient clipping, EMA of the weights; the EM
 `decode(mean)` on `eval_split`) and saved to `output_dir/vae` (`AutoencoderKL.from_pretrained`) with its
 `scaling_factor` set to 1 / std of posterior samples of the training images (LDM's convention) unless the config
 fixes it.
+
+The loop (resume, logging, evaluation every `eval_steps`, checkpoints, unreadable images counted against
+`--max_bad_samples`, the final save, card and Hub upload) is `training.training_utils.run_training`'s; this file holds
+the VAE's part ([`VAETraining`]).
 """
 
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-
-if __package__ in (None, ""):  # run as a file: make the repository root importable instead of training/
-    script_dir = str(Path(__file__).resolve().parent)
-    sys.path = [path for path in sys.path if Path(path or ".").resolve() != Path(script_dir)]
-    sys.path.insert(0, str(Path(script_dir).parent))
-
-import contextlib
-
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
 from diffusers import AutoencoderKL
-from tqdm.auto import tqdm
 
-from tokenset_diffusers.model_cards import write_model_card
-from training.common import (
-    ExponentialMovingAverage,
-    MetricWindow,
-    PendingMetrics,
-    RunArguments,
-    TrainingProgress,
-    arg,
-    build_accelerator,
-    build_lr_scheduler,
-    build_optimizer,
-    check_choices,
-    check_positive,
-    config_path,
-    derived_seed,
-    flat_config,
-    launch_command,
-    parameters_checksum,
-    parse_config,
-    push_folder_to_hub,
-    reduce_metrics,
-    resume_if_requested,
-    save_checkpoint,
-    step_generator,
-    write_run_summary,
-)
+from training.checkpointing import parameters_checksum
+from training.config import AutoencoderTrainingArguments, arg, check_positive, parse_config
 from training.data import (
     DataArguments,
-    build_dataloader,
     build_eval_dataloader,
     build_train_examples,
     random_horizontal_flip,
 )
-from training.discriminator import adversarial_loss, discriminator_update, prepare_discriminator
-from training.image_losses import build_perceptual_loss, reconstruction_metrics, reconstruction_nll
+from training.discriminator import (
+    AutoencoderTrainingState,
+    adversarial_loss,
+    autoencoder_train_step,
+    prepare_discriminator,
+)
+from training.image_losses import (
+    build_perceptual_loss,
+    describe_reconstruction_metrics,
+    evaluate_reconstruction,
+    reconstruction_nll,
+)
+from training.training_utils import (
+    ExponentialMovingAverage,
+    FinalOutput,
+    TrainingHooks,
+    TrainingProgress,
+    build_lr_scheduler,
+    build_optimizer,
+    derived_seed,
+    run_training,
+)
 
 
 @dataclass
@@ -128,7 +115,7 @@ class VAEModelArguments:
 
 
 @dataclass
-class VAETrainingArguments(RunArguments):
+class VAETrainingArguments(AutoencoderTrainingArguments):
     """Run and loss settings; the defaults follow LDM's KL autoencoder recipe (which MAR's KL-16 came from)."""
 
     output_dir: str = arg("outputs/vae", "Folder for checkpoints, logs and `vae/`.")
@@ -139,36 +126,18 @@ class VAETrainingArguments(RunArguments):
     adam_beta2: float = arg(0.9, "AdamW beta2 (LDM: 0.9).")
     ema_decay: float = arg(0.999, "EMA decay of the saved weights.")
     checkpointing_steps: int = arg(10_000, "Save a resumable checkpoint every this many steps.")
-    random_flip: bool = arg(True, "Flip training images left-right with probability 1/2.")
     reconstruction_loss: Literal["l1", "l2"] = arg("l1", "Pixel reconstruction loss (mean over pixels).")
-    reconstruction_weight: float = arg(1.0, "Weight of the reconstruction loss.")
     kl_weight: float = arg(
         1e-6, "Weight of KL(posterior || N(0, I)), averaged over latent elements (see training/README.md for LDM's)."
     )
-    perceptual_weight: float = arg(0.0, "Weight of the LPIPS loss; > 0 needs the `lpips` package and its weights.")
     discriminator_start_step: Optional[int] = arg(50_001, "Step at which the GAN loss starts; None: no GAN.")
     discriminator_weight: float = arg(0.5, "Weight of the adaptively scaled GAN loss.")
-    discriminator_learning_rate: Optional[float] = arg(None, "Discriminator learning rate (default: learning_rate).")
-    discriminator_base_channels: int = arg(64, "Channels of the discriminator's first layer.")
-    discriminator_num_layers: int = arg(3, "Stride-2 layers of the PatchGAN discriminator.")
-    discriminator_norm_num_groups: int = arg(32, "GroupNorm groups of the discriminator.")
-    eval_steps: int = arg(10_000, "Evaluate PSNR / L1 of the EMA model on `eval_split` every this many steps.")
-    eval_batch_size: int = arg(32, "Images per process per evaluation batch.")
     scaling_factor_samples: int = arg(1024, "Training images whose posterior samples set `scaling_factor`.")
 
     def __post_init__(self):
         super().__post_init__()
-        check_choices(self)
-        check_positive(self, "eval_steps", "eval_batch_size", "discriminator_learning_rate", "scaling_factor_samples")
-        check_positive(
-            self,
-            "reconstruction_weight",
-            "kl_weight",
-            "perceptual_weight",
-            "discriminator_weight",
-            "discriminator_start_step",
-            allow_zero=True,
-        )
+        check_positive(self, "scaling_factor_samples")
+        check_positive(self, "kl_weight", allow_zero=True)
 
 
 class VAEWithPosterior(torch.nn.Module):
@@ -189,18 +158,8 @@ class VAEWithPosterior(torch.nn.Module):
 
 
 @dataclass
-class VAETrainingState:
-    """Everything a training step touches (prepared by accelerate where it applies)."""
-
-    model: torch.nn.Module  # VAEWithPosterior, prepared
-    optimizer: torch.optim.Optimizer
-    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
-    ema: ExponentialMovingAverage  # of the AutoencoderKL
-    progress: TrainingProgress
-    discriminator: Optional[torch.nn.Module] = None
-    discriminator_optimizer: Optional[torch.optim.Optimizer] = None
-    discriminator_lr_scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None
-    perceptual: Optional[torch.nn.Module] = None
+class VAETrainingState(AutoencoderTrainingState):
+    """The autoencoder's state; `model` is the prepared [`VAEWithPosterior`], `ema` follows its `AutoencoderKL`."""
 
 
 # ---------------------------------------------------------------------------------------------------------- building
@@ -273,103 +232,19 @@ def vae_losses(
 def train_step(
     accelerator: Accelerator, state: VAETrainingState, micro_batches: list[dict], args: VAETrainingArguments
 ) -> dict[str, torch.Tensor | float]:
-    """One optimiser step of the VAE (and of the discriminator once the GAN is on); returns the metrics averaged over
-    micro-batches and processes (0-d device tensors, and the learning rate)."""
-    step = state.progress.step
+    """One optimiser step of the VAE (and of the discriminator once the GAN is on,
+    [`training.discriminator.autoencoder_train_step`]); returns the metrics averaged over micro-batches and processes
+    (0-d device tensors, and the learning rate)."""
+
+    def images(batch: dict, generator: torch.Generator) -> torch.Tensor:
+        pixel_values = batch["pixel_values"].to(accelerator.device)  # (B, C, H, W)
+        return random_horizontal_flip(pixel_values, generator) if args.random_flip else pixel_values
+
+    def losses(pixel_values: torch.Tensor, generator: torch.Generator, use_gan: bool) -> dict[str, torch.Tensor]:
+        return vae_losses(state, accelerator, pixel_values, generator, use_gan, args)
+
     vae = accelerator.unwrap_model(state.model).vae
-    use_gan = state.discriminator is not None and step >= args.discriminator_start_step
-    if use_gan:
-        accelerator.unwrap_model(state.discriminator).requires_grad_(False)
-    state.model.train()
-
-    sums, pairs = {}, []
-    for index, batch in enumerate(micro_batches):
-        generator = step_generator(args.seed, accelerator.process_index, step, index, accelerator.device)
-        pixel_values = batch["pixel_values"].to(accelerator.device)  # (B, C, H, W)
-        if args.random_flip:
-            pixel_values = random_horizontal_flip(pixel_values, generator)
-        sync = index == len(micro_batches) - 1
-        with contextlib.nullcontext() if sync else accelerator.no_sync(state.model):
-            with accelerator.autocast():
-                losses = vae_losses(state, accelerator, pixel_values, generator, use_gan, args)
-            accelerator.backward(losses["loss"] / len(micro_batches))
-        reconstruction = losses.pop("reconstruction")
-        if use_gan:
-            pairs.append((pixel_values, reconstruction.detach()))
-        for name, value in losses.items():
-            sums[name] = sums.get(name, 0.0) + value.detach() / len(micro_batches)
-
-    if args.max_grad_norm is not None:
-        sums["grad_norm"] = accelerator.clip_grad_norm_(state.model.parameters(), args.max_grad_norm)
-    state.optimizer.step()
-    state.lr_scheduler.step()
-    state.optimizer.zero_grad(set_to_none=True)
-    state.ema.update(vae)
-
-    if use_gan:
-        accelerator.unwrap_model(state.discriminator).requires_grad_(True)
-        sums["discriminator_loss"] = discriminator_update(
-            accelerator,
-            state.discriminator,
-            state.discriminator_optimizer,
-            state.discriminator_lr_scheduler,
-            pairs,
-            args.max_grad_norm,
-        )
-    metrics = reduce_metrics(accelerator, sums)
-    metrics["lr"] = state.lr_scheduler.get_last_lr()[0]
-    return metrics
-
-
-@torch.no_grad()
-def evaluate(accelerator: Accelerator, vae: AutoencoderKL, eval_dataloader) -> dict[str, float]:
-    """PSNR and L1 (on the [0, 1] scale) of `decode(posterior mean)` over the held-out images of every process."""
-    totals = torch.zeros(3, device=accelerator.device)  # psnr sum, l1 sum, image count
-    for batch in eval_dataloader:
-        pixel_values = batch["pixel_values"].to(accelerator.device)  # (B, C, H, W)
-        with accelerator.autocast():
-            reconstruction = vae.decode(vae.encode(pixel_values).latent_dist.mode()).sample  # (B, C, H, W)
-        psnr, l1 = reconstruction_metrics(reconstruction, pixel_values)
-        totals += torch.stack([psnr.sum(), l1.sum(), torch.tensor(float(len(psnr)), device=psnr.device)])
-    totals = accelerator.reduce(totals, reduction="sum")
-    count = max(totals[2].item(), 1.0)
-    return {"eval/psnr": totals[0].item() / count, "eval/l1": totals[1].item() / count}
-
-
-def train(
-    accelerator: Accelerator, state: VAETrainingState, batches, eval_dataloader, args: VAETrainingArguments
-) -> list[dict]:
-    """Runs steps until `max_train_steps`, logging, evaluating and checkpointing; returns the per-step metrics."""
-    history, window, pending = [], MetricWindow(), PendingMetrics()
-    progress_bar = tqdm(
-        initial=state.progress.step, total=args.max_train_steps, disable=not accelerator.is_local_main_process
-    )
-    while state.progress.step < args.max_train_steps:
-        micro_batches = [next(batches) for _ in range(args.gradient_accumulation_steps)]
-        metrics = train_step(accelerator, state, micro_batches, args)
-        state.progress.step += 1
-        step = state.progress.step
-        progress_bar.update(1)
-        last = step == args.max_train_steps
-        evaluating = eval_dataloader is not None and (step % args.eval_steps == 0 or last)
-        if evaluating:
-            eval_metrics = evaluate(accelerator, state.ema.shadow, eval_dataloader)
-            metrics.update(eval_metrics)
-        pending.add(step, metrics)  # read back at the next logging step: no per-step host synchronisation
-        if step % args.logging_steps == 0 or last or evaluating:
-            entries = pending.flush()
-            for entry in entries:
-                window.add({name: value for name, value in entry.items() if not name.startswith("eval/")})
-            history.extend(entries)
-            progress_bar.set_postfix(loss=f"{entries[-1]['loss']:.4f}")
-        if step % args.logging_steps == 0 or last:
-            accelerator.log(window.pop_means(), step=step)
-        if evaluating:
-            accelerator.log(eval_metrics, step=step)
-        if step % args.checkpointing_steps == 0 or last:
-            save_checkpoint(accelerator, args.output_dir, step, args.checkpoints_total_limit)
-    progress_bar.close()
-    return history
+    return autoencoder_train_step(accelerator, state, micro_batches, args, vae, images, losses)
 
 
 # ------------------------------------------------------------------------------------------------------------ saving
@@ -385,7 +260,10 @@ def estimate_scaling_factor(
     count = min(num_samples, len(examples))
     total, total_squares, num_values = 0.0, 0.0, 0
     for start in range(0, count, batch_size):
-        batch = [examples[index]["pixel_values"] for index in range(start, min(start + batch_size, count))]
+        batch = [examples[index] for index in range(start, min(start + batch_size, count))]
+        batch = [example["pixel_values"] for example in batch if "pixel_values" in example]  # readable ones only
+        if not batch:
+            continue
         pixel_values = torch.stack(batch).to(accelerator.device)  # (B, C, H, W)
         latents = vae.encode(pixel_values).latent_dist.sample(generator=generator).double()  # (B, C_lat, h, w)
         total += latents.sum().item()
@@ -395,98 +273,88 @@ def estimate_scaling_factor(
     return 1.0 / math.sqrt(max(variance, 1e-12))
 
 
-def save_final_model(
-    accelerator: Accelerator,
-    state: VAETrainingState,
-    examples,
-    data_args: DataArguments,
-    model_args: VAEModelArguments,
-    args: VAETrainingArguments,
-    history: list[dict],
-    argv: Optional[list[str]],
-) -> Optional[float]:
-    """Saves the EMA VAE to `output_dir/vae` (scaling factor set, model card) and pushes it if asked. Returns the
-    scaling factor on the main process."""
-    accelerator.wait_for_everyone()
-    scaling_factor = None
-    if accelerator.is_main_process:
-        vae = state.ema.shadow
+class VAETraining(TrainingHooks):
+    """What [`run_training`] needs from this script: the VAE, its loss, the images and the evaluation of the EMA
+    model, and `output_dir/vae` with its scaling factor."""
+
+    script = "training/train_vae.py"
+    argument_types = (DataArguments, VAEModelArguments, VAETrainingArguments)
+    hub_commit_message = "VAE (AutoencoderKL)"
+
+    def __init__(self, data_args: DataArguments, model_args: VAEModelArguments, args: VAETrainingArguments):
+        super().__init__(data_args, model_args, args)
+        self.examples = None
+        self.scaling_factor = None  # set on the main process by `save_final`
+
+    def build(self, accelerator: Accelerator) -> VAETrainingState:
+        self.state = build_training_state(accelerator, self.model_args, self.args)
+        return self.state
+
+    def train_examples(self, accelerator: Accelerator):
+        image_size = self.model_args.image_size
+        self.examples, _ = build_train_examples(self.data_args, image_size, accelerator, self.args.seed)
+        return self.examples
+
+    def eval_dataloader(self, accelerator: Accelerator):
+        image_size, batch_size = self.model_args.image_size, self.args.eval_batch_size
+        return build_eval_dataloader(self.data_args, image_size, batch_size, accelerator)
+
+    def train_step(self, accelerator: Accelerator, micro_batches: list[dict]) -> dict:
+        return train_step(accelerator, self.state, micro_batches, self.args)
+
+    def evaluate(self, accelerator: Accelerator, eval_dataloader) -> dict[str, float]:
+        """PSNR and L1 of `decode(posterior mean)` of the EMA model."""
+        vae = self.state.ema.shadow
+        return evaluate_reconstruction(
+            accelerator, lambda images: vae.decode(vae.encode(images).latent_dist.mode()).sample, eval_dataloader
+        )
+
+    def evaluation_message(self, metrics: dict[str, float]) -> str:
+        return describe_reconstruction_metrics(metrics)
+
+    def save_final(self, accelerator: Accelerator, folder: Path, history: list[dict]) -> FinalOutput:
+        """The EMA VAE with its scaling factor (measured unless the config fixes it) in `folder/vae`."""
+        model_args, args = self.model_args, self.args
+        vae = self.state.ema.shadow
         scaling_factor = model_args.scaling_factor
         if scaling_factor is None:
             scaling_factor = estimate_scaling_factor(
-                accelerator, vae, examples, args.scaling_factor_samples, args.eval_batch_size, args.seed
+                accelerator, vae, self.examples, args.scaling_factor_samples, args.eval_batch_size, args.seed
             )
         vae.register_to_config(scaling_factor=scaling_factor)
-        folder = Path(args.output_dir) / "vae"
-        vae.save_pretrained(folder)
+        vae.save_pretrained(folder / "vae")
+        self.scaling_factor = scaling_factor
         final = history[-1] if history else {}
-        downsampling = 2 ** (len(model_args.block_out_channels) - 1)
-        write_model_card(
-            folder,
-            "vae",
-            repo_id=args.hub_model_id or str(folder),
-            image_size=model_args.image_size,
-            latent_channels=model_args.latent_channels,
-            downsampling_factor=downsampling,
-            scaling_factor=scaling_factor,
-            dataset=data_args.dataset_name,
-            training_steps=state.progress.step,
-            preset=config_path(argv),
-            metrics={name: value for name, value in final.items() if name != "step"} or None,
-            training_commands=[launch_command("training/train_vae.py", argv)],
-        )
-        if args.push_to_hub:
-            push_folder_to_hub(str(folder), args.hub_model_id, args.hub_private_repo, "VAE (AutoencoderKL)")
-    accelerator.wait_for_everyone()
-    return scaling_factor
-
-
-def main(argv: Optional[list[str]] = None) -> None:
-    data_args, model_args, args = parse_args(argv)
-    accelerator = build_accelerator(args)
-    set_seed(args.seed)
-    state = build_training_state(accelerator, model_args, args)
-    resume_if_requested(accelerator, args, state.progress)
-    start_step = state.progress.step
-    examples, _ = build_train_examples(data_args, model_args.image_size, accelerator, args.seed)
-    batches = build_dataloader(
-        examples,
-        args.train_batch_size,
-        accelerator,
-        args.seed,
-        start_step * args.gradient_accumulation_steps,
-        data_args,
-    )
-    eval_dataloader = build_eval_dataloader(data_args, model_args.image_size, args.eval_batch_size, accelerator)
-    accelerator.init_trackers(
-        args.tracker_project_name or "train_vae", config=flat_config(data_args, model_args, args)
-    )
-
-    history = train(accelerator, state, batches, eval_dataloader, args)
-    scaling_factor = save_final_model(accelerator, state, examples, data_args, model_args, args, history, argv)
-    write_run_summary(
-        accelerator,
-        args.output_dir,
-        {
-            "start_step": start_step,
-            "final_step": state.progress.step,
-            "history": history,
+        card_fields = {
+            "image_size": model_args.image_size,
+            "latent_channels": model_args.latent_channels,
+            "downsampling_factor": 2 ** (len(model_args.block_out_channels) - 1),
             "scaling_factor": scaling_factor,
-            "model_checksum": parameters_checksum(accelerator.unwrap_model(state.model).vae),
-            "ema_checksum": parameters_checksum(state.ema.shadow),
+            "dataset": self.data_args.dataset_name,
+            "training_steps": self.state.progress.step,
+            "metrics": {name: value for name, value in final.items() if name != "step"} or None,
+        }
+        return FinalOutput("vae", "vae", card_fields, dataset=self.data_args.dataset_name)
+
+    def trained_model(self, accelerator: Accelerator) -> AutoencoderKL:
+        return accelerator.unwrap_model(self.state.model).vae
+
+    def summary(self, accelerator: Accelerator, history: list[dict]) -> dict:
+        discriminator = self.state.discriminator
+        return {
+            "scaling_factor": self.scaling_factor,
             "discriminator_checksum": (
-                parameters_checksum(accelerator.unwrap_model(state.discriminator))
-                if state.discriminator is not None
-                else None
+                parameters_checksum(accelerator.unwrap_model(discriminator)) if discriminator is not None else None
             ),
-            "all_finite": all(math.isfinite(value) for entry in history for value in entry.values()),
-        },
-    )
-    accelerator.end_training()
+        }
+
+
+def main(argv: Optional[list[str]] = None) -> VAETraining:
+    return run_training(VAETraining, argv)
 
 
 def parse_args(argv: Optional[list[str]] = None):
-    return parse_config((DataArguments, VAEModelArguments, VAETrainingArguments), argv)
+    return parse_config(VAETraining.argument_types, argv)
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ def read_summaries(output_dir: Path) -> list[dict]:
 def copy_checkpoint(source_dir: Path, step: int, target_dir: Path) -> Path:
     """Copies `checkpoint-{step}` of one run into a fresh output folder, to resume from it there, with the run's
     record of its command lines (`training_provenance.json`), as the output folder of an interrupted run holds it."""
-    from training.common import PROVENANCE_NAME
+    from training.training_utils import PROVENANCE_NAME
 
     target_dir.mkdir(parents=True, exist_ok=True)
     if (source_dir / PROVENANCE_NAME).is_file():

@@ -19,7 +19,7 @@ from tokenset_diffusers.tokenset.pipeline_tokenset import TokenSetPipeline
 from tokenset_diffusers.tokenset.scheduling_fsdd import FSDDScheduler
 from tokenset_diffusers.tokenset.transformer_tokenset import TokenSetTransformer1DModel
 from tokenset_diffusers.utils.testing_utils import CLASS_NAMES, TINY_GENERATOR, make_saved_dataset, save_tiny_tokenizer
-from training.common import parameters_checksum
+from training.checkpointing import parameters_checksum
 from training.data import write_pretokenized_info
 from training.pretokenize import to_dataset, token_features
 from training.train_generator import batch_token_ids, time_bucket_sums
@@ -143,7 +143,7 @@ def test_resumed_run_records_every_command(workdir, tmp_path):
     """A fresh run starts the list of command lines, a resume appends to it (what the card then lists)."""
     from accelerate import Accelerator
 
-    from training.common import read_provenance, record_launch
+    from training.training_utils import read_provenance, record_launch
 
     accelerator = Accelerator(cpu=True)
     assert record_launch(accelerator, str(tmp_path), "first", resumed=False) == ["first"]

@@ -19,7 +19,7 @@ from helpers.scripts import (
 
 from tokenset_diffusers import MaskedARScheduler, TokenBridgePipeline, TokenBridgeTransformer2DModel
 from tokenset_diffusers.utils.testing_utils import CLASS_NAMES, TINY_TOKENBRIDGE, make_saved_dataset
-from training.common import parameters_checksum
+from training.checkpointing import parameters_checksum
 from training.train_tokenbridge import (
     TokenBridgeModelArguments,
     TokenBridgeTrainingArguments,

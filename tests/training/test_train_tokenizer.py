@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 from tokenset_diffusers.tokenset.modeling_tokenset_vqvae import TokenSetVQVAE
 from tokenset_diffusers.utils.testing_utils import TINY_TOKENIZER, make_image_folder, make_saved_dataset
-from training.common import parameters_checksum, read_provenance
+from training.checkpointing import parameters_checksum
+from training.training_utils import read_provenance
 
 
 MAX_STEPS = 8

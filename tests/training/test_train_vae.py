@@ -9,6 +9,7 @@ VAE's own encoding of each image and its mirror, then completed by two processes
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from safetensors.torch import load_file
 
 from tokenset_diffusers import preprocess_images
 from tokenset_diffusers.utils.testing_utils import TINY_VAE, make_image_folder, make_saved_dataset
-from training.common import parameters_checksum
+from training.checkpointing import parameters_checksum
 from training.latents import LatentExamples, sample_latents, shard_path
 from training.train_vae import VAEModelArguments, VAETrainingArguments, kl_divergence
 
@@ -134,6 +135,31 @@ def test_two_processes_stay_in_sync(workdir):
     assert summaries[0]["all_finite"] and summaries[0]["final_step"] == 3
     assert summaries[0]["scaling_factor"] > 0 and summaries[1]["scaling_factor"] is None  # the main process saves
     AutoencoderKL.from_pretrained(output_dir / "vae")
+
+
+def test_push_to_hub_uploads_the_final_folder_once(workdir, tmp_path, monkeypatch):
+    """`--push_to_hub` goes through `tokenset_diffusers.utils.hub.push_folder_to_hub` (recorded here, no network)
+    with the saved `vae/` folder, after the move into place, leaving checkpoints and logs out."""
+    import tokenset_diffusers.utils.hub
+    from training.train_vae import main as train_vae
+
+    calls = []
+
+    def record(folder, repo_id, **kwargs):
+        calls.append((Path(folder), repo_id, kwargs, sorted(path.name for path in Path(folder).iterdir())))
+
+    monkeypatch.setattr(tokenset_diffusers.utils.hub, "push_folder_to_hub", record)
+    output_dir = tmp_path / "pushed"
+    args = ["--config", str(workdir / "tiny.yaml"), "--dataset_name", str(workdir / "images"), "--use_cpu"]
+    args += ["--max_train_steps", "2", "--discriminator_start_step", "1", "--output_dir", str(output_dir)]
+    train_vae([*args, "--push_to_hub", "--hub_model_id", "user/tiny-vae", "--hub_private_repo"])
+    ((folder, repo_id, kwargs, files),) = calls
+    assert folder == output_dir / "vae" and repo_id == "user/tiny-vae"
+    assert kwargs["private"] is True and kwargs["commit_message"] == "VAE (AutoencoderKL)"
+    assert {"checkpoint-*", "logs/*"} <= set(kwargs["ignore_patterns"])
+    assert files == ["README.md", "config.json", "diffusion_pytorch_model.safetensors", "training_provenance.json"]
+    assert "user/tiny-vae" in (folder / "README.md").read_text()
+    assert not list(output_dir.glob(".partial-*"))
 
 
 # ------------------------------------------------------------------------------------------------- latent cache

@@ -18,15 +18,8 @@ from tokenset_diffusers.tokenset.configuration_tokenset_vqvae import TokenSetVQV
 from tokenset_diffusers.tokenset.scheduling_fsdd import FSDDScheduler
 from tokenset_diffusers.tokenset.transformer_tokenset import TRANSFORMER_PRESETS
 from tokenset_diffusers.utils.testing_utils import CLASS_NAMES, make_image_folder, make_saved_dataset
-from training.common import (
-    ExponentialMovingAverage,
-    RunArguments,
-    derived_seed,
-    list_checkpoints,
-    parse_config,
-    resolve_checkpoint,
-    step_generator,
-)
+from training.checkpointing import list_checkpoints, resolve_checkpoint
+from training.config import RunArguments, parse_config
 from training.data import (
     DataArguments,
     DistributedBatchSampler,
@@ -42,6 +35,7 @@ from training.discriminator import (
     hinge_discriminator_loss,
     hinge_generator_loss,
 )
+from training.image_losses import build_perceptual_loss, reconstruction_metrics
 from training.prepare_digits import build_digits_dataset
 from training.train_generator import (
     GeneratorModelArguments,
@@ -49,13 +43,9 @@ from training.train_generator import (
     batch_token_ids,
 )
 from training.train_generator import parse_args as parse_generator_args
-from training.train_tokenizer import (
-    TokenizerModelArguments,
-    TokenizerTrainingArguments,
-    build_perceptual_loss,
-    reconstruction_metrics,
-)
+from training.train_tokenizer import TokenizerModelArguments, TokenizerTrainingArguments
 from training.train_tokenizer import parse_args as parse_tokenizer_args
+from training.training_utils import ExponentialMovingAverage, derived_seed, step_generator
 
 
 CONFIGS = REPOSITORY_ROOT / "training" / "configs"
@@ -126,6 +116,54 @@ def test_documented_defaults_are_the_library_defaults():
         0.9999,
         "constant",
     )
+
+
+def training_scripts() -> list:
+    from training.train_generator import GeneratorTraining
+    from training.train_tokenbridge import TokenBridgeTraining
+    from training.train_tokenizer import TokenizerTraining
+    from training.train_vae import VAETraining
+
+    return [TokenizerTraining, GeneratorTraining, VAETraining, TokenBridgeTraining]
+
+
+def test_every_flag_means_the_same_in_every_training_script():
+    """The four scripts read the same `DataArguments` and subclass `RunArguments`: a flag they share has one type,
+    every flag has a help text, and the same bad value is refused by every script."""
+    import typing
+
+    types_by_name = {}
+    for hooks in training_scripts():
+        data_type, model_type, args_type = hooks.argument_types
+        assert data_type is DataArguments and issubclass(args_type, RunArguments)
+        for argument_type in hooks.argument_types:
+            hints = typing.get_type_hints(argument_type)
+            for field in dataclasses.fields(argument_type):
+                assert field.metadata.get("help"), f"{argument_type.__name__}.{field.name} has no help text"
+                if argument_type is args_type:
+                    types_by_name.setdefault(field.name, set()).add(str(hints[field.name]))
+        bad_values = {
+            "max_train_steps": 0,
+            "train_batch_size": 0,
+            "learning_rate": -1.0,
+            "lr_warmup_steps": -1,
+            "ema_decay": 1.0,
+            "lr_scheduler": "linear",
+            "logging_steps": 0,
+            "checkpoints_total_limit": 0,
+            "hub_model_id": None,
+        }
+        for name, value in bad_values.items():
+            overrides = {name: value, "push_to_hub": name == "hub_model_id"}
+            with pytest.raises(ValueError, match=f"`{name}`"):
+                args_type(**overrides)
+        assert args_type().random_flip is True
+    assert all(len(types) == 1 for types in types_by_name.values()), types_by_name
+    for hooks in training_scripts()[::2]:  # the tokenizer and the VAE evaluate and train a discriminator
+        args_type = hooks.argument_types[2]
+        for name, value in {"eval_steps": 0, "perceptual_weight": -0.5, "discriminator_learning_rate": 0.0}.items():
+            with pytest.raises(ValueError, match=f"`{name}`"):
+                args_type(**{name: value})
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda path: path.name)
@@ -290,6 +328,32 @@ def test_resolve_checkpoint_picks_the_newest_complete_one(tmp_path):
     assert resolve_checkpoint(str(tmp_path / "checkpoint-9"), str(tmp_path)) == tmp_path / "checkpoint-9"
     with pytest.raises(ValueError, match="resume_from_checkpoint"):
         resolve_checkpoint(str(tmp_path / "checkpoint-11"), str(tmp_path))
+
+
+def test_final_outputs_replace_the_previous_ones_whole(tmp_path):
+    """`move_into_place` puts every entry of the temporary folder into the output folder: a folder replaces the old
+    one whole (no stale file survives in it), files are replaced, other entries are kept, nothing hidden is left."""
+    from training.training_utils import PARTIAL_FINAL_NAME, move_into_place
+
+    output_dir = tmp_path / "run"
+    (output_dir / "transformer").mkdir(parents=True)
+    (output_dir / "transformer" / "old_weights.safetensors").write_text("old")
+    (output_dir / "model_index.json").write_text("old")
+    (output_dir / "checkpoint-4").mkdir()
+    new = output_dir / PARTIAL_FINAL_NAME
+    (new / "transformer").mkdir(parents=True)
+    (new / "transformer" / "weights.safetensors").write_text("new")
+    (new / "model_index.json").write_text("new")
+    (new / "README.md").write_text("card")
+    move_into_place(new, output_dir)
+    assert sorted(path.name for path in output_dir.iterdir()) == [
+        "README.md",
+        "checkpoint-4",
+        "model_index.json",
+        "transformer",
+    ]
+    assert [path.name for path in (output_dir / "transformer").iterdir()] == ["weights.safetensors"]
+    assert (output_dir / "model_index.json").read_text() == "new"
 
 
 # ------------------------------------------------------------------------------------------------- discriminator

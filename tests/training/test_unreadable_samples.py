@@ -1,6 +1,7 @@
 """One unreadable image never stops a run: a folder holding a corrupt JPEG, a truncated PNG and a text file named
-`.png` (plus a `.txt` file, which the image folder does not list) trains, resumes and pre-tokenizes, with the bad files
-skipped, counted per epoch, named, and the run stopped past `max_bad_samples`."""
+`.png` (plus a `.txt` file, which the image folder does not list) trains (the tokenizer and the VAE, through the one
+training loop), resumes and pre-tokenizes, with the bad files skipped, counted per epoch, named, and the run stopped
+past `max_bad_samples`."""
 
 import json
 from itertools import islice
@@ -11,8 +12,7 @@ import pytest
 import torch
 from helpers.scripts import copy_checkpoint, read_summaries, write_yaml
 
-from tokenset_diffusers.utils.testing_utils import TINY_TOKENIZER, make_image_folder, save_tiny_tokenizer
-from training.common import TrainingProgress, UnreadableSamples
+from tokenset_diffusers.utils.testing_utils import TINY_TOKENIZER, TINY_VAE, make_image_folder, save_tiny_tokenizer
 from training.data import (
     DataArguments,
     DistributedBatchSampler,
@@ -24,6 +24,8 @@ from training.data import (
 )
 from training.pretokenize import main as pretokenize
 from training.train_tokenizer import main as train_tokenizer
+from training.train_vae import main as train_vae
+from training.training_utils import TrainingProgress, UnreadableSamples
 
 
 NUM_GOOD = 7
@@ -143,6 +145,41 @@ def test_training_and_resume_skip_the_same_files(bad_folder, tmp_path):
     assert {Path(name).name for name in full["unreadable_samples"]["first_names"]} <= BAD_NAMES
     assert resumed["start_step"] == 2 and resumed["unreadable_samples"] == full["unreadable_samples"]
     assert resumed["model_checksum"] == full["model_checksum"]
+
+
+def test_vae_training_counts_unreadable_images_against_the_limit(bad_folder, tmp_path):
+    """`train_vae.py` skips the unreadable images, counts and names them, and stops past `--max_bad_samples`."""
+    preset = write_yaml(
+        tmp_path / "vae.yaml",
+        {**TINY_VAE, "train_batch_size": 4, "report_to": "none", "discriminator_start_step": None},
+    )
+    common = ["--config", str(preset), "--dataset_name", str(bad_folder), "--cache_dir", str(tmp_path / "cache")]
+    common += ["--use_cpu", "--max_train_steps", "4", "--checkpointing_steps", "2", "--seed", "1"]
+    train_vae([*common, "--output_dir", str(tmp_path / "full")])
+    (summary,) = read_summaries(tmp_path / "full")
+
+    # Second computation: the unreadable examples among those the batch order placed in the 4 steps' batches.
+    examples, _ = build_train_examples(data_args(bad_folder), TINY_VAE["image_size"], CPU, seed=1)
+    sampler = DistributedBatchSampler(len(examples), 4, 1, 0, seed=1)
+    placed = [index for indices in islice(iter(sampler), 4) for index in indices]
+    unreadable = [examples[index]["skipped"][0]["name"] for index in placed if "pixel_values" not in examples[index]]
+    assert len(unreadable) > 0
+    assert summary["unreadable_samples"]["total"] == len(unreadable)
+    assert summary["unreadable_samples"]["first_names"] == list(dict.fromkeys(unreadable))
+    assert {Path(name).name for name in unreadable} <= BAD_NAMES
+    assert summary["final_step"] == 4 and summary["all_finite"]
+
+    # Exactly at the limit the run completes; one fewer allowed stops it, naming the files.
+    at_limit = ["--output_dir", str(tmp_path / "at_limit"), "--max_bad_samples", str(len(unreadable))]
+    train_vae([*common, *at_limit])
+    (at_limit_summary,) = read_summaries(tmp_path / "at_limit")
+    assert at_limit_summary["model_checksum"] == summary["model_checksum"]
+    beyond = ["--output_dir", str(tmp_path / "beyond"), "--max_bad_samples", str(len(unreadable) - 1)]
+    with pytest.raises(
+        RuntimeError, match=rf"more than `max_bad_samples` = {len(unreadable) - 1}; the first ones: \["
+    ):
+        train_vae([*common, *beyond])
+    assert not (tmp_path / "beyond" / "vae").exists()
 
 
 def test_pretokenize_leaves_unreadable_images_out(bad_folder, tmp_path):

@@ -1,0 +1,197 @@
+"""Typed configuration of the training scripts: dataclasses parsed by `transformers.HfArgumentParser`, with
+`--config preset.yaml` giving the defaults and every other flag overriding them ([`parse_config`]), and the run
+settings every training script shares ([`RunArguments`])."""
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+import yaml
+from transformers import HfArgumentParser
+
+
+def arg(default: Any = None, help: str = "", **kwargs) -> Any:
+    """A dataclass field with a `--help` text; list defaults are copied per instance."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help}, **kwargs)
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+def _literal_choices(hint: Any) -> Optional[tuple]:
+    """The allowed values of a `Literal[...]` (or `Optional[Literal[...]]`) annotation, else None."""
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        for member in typing.get_args(hint):
+            if typing.get_origin(member) is Literal:
+                return typing.get_args(member) + (None,)
+    return None
+
+
+def check_choices(instance: Any) -> None:
+    """Raises `ValueError` if a `Literal[...]` field of the dataclass `instance` holds another value.
+
+    argparse checks choices given on the command line, but not defaults, and YAML values arrive as defaults.
+    """
+    hints = typing.get_type_hints(type(instance))
+    for dataclass_field in dataclasses.fields(instance):
+        choices = _literal_choices(hints[dataclass_field.name])
+        value = getattr(instance, dataclass_field.name)
+        if choices is not None and value not in choices:
+            raise ValueError(f"`{dataclass_field.name}` must be one of {list(choices)}, got {value!r}.")
+
+
+def check_positive(instance: Any, *names: str, allow_zero: bool = False) -> None:
+    """Raises `ValueError` unless every named field of `instance` is a positive (or non-negative) number or None."""
+    for name in names:
+        value = getattr(instance, name)
+        if value is None:
+            continue
+        if value < 0 or (value == 0 and not allow_zero):
+            bound = ">= 0" if allow_zero else "> 0"
+            raise ValueError(f"`{name}` must be {bound}, got {value!r}.")
+
+
+def load_yaml_config(path: str) -> dict:
+    """Reads a flat YAML mapping of field names to values."""
+    with open(path) as handle:
+        values = yaml.safe_load(handle) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"`--config` {path} must hold a mapping of field names to values, got {type(values)}.")
+    return values
+
+
+def parse_config(dataclass_types: tuple, args: Optional[list] = None) -> tuple:
+    """Parses the typed configuration of a script.
+
+    `--config preset.yaml` (a flat mapping of field names to values) sets the defaults; every other flag on the
+    command line overrides them, e.g. `--config training/configs/digits_generator.yaml --max_train_steps 10`.
+    Unknown YAML keys and values outside a `Literal` field's choices raise `ValueError`.
+
+    Args:
+        dataclass_types (`tuple` of dataclass types): the script's argument groups.
+        args (`list[str]`, *optional*): the command line, `sys.argv[1:]` by default.
+
+    Returns:
+        One instance per type in `dataclass_types`, in order.
+    """
+    argv = sys.argv[1:] if args is None else list(args)
+    parser = HfArgumentParser(dataclass_types)
+    parser.add_argument("--config", type=str, default=None, help="YAML preset giving defaults; other flags win.")
+    yaml_path = config_path(argv)
+    if yaml_path is not None:
+        values = load_yaml_config(yaml_path)
+        known = {f.name for dataclass_type in dataclass_types for f in dataclasses.fields(dataclass_type)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"`--config` {yaml_path} has unknown keys {unknown}; known keys: {sorted(known)}.")
+        parser.set_defaults(**values)
+    outputs = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    return tuple(outputs[: len(dataclass_types)])  # the rest is the namespace holding `--config`
+
+
+def config_path(args: Optional[list] = None) -> Optional[str]:
+    """The `--config` YAML file named on the command line, if any."""
+    argv = sys.argv[1:] if args is None else list(args)
+    pre_parser = argparse.ArgumentParser(add_help=False)
+    pre_parser.add_argument("--config", type=str, default=None)
+    return pre_parser.parse_known_args(argv)[0].config
+
+
+def flat_config(*instances: Any) -> dict:
+    """The fields of dataclass instances as one flat dict of scalars (what trackers accept)."""
+    flat = {}
+    for instance in instances:
+        for key, value in dataclasses.asdict(instance).items():
+            flat[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
+
+
+@dataclass
+class RunArguments:
+    """Settings of a training run that every training script shares, with the same meaning and checks in each; a script
+    subclasses it to set its own defaults (and add its own settings)."""
+
+    output_dir: str = arg("outputs/run", "Folder for checkpoints, logs, the run summary and the final model(s).")
+    seed: int = arg(0, "Seed of model initialisation, data order and every random draw of training.")
+    max_train_steps: int = arg(1000, "Number of optimiser steps.")
+    train_batch_size: int = arg(8, "Images per process per micro-batch (global batch = this x processes x accum).")
+    gradient_accumulation_steps: int = arg(1, "Micro-batches per optimiser step.")
+    learning_rate: float = arg(1e-4, "Peak AdamW learning rate.")
+    lr_scheduler: Literal["constant", "constant_with_warmup", "cosine"] = arg(
+        "constant", "Learning-rate schedule (diffusers' `get_scheduler`)."
+    )
+    lr_warmup_steps: int = arg(0, "Linear warm-up steps of the learning rate.")
+    weight_decay: float = arg(0.0, "AdamW weight decay.")
+    adam_beta1: float = arg(0.9, "AdamW beta1.")
+    adam_beta2: float = arg(0.999, "AdamW beta2.")
+    adam_epsilon: float = arg(1e-8, "AdamW epsilon.")
+    max_grad_norm: Optional[float] = arg(None, "Clip the gradient norm to this value; None disables clipping.")
+    ema_decay: float = arg(0.9999, "Decay of the exponential moving average of the weights (0 = copy the model).")
+    mixed_precision: Literal["no", "fp16", "bf16"] = arg("no", "Autocast precision of forward passes.")
+    use_cpu: bool = arg(False, "Train on CPU even if an accelerator is available.")
+    allow_tf32: bool = arg(True, "Allow TF32 matmuls on Ampere+ GPUs.")
+    gradient_checkpointing: bool = arg(False, "Recompute activations in backward to save memory.")
+    random_flip: bool = arg(
+        True,
+        "Train on randomly mirrored images (or the stored token sets / latents of the mirror images), each with "
+        "probability 1/2; off for data, such as digits, whose mirror images are not examples of their class.",
+    )
+    checkpointing_steps: int = arg(1000, "Save a resumable checkpoint every this many steps (and at the end).")
+    checkpoints_total_limit: Optional[int] = arg(3, "Keep only the newest this many checkpoints; None keeps all.")
+    resume_from_checkpoint: Optional[str] = arg(
+        None, "`latest` (the newest complete checkpoint in output_dir, or a fresh start if none) or a checkpoint path."
+    )
+    logging_steps: int = arg(10, "Log averaged metrics to the trackers every this many steps.")
+    report_to: Literal["tensorboard", "wandb", "none"] = arg("tensorboard", "Tracker for the logged metrics.")
+    tracker_project_name: Optional[str] = arg(None, "Tracker project name (defaults to the script's name).")
+    push_to_hub: bool = arg(False, "Upload the final folder to the Hub repository `hub_model_id`.")
+    hub_model_id: Optional[str] = arg(None, "Hub repository id for `push_to_hub`, e.g. `user/tokenset-digits`.")
+    hub_private_repo: bool = arg(False, "Create the Hub repository as private.")
+
+    def __post_init__(self):
+        check_choices(self)
+        check_positive(
+            self, "max_train_steps", "train_batch_size", "gradient_accumulation_steps", "checkpointing_steps"
+        )
+        check_positive(self, "logging_steps", "learning_rate", "checkpoints_total_limit", "max_grad_norm")
+        check_positive(self, "lr_warmup_steps", "weight_decay", allow_zero=True)
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"`ema_decay` must be in [0, 1), got {self.ema_decay}.")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("`push_to_hub` needs `hub_model_id` (e.g. `user/tokenset-digits`), got None.")
+
+
+@dataclass
+class AutoencoderTrainingArguments(RunArguments):
+    """The loss and evaluation settings both image-autoencoder trainings share (`train_tokenizer.py`,
+    `train_vae.py`), with the same meaning and checks; each script sets its own defaults."""
+
+    reconstruction_loss: Literal["l1", "l2"] = arg("l1", "Pixel reconstruction loss (mean over pixels).")
+    reconstruction_weight: float = arg(1.0, "Weight of the reconstruction loss.")
+    perceptual_weight: float = arg(0.0, "Weight of the LPIPS loss; > 0 needs the `lpips` package and its weights.")
+    discriminator_start_step: Optional[int] = arg(None, "Step at which the GAN loss starts; None: no GAN.")
+    discriminator_weight: float = arg(0.5, "Weight of the adaptively scaled GAN loss.")
+    discriminator_learning_rate: Optional[float] = arg(None, "Discriminator learning rate (default: learning_rate).")
+    discriminator_base_channels: int = arg(64, "Channels of the discriminator's first layer.")
+    discriminator_num_layers: int = arg(3, "Stride-2 layers of the PatchGAN discriminator.")
+    discriminator_norm_num_groups: int = arg(32, "GroupNorm groups of the discriminator.")
+    eval_steps: int = arg(10_000, "Evaluate PSNR / L1 of the EMA model on `eval_split` every this many steps.")
+    eval_batch_size: int = arg(32, "Images per process per evaluation batch.")
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choices(self)
+        check_positive(self, "eval_steps", "eval_batch_size", "discriminator_learning_rate")
+        check_positive(
+            self,
+            "reconstruction_weight",
+            "perceptual_weight",
+            "discriminator_weight",
+            "discriminator_start_step",
+            allow_zero=True,
+        )
