@@ -234,7 +234,7 @@ def test_space_model_takes_either_bundled_model(monkeypatch):
 
 
 # The package and the script folders (training/ joins once its scripts stop editing sys.path).
-CHECKED_FOLDERS = ("tokenset_diffusers", "pipelines", "benchmarks", "conversion")
+CHECKED_FOLDERS = ("tokenset_diffusers", "pipelines", "benchmarks", "conversion", "training")
 
 
 def test_no_file_outside_tests_edits_sys_path():
