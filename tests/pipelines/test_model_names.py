@@ -233,7 +233,7 @@ def test_space_model_takes_either_bundled_model(monkeypatch):
 # ---------------------------------------------------------------------- no sys.path edits
 
 
-# The package and the script folders (training/ joins once its scripts stop editing sys.path).
+# The package and the script folders.
 CHECKED_FOLDERS = ("tokenset_diffusers", "pipelines", "benchmarks", "conversion", "training")
 
 
