@@ -6,7 +6,7 @@
   transition, draws from it and adjusts the draw with the tensor.
 
 Its outputs are the fast path's (`TokenSetPipeline` with `FSDDScheduler.step`) for the same generators, up to float32
-rounding; `tests/test_scheduler.py` checks that, step by step.
+rounding; `tests/tokenset/test_scheduler.py` checks that, step by step.
 """
 
 import torch
@@ -129,9 +129,9 @@ def baseline_sample_counts(
 def original_dit_forward(
     state_dict: dict[str, torch.Tensor], counts: torch.LongTensor, t: torch.Tensor, y: torch.LongTensor, num_heads: int
 ) -> torch.Tensor:
-    """The original DiT-1D's forward (ORIGINAL.md, section 3) on its own state dict, the way its modules compute it:
-    embedding tables, the sinusoidal timestep MLP, adaLN-Zero blocks with fused qkv + scaled dot-product attention and
-    a tanh-GELU MLP, the final layer; float32, eager. Returns logits `(B, C, M + 1)`."""
+    """The original DiT-1D's forward (docs/tokenset.md#transformer) on its own state dict, the way its modules compute
+    it: embedding tables, the sinusoidal timestep MLP, adaLN-Zero blocks with fused qkv + scaled dot-product attention
+    and a tanh-GELU MLP, the final layer; float32, eager. Returns logits `(B, C, M + 1)`."""
     import math
 
     import torch.nn.functional as F

@@ -7,7 +7,7 @@
 - float32, eager.
 
 For the same generators it draws the same orders and tokens as `TokenBridgePipeline` (the fast path: one batched
-guidance pass, the head's KV cache), up to float rounding; `tests/test_tokenbridge_sampling_speed.py` checks that.
+guidance pass, the head's KV cache), up to float rounding; `tests/tokenbridge/test_tokenbridge_sampling_speed.py` checks that.
 """
 
 import torch

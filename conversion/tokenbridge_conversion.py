@@ -5,8 +5,8 @@
 `"model"`, then copies `"model_ema"` into the parameters. [`select_weights`] does the same (or keeps `"model"`).
 
 Renames are one explicit table (`RENAME_TABLE`). The quantizer tables are copied, not recomputed (the original computes
-them in float32, see ORIGINAL.md section 1). The head's causal mask `channel_mask` is not stored by the model (the
-attention is causal by construction); the converter checks that it is the causal mask and drops it.
+them in float32, see docs/tokenbridge.md#quantizer). The head's causal mask `channel_mask` is not stored by the model
+(the attention is causal by construction); the converter checks that it is the causal mask and drops it.
 
 Import this module as `conversion.tokenbridge_conversion`; `convert_tokenbridge_to_diffusers.py` builds the command line on
 top of it.

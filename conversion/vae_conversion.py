@@ -1,10 +1,10 @@
 """Convert MAR's KL-16 VAE (`kl16.ckpt`, the LDM `AutoencoderKL` layout) to a diffusers `AutoencoderKL`.
 
 The checkpoint holds the state dict under `"model"`; the original loads it with `strict=False` (a file with other
-names would leave the VAE random). Here every key must map (`RENAME_TABLE`, ORIGINAL.md section 2) and the load is
-strict. Attention q/k/v/proj_out weights are 1x1 convolutions `(c, c, 1, 1)` and become linear `(c, c)`. The sizes
-are read from the shapes; `scaling_factor` (0.2325, written out in the original's code and stored nowhere) goes into
-the config.
+names would leave the VAE random). Here every key must map (`RENAME_TABLE`, docs/tokenbridge.md#vae-key-mapping) and
+the load is strict. Attention q/k/v/proj_out weights are 1x1 convolutions `(c, c, 1, 1)` and become linear `(c, c)`.
+The sizes are read from the shapes; `scaling_factor` (0.2325, written out in the original's code and stored nowhere)
+goes into the config.
 
 Import this module as `conversion.vae_conversion`.
 """
@@ -35,7 +35,7 @@ _ATTENTION_RENAMES = [
 
 
 def _rename_key(key: str, num_levels: int) -> str:
-    """One original key -> its diffusers name (the table of ORIGINAL.md section 2)."""
+    """One original key -> its diffusers name (the table of docs/tokenbridge.md#vae-key-mapping)."""
     rules = [
         (r"^encoder\.down\.(\d+)\.block\.(\d+)\.", lambda m: f"encoder.down_blocks.{m[1]}.resnets.{m[2]}."),
         (r"^encoder\.down\.(\d+)\.attn\.(\d+)\.", lambda m: f"encoder.down_blocks.{m[1]}.attentions.{m[2]}."),

@@ -2,9 +2,9 @@
 
     accelerate launch training/train_tokenbridge.py --config training/configs/digits_tokenbridge.yaml [--flag value ...]
 
-The recipe of the original (ORIGINAL.md section 7): every step takes VAE posterior samples (`mean + std * noise` of
-the image or of its mirror image, from the latent cache of `training/encode_latents.py`, or from the VAE on the fly),
-scales them by the VAE's `scaling_factor`, drops labels to the unconditional id with probability
+The recipe of the original (docs/tokenbridge.md#training-recipe): every step takes VAE posterior samples (`mean + std *
+noise` of the image or of its mirror image, from the latent cache of `training/encode_latents.py`, or from the VAE on
+the fly), scales them by the VAE's `scaling_factor`, drops labels to the unconditional id with probability
 `label_dropout_prob`, masks a truncated-normal share of the positions (one ratio per batch, from
 [`MaskedARScheduler.sample_training_mask`]) and minimises the model's cross-entropy at the masked positions. AdamW
 with betas (0.9, 0.95), weight decay on tensors of >= 2 dimensions only, `lr = base_learning_rate x global batch /
@@ -143,7 +143,8 @@ TRANSFORMER_FIELDS = (
 
 @dataclass
 class TokenBridgeTrainingArguments(RunArguments):
-    """Run settings; the defaults are the original's ImageNet recipe for TokenBridge-L (ORIGINAL.md section 7)."""
+    """Run settings; the defaults are the original's ImageNet recipe for TokenBridge-L
+    (docs/tokenbridge.md#training-recipe)."""
 
     output_dir: str = arg("outputs/tokenbridge", "Folder for checkpoints, logs, `transformer/` and the pipeline.")
     max_train_steps: int = arg(250_228, "Optimiser steps (400 epochs of ImageNet at global batch 2048).")

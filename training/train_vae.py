@@ -64,7 +64,8 @@ from training.training_utils import (
 
 @dataclass
 class VAEModelArguments:
-    """Architecture of the `AutoencoderKL`; the defaults are MAR's KL-16 (TokenBridge's VAE, ORIGINAL.md section 2)."""
+    """Architecture of the `AutoencoderKL`; the defaults are MAR's KL-16 (TokenBridge's VAE,
+    docs/tokenbridge.md#vae)."""
 
     image_size: int = arg(256, "Image side in pixels.")
     in_channels: int = arg(3, "Image channels.")

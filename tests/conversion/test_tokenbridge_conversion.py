@@ -26,7 +26,7 @@ from tokenset_diffusers import TokenBridgePipeline
 ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = ROOT / "conversion" / "convert_tokenbridge_to_diffusers.py"
-# ORIGINAL.md section 2: the released KL-16 as a diffusers AutoencoderKL.
+# docs/tokenbridge.md#vae: the released KL-16 as a diffusers AutoencoderKL.
 KL16_CONFIG = {
     "in_channels": 3,
     "out_channels": 3,

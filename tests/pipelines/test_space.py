@@ -161,7 +161,7 @@ def test_space_readme_header_and_requirements():
     assert len(card.data.short_description) <= 60  # the Hub's limit
     lines = [line.strip() for line in (SPACE_DIR / "requirements.txt").read_text().splitlines()]
     requirements = [Requirement(line) for line in lines if line and not line.startswith("#")]
-    # The package's dependencies; the package itself ships in the built folder (tests/test_space_build.py).
+    # The package's dependencies; the package itself ships in the built folder (tests/pipelines/test_space_build.py).
     assert {"torch", "diffusers", "transformers"} <= {r.name for r in requirements}
 
 

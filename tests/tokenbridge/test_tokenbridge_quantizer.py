@@ -72,7 +72,7 @@ def test_nearest_level_not_bin(quantizer_fixture):
     x = torch.randn(20000, generator=torch.Generator().manual_seed(0))
     by_bin = (torch.bucketize(quantizer.normalize(x).clamp(-3, 3), quantizer.boundaries) - 1).clamp(0, 63)
     differ = (quantizer.quantize(x) != by_bin).float().mean().item()
-    assert 0.002 < differ < 0.01  # about 0.49 % (ORIGINAL.md section 1)
+    assert 0.002 < differ < 0.01  # about 0.49 % (docs/tokenbridge.md#quantizer)
 
 
 def test_tables_stay_float32_under_a_dtype_cast(quantizer_fixture):

@@ -98,7 +98,8 @@ def test_orders_per_image_generators():
 
 
 def test_training_mask_ratio_distribution():
-    """One truncated-normal ratio per batch: mean 0.867 and sd 0.084 for the released (0.7, 0.25) (ORIGINAL.md 4)."""
+    """One truncated-normal ratio per batch: mean 0.867 and sd 0.084 for the released (0.7, 0.25)
+    (docs/tokenbridge.md#training-loss)."""
     scheduler = MaskedARScheduler()
     generator = torch.Generator().manual_seed(0)
     ratios = torch.tensor([scheduler.sample_mask_ratio(generator) for _ in range(4000)])

@@ -108,7 +108,8 @@ def test_head_greedy_tokens_and_logits(model, io):
 
 @torch.no_grad()
 def test_teacher_forcing_differs_from_sampling_as_in_the_original(model, io):
-    """The sampling-time quirk: row 0 carries timestep_embed[0] only when sampling (ORIGINAL.md 3.4)."""
+    """The sampling-time quirk: row 0 carries timestep_embed[0] only when sampling
+    (docs/tokenbridge.md#channel-head)."""
     logits = model.channel_logits(io["head.condition"], io["head.greedy_tokens"])
     torch.testing.assert_close(logits, io["head.teacher_forced_logits_on_greedy_tokens"], atol=ATOL, rtol=0)
     assert (logits - io["head.greedy_logits"]).abs().max() > 0.5

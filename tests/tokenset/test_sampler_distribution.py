@@ -175,7 +175,7 @@ def test_exact_mode_permuting_the_codebook_permutes_the_samples():
 
 
 def test_the_original_falls_back_at_the_measured_steps():
-    """ORIGINAL.md, section 4, step 5: with the released schedule the original's batch falls back at steps 21, 22
+    """docs/tokenset.md#late-step-fallback: with the released schedule the original's batch falls back at steps 21, 22
     and 23 of 25, at no other step; the scheduler's schedule-only rule says the same."""
     scheduler = FSDDScheduler(codebook_size=C, num_tokens=M)
     scheduler.set_timesteps(25)

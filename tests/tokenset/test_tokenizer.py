@@ -198,7 +198,7 @@ def test_manifest_converts_to_released_config(manifest_state_dict):
     converted_state_dict = convert_tokenizer_state_dict(manifest_state_dict)
     load_converted_state_dict(model, converted_state_dict, assign=True)  # strict=True inside
     model.load_state_dict(converted_state_dict, strict=True, assign=True)
-    assert sum(p.numel() for p in model.parameters()) == 203_322_383  # ORIGINAL.md section 1
+    assert sum(p.numel() for p in model.parameters()) == 203_322_383  # docs/tokenset.md#set-tokenizer
     assert sum(t.numel() for t in manifest_state_dict.values()) == 203_322_383
 
 

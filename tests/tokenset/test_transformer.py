@@ -36,7 +36,8 @@ from transformer_conversion import (  # noqa: E402
 
 
 FIXTURE_HEADS = 4
-# Parameter counts of the released originals (ORIGINAL.md section 3); they include the unused count-embedding rows.
+# Parameter counts of the released originals (docs/tokenset.md#transformer); they include the unused count-embedding
+# rows.
 RELEASED_PARAMS = {"fsdd_small_128_4096.pth": 36_041_985, "fsdd_base_128_4096.pth": 136_669_569}
 PRESET_OF_CHECKPOINT = {"fsdd_small_128_4096.pth": "S", "fsdd_base_128_4096.pth": "B"}
 FP32_MODULES = TokenSetTransformer1DModel._keep_in_fp32_modules

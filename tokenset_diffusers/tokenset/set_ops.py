@@ -211,7 +211,7 @@ def original_pdf_collapses(mean: torch.Tensor, std: torch.Tensor, num_values: in
     """The rows whose discretised Gaussian the original cannot draw from: at some position every
     `exp(-(k - mean)^2 / (2 std^2))`, k = 0..num_values-1, is exactly 0 in float32 (the mean lies more than about 14
     std from every k), so the original's normalised pdf is 0/0 = NaN there, `torch.multinomial` raises, and the
-    original's sampler replaces the draw by `quantize_to_sum(mean)` (ORIGINAL.md, section 4, step 5).
+    original's sampler replaces the draw by `quantize_to_sum(mean)` (docs/tokenset.md#late-step-fallback).
 
     Decided from the largest term alone, the one at the nearest k: O(batch_size x length), no host synchronisation.
 
