@@ -43,6 +43,7 @@ from tokenset_diffusers.tokenbridge.scheduling_masked_ar import MaskedARSchedule
 from tokenset_diffusers.tokenbridge.transformer_tokenbridge import (
     RELEASED_CHANNEL_ORDER,
     TokenBridgeTransformer2DModel,
+    masked_token_loss,
 )
 from training.common import (
     ExponentialMovingAverage,
@@ -365,7 +366,8 @@ def train_step(
         sync = index == len(micro_batches) - 1
         with contextlib.nullcontext() if sync else accelerator.no_sync(state.model):
             with accelerator.autocast():
-                loss = state.model(latents, class_labels, mask).loss
+                output = state.model(latents, class_labels, mask)
+                loss = masked_token_loss(output.logits, output.targets)
             accelerator.backward(loss / len(micro_batches))
         sums["loss"] = sums.get("loss", 0.0) + loss.detach().float() / len(micro_batches)
         sums["mask_ratio"] = sums.get("mask_ratio", 0.0) + mask.float().mean() / len(micro_batches)
