@@ -51,9 +51,9 @@ class MaskedARScheduler(SchedulerMixin, ConfigMixin):
     step k (as the original computes it, 1 at the last step), `num_unknown[k]` the number masked at its start, and
     `num_predicted[k]` the number of positions each image predicts at step k.
 
-    The public scheduler API of diffusers: `init_noise_sigma` (1.0: the sample starts as placeholder indices, nothing is
-    scaled), [`scale_model_input`] (the identity), and [`step`]`(model_output, timestep, sample)` with the generation
-    orders passed as `orders=` or set once per batch with [`set_orders`].
+    The public scheduler API of diffusers: `init_noise_sigma` (1.0: the sample starts as placeholder indices, nothing
+    is scaled), [`scale_model_input`] (the identity), and [`step`]`(model_output, timestep, sample)` with the
+    generation orders passed as `orders=` or set once per batch with [`set_orders`].
     """
 
     order = 1

@@ -9,8 +9,8 @@ masked token's 16 level indices one channel after the other, in `channel_order` 
 channel `channel_order[i]`).
 
 `forward` is the teacher-forced prediction at given masked positions (scored by [`masked_token_loss`] in training);
-[`TokenBridgeTransformer2DModel.sample_channels`] draws tokens from the head. Class id `num_classes` is the unconditional (classifier-free guidance) condition: the learned
-`unconditional_embedding`, not a class row.
+[`TokenBridgeTransformer2DModel.sample_channels`] draws tokens from the head. Class id `num_classes` is the
+unconditional (classifier-free guidance) condition: the learned `unconditional_embedding`, not a class row.
 """
 
 from dataclasses import dataclass
