@@ -286,7 +286,8 @@ def check_model_index(pipeline_class: type, folder: str, component_classes: dict
 def check_component_folders(folder: str, component_classes: dict[str, type], kwargs: dict) -> None:
     """[`check_component_folder`] on every model component of a pipeline folder (`<folder>/<name>`), including those
     diffusers loads without this package's classes (TokenBridge's `AutoencoderKL`), except components passed to
-    `from_pretrained` as objects (`kwargs[name]`)."""
+    `from_pretrained` as objects (`kwargs[name]`). With `kwargs["variant"]`, a component folder is checked with the
+    variant where it holds variant weights and with its plain weights otherwise, as diffusers loads it."""
     for name, component_class in component_classes.items():
         if name in kwargs or saved_layout(component_class) is None:
             continue
@@ -295,12 +296,25 @@ def check_component_folders(folder: str, component_classes: dict[str, type], kwa
             raise OSError(
                 f"{component_class.__name__}: {folder} has no `{name}` folder; the model_index.json names one."
             )
+        variant = kwargs.get("variant")
+        if variant and not has_variant_weights(component_class, component_folder, variant):
+            variant = None
         check_component_folder(
             component_class,
             component_folder,
-            variant=kwargs.get("variant"),
+            variant=variant,
             ignore_mismatched_sizes=bool(kwargs.get("ignore_mismatched_sizes")),
         )
+
+
+def has_variant_weights(model_class: type, folder: str, variant: str) -> bool:
+    """Whether `folder` holds `model_class`'s weights of `variant` (`<weights stem>.<variant>.safetensors`, its
+    sharded index, or the `.bin` form)."""
+    stem, _ = os.path.splitext(saved_layout(model_class)[1])
+    return any(
+        os.path.isfile(os.path.join(folder, f"{stem}.{variant}{extension}"))
+        for extension in (".safetensors", ".safetensors.index.json", ".bin")
+    )
 
 
 class PipelineLoadingMixin:
