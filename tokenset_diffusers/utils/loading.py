@@ -317,6 +317,32 @@ def has_variant_weights(model_class: type, folder: str, variant: str) -> bool:
     )
 
 
+def _download_pipeline(pipeline_name: str, repo_id: str, kwargs: dict) -> str:
+    """The snapshot folder of the Hub repo `repo_id` (popping `cache_dir`, `revision`, `local_files_only`, `token`
+    from `kwargs`); a name that cannot be had (not a repo id, not on the Hub, offline and not cached) is a one-line
+    `OSError` saying that it is neither a folder nor a downloadable repository, and naming the bundled pipelines."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+
+    try:
+        return snapshot_download(
+            repo_id,
+            cache_dir=kwargs.pop("cache_dir", None),
+            revision=kwargs.pop("revision", None),
+            local_files_only=kwargs.pop("local_files_only", False),
+            token=kwargs.pop("token", None),
+        )
+    except (HFValidationError, HfHubHTTPError, OSError) as error:  # OSError: offline, not cached, no connection
+        from ..bundled import BUNDLED_MODELS
+
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise OSError(
+            f"{pipeline_name}: {repo_id!r} is not a folder, and not a Hub repository that could be downloaded "
+            f"({type(error).__name__}: {reason}). The pipelines bundled with the package ({', '.join(BUNDLED_MODELS)}) "
+            "load with `from_pretrained(tokenset_diffusers.bundled_pipeline_path(name))`."
+        ) from None
+
+
 class PipelineLoadingMixin:
     """Loading, saving and uploading of the package's pipelines (put before `DiffusionPipeline`), the same for both
     systems. A pipeline class sets `_component_classes` (`{model_index.json key: class}`).
@@ -351,15 +377,7 @@ class PipelineLoadingMixin:
         path = os.fspath(pretrained_model_name_or_path)
         check_local_folder(path, cls.__name__)
         if not os.path.isdir(path):
-            from huggingface_hub import snapshot_download
-
-            path = snapshot_download(
-                path,
-                cache_dir=kwargs.pop("cache_dir", None),
-                revision=kwargs.pop("revision", None),
-                local_files_only=kwargs.pop("local_files_only", False),
-                token=kwargs.pop("token", None),
-            )
+            path = _download_pipeline(cls.__name__, path, kwargs)
         else:
             for name in ("cache_dir", "revision", "token"):
                 kwargs.pop(name, None)
