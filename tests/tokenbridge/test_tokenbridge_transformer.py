@@ -281,3 +281,18 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(io):
     plain, checkpointed = loss_and_grad(False), loss_and_grad(True)
     torch.testing.assert_close(checkpointed[0], plain[0])
     torch.testing.assert_close(checkpointed[1], plain[1])
+
+
+def test_variant_save_and_load_round_trip(model, io, tmp_path):
+    """diffusers' model convention: `save_pretrained(variant=...)` writes `diffusion_pytorch_model.<variant>.
+    safetensors`, `from_pretrained(variant=...)` loads it, and without the variant the plain file is missing."""
+    model.save_pretrained(tmp_path, variant="fp16")
+    assert sorted(path.name for path in tmp_path.glob("*.safetensors")) == ["diffusion_pytorch_model.fp16.safetensors"]
+    loaded = TokenBridgeTransformer2DModel.from_pretrained(tmp_path, variant="fp16").eval()
+    with torch.no_grad():
+        assert torch.equal(
+            loaded(io["latents"], io["labels"], io["mask"]).logits,
+            model(io["latents"], io["labels"], io["mask"]).logits,
+        )
+    with pytest.raises(OSError, match="no weights file diffusion_pytorch_model.safetensors"):
+        TokenBridgeTransformer2DModel.from_pretrained(tmp_path)
