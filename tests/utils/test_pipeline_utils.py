@@ -410,6 +410,33 @@ def test_guidance_cutoff_callback(system, monkeypatch):
     assert not torch.equal(cut, constant)
 
 
+def test_callback_increases_guidance_as_diffusers_tests_it(system):
+    """diffusers' `test_callback_cfg`: a callback adding 1 to `_guidance_scale` at every step ends at the given scale
+    plus `num_timesteps`; and its `test_callback_inputs`: the call takes `callback_on_step_end_tensor_inputs` whose
+    names are all in `_callback_tensor_inputs`, and the callback gets exactly the tensors asked for."""
+    import inspect
+
+    name, pipe, call = system
+    parameters = inspect.signature(pipe.__call__).parameters
+    assert "callback_on_step_end" in parameters and "callback_on_step_end_tensor_inputs" in parameters
+    defaults = parameters["callback_on_step_end_tensor_inputs"].default
+    assert set(defaults) <= set(pipe._callback_tensor_inputs)
+
+    def increase(pipeline, step_index, timestep, tensors):
+        assert set(tensors) == set(pipeline._callback_tensor_inputs)
+        pipeline._guidance_scale += 1.0
+        return tensors
+
+    call(
+        [0],
+        guidance_scale=2.0,
+        output_type="latent",
+        callback_on_step_end=increase,
+        callback_on_step_end_tensor_inputs=pipe._callback_tensor_inputs,
+    )
+    assert pipe.guidance_scale == 2.0 + pipe.num_timesteps
+
+
 def test_interrupt_skips_the_remaining_steps(system):
     """A callback that sets `_interrupt` at step 1: no later step runs (nor its callback), the latents of step 1 are
     returned, and the next call runs every step again."""
