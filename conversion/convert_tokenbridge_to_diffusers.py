@@ -8,7 +8,9 @@
 `--vae_name_or_path` takes an already converted diffusers `AutoencoderKL` (a folder or a Hub id) instead of
 `kl16.ckpt`; its `scaling_factor` is set to 0.2325. Without a VAE only the transformer is written (`DIR/transformer`).
 The generator uses the EMA weights by default (buffers from `"model"`), as the original's evaluation does; the size
-(L, H or any other) is read from the shapes. Checkpoints are read with `torch.load(weights_only=True)` and loaded
+(L, H or any other) is read from the shapes, and so is the channel head's attention head count (from its per-head q/k
+norms). The encoder's and decoder's head count is stored nowhere in the weights: it is known for L and H, and any other
+size stops with a message asking for `--num_attention_heads`. Checkpoints are read with `torch.load(weights_only=True)` and loaded
 strictly: a missing or unexpected key is an error, never a silently random weight.
 """
 
@@ -104,9 +106,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--weights", choices=["ema", "model"], default="ema")
     parser.add_argument(
-        "--num_attention_heads", type=int, default=None, help="encoder/decoder heads (default by width)"
+        "--num_attention_heads",
+        type=int,
+        default=None,
+        help="encoder/decoder heads (not stored in the weights: known for the released L and H, needed otherwise)",
     )
-    parser.add_argument("--head_num_attention_heads", type=int, default=None, help="channel head heads (default 8)")
+    parser.add_argument(
+        "--head_num_attention_heads",
+        type=int,
+        default=None,
+        help="channel head heads (read from the checkpoint's per-head q/k norms; a different value is refused)",
+    )
     parser.add_argument(
         "--id2label",
         default="hub",
@@ -122,18 +132,21 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
-    with torch.no_grad():
-        folder = convert(
-            checkpoint=args.checkpoint,
-            output_dir=args.output_dir,
-            vae_checkpoint=args.vae_checkpoint,
-            vae_name_or_path=args.vae_name_or_path,
-            weights=args.weights,
-            num_attention_heads=args.num_attention_heads,
-            head_num_attention_heads=args.head_num_attention_heads,
-            id2label=args.id2label,
-            repo_id=args.push_to_hub,
-        )
+    try:
+        with torch.no_grad():
+            folder = convert(
+                checkpoint=args.checkpoint,
+                output_dir=args.output_dir,
+                vae_checkpoint=args.vae_checkpoint,
+                vae_name_or_path=args.vae_name_or_path,
+                weights=args.weights,
+                num_attention_heads=args.num_attention_heads,
+                head_num_attention_heads=args.head_num_attention_heads,
+                id2label=args.id2label,
+                repo_id=args.push_to_hub,
+            )
+    except ValueError as error:  # a checkpoint that cannot be converted as asked: one line, naming the flag to set
+        raise SystemExit(f"{Path(__file__).name}: error: {error}") from error
     print(f"wrote {folder}")
     if args.push_to_hub:
         push_folder_to_hub(folder, args.push_to_hub, commit_message="Convert TokenBridge")

@@ -17,7 +17,7 @@ import re
 import torch
 
 from conversion.checkpoint_loading import load_checkpoint, load_state_dict_strictly
-from tokenset_diffusers.tokenbridge.transformer_tokenbridge import TokenBridgeTransformer2DModel
+from tokenset_diffusers.tokenbridge.transformer_tokenbridge import TOKENBRIDGE_PRESETS, TokenBridgeTransformer2DModel
 
 
 _VIT = r"^(encoder|decoder)_blocks\.(\d+)\."
@@ -64,9 +64,10 @@ RENAME_TABLE: list[tuple[str, str]] = [
 # Original buffers the model does not store (checked, then dropped).
 DROPPED_KEYS = {"channel_mask"}
 
-# Heads are not stored in the weights: the released factories use 12 (width 768, base), 16 (1024, L; 1280, H).
-DEFAULT_HEADS_BY_WIDTH = {768: 12, 1024: 16, 1280: 16}
-DEFAULT_HEAD_NUM_ATTENTION_HEADS = 8
+# The channel head normalises q and k per head: its head count is width / the norm's size. The encoder and decoder
+# store nothing per head: their count is known only for the released sizes (`TOKENBRIDGE_PRESETS`, recognised by all
+# widths and depths); any other checkpoint needs `--num_attention_heads`.
+_HEAD_QK_NORM = "channel_blocks.0.attn.q_norm.weight"
 
 _REQUIRED_KEYS = [
     "z_proj.weight",
@@ -107,11 +108,17 @@ def infer_tokenbridge_config(
     """
     Read the `TokenBridgeTransformer2DModel` config from the shapes of an original state dict (meta tensors are fine).
 
-    Head counts, the quantizer's range (not stored: only its tables are) and the channel order (hard-coded in the
-    original) are arguments, defaulting to the released values.
+    The channel head's attention head count is read from its per-head q/k norm (`head_num_attention_heads`, if
+    given, must agree); the encoder's and decoder's (`num_attention_heads`) from the released size the widths and
+    depths are (L, H), else it must be given. The quantizer's range (not stored: only its tables are) and the channel
+    order (hard-coded in the original) are arguments, defaulting to the released values.
 
     Returns:
         `dict`: keyword arguments for `TokenBridgeTransformer2DModel`.
+
+    Raises:
+        `ValueError` naming the flag to set (`--num_attention_heads`, `--head_num_attention_heads`) when a head count
+        cannot be read from the checkpoint or disagrees with it.
     """
     _require_keys(state_dict)
     encoder_width = state_dict["z_proj.weight"].shape[0]
@@ -128,22 +135,33 @@ def infer_tokenbridge_config(
     if 2**bits != num_levels:
         raise ValueError(f"The quantizer has {num_levels} levels, not a power of two.")
     mlp_ratio = state_dict["encoder_blocks.0.mlp.fc1.weight"].shape[0] / encoder_width
+    depths = {
+        "encoder_num_layers": _num_blocks(state_dict, "encoder_blocks"),
+        "decoder_num_layers": _num_blocks(state_dict, "decoder_blocks"),
+        "head_num_layers": _num_blocks(state_dict, "channel_blocks"),
+    }
+    head_num_attention_heads = _channel_head_heads(state_dict, head_width, head_num_attention_heads)
     if num_attention_heads is None:
-        num_attention_heads = DEFAULT_HEADS_BY_WIDTH.get(encoder_width, encoder_width // 64)
-    if head_num_attention_heads is None:
-        head_num_attention_heads = DEFAULT_HEAD_NUM_ATTENTION_HEADS
+        num_attention_heads = _released_heads(
+            {
+                "encoder_hidden_size": encoder_width,
+                "decoder_hidden_size": decoder_width,
+                "head_hidden_size": head_width,
+                **depths,
+            }
+        )
     config = {
         "sample_size": sample_size,
         "latent_channels": int(latent_channels),
         "num_classes": int(state_dict["class_emb.weight"].shape[0]),
         "buffer_size": int(buffer_size),
         "encoder_hidden_size": int(encoder_width),
-        "encoder_num_layers": _num_blocks(state_dict, "encoder_blocks"),
+        "encoder_num_layers": depths["encoder_num_layers"],
         "decoder_hidden_size": int(decoder_width),
-        "decoder_num_layers": _num_blocks(state_dict, "decoder_blocks"),
+        "decoder_num_layers": depths["decoder_num_layers"],
         "num_attention_heads": int(num_attention_heads),
         "head_hidden_size": int(head_width),
-        "head_num_layers": _num_blocks(state_dict, "channel_blocks"),
+        "head_num_layers": depths["head_num_layers"],
         "head_num_attention_heads": int(head_num_attention_heads),
         "mlp_ratio": float(mlp_ratio),
         "quantizer_bits": bits,
@@ -161,6 +179,43 @@ def infer_tokenbridge_config(
         if heads < 1 or width % heads != 0:
             raise ValueError(f"`{name}`={heads} must divide the width {width}.")
     return config
+
+
+def _channel_head_heads(state_dict: dict[str, torch.Tensor], width: int, given: int | None) -> int:
+    """The channel head's attention heads: `width / head_dim`, the head_dim read from the per-head q norm."""
+    if _HEAD_QK_NORM not in state_dict:
+        if given is None:
+            raise ValueError(
+                f"The checkpoint has no `{_HEAD_QK_NORM}` to read the channel head's attention head count from; pass "
+                "it with `--head_num_attention_heads` (`head_num_attention_heads=`)."
+            )
+        return given
+    head_dim = int(state_dict[_HEAD_QK_NORM].shape[0])
+    if head_dim < 1 or width % head_dim != 0:
+        raise ValueError(
+            f"`{_HEAD_QK_NORM}` has size {head_dim}, which does not divide the channel head width {width}."
+        )
+    inferred = width // head_dim
+    if given is not None and given != inferred:
+        raise ValueError(
+            f"`--head_num_attention_heads` (`head_num_attention_heads`) is {given}, but the checkpoint's per-head q/k "
+            f"norms ({_HEAD_QK_NORM}, size {head_dim}) give {width} / {head_dim} = {inferred} heads; drop the flag to "
+            "use the checkpoint's."
+        )
+    return inferred
+
+
+def _released_heads(sizes: dict[str, int]) -> int:
+    """The encoder/decoder attention heads of the released size whose widths and depths are `sizes`."""
+    for preset in TOKENBRIDGE_PRESETS.values():
+        if all(preset[key] == value for key, value in sizes.items()):
+            return preset["num_attention_heads"]
+    described = ", ".join(f"{key}={value}" for key, value in sizes.items())
+    raise ValueError(
+        f"The encoder and decoder attention head count is not stored in the checkpoint (no per-head tensors), and its "
+        f"sizes ({described}) are not a released size ({', '.join(sorted(TOKENBRIDGE_PRESETS))}); pass it with "
+        "`--num_attention_heads` (`num_attention_heads=`), as the model was trained."
+    )
 
 
 def load_tokenbridge_checkpoint(path: str) -> dict:

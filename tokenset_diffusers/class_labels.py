@@ -49,7 +49,8 @@ class ClassLabelsMixin:
     def get_label_ids(self, label: str | list[str]) -> list[int]:
         """Maps class names (a string or a list of strings) to class ids.
 
-        Raises `ValueError` for an unknown name, listing the closest known names.
+        Raises `ValueError` for an unknown name, listing the closest known names and all names (for more than 20, how to
+        list them).
         """
         if not self.labels:
             raise ValueError("This pipeline has no `id2label`; pass class ids (integers) instead of names.")
@@ -59,11 +60,22 @@ class ClassLabelsMixin:
             if not isinstance(name, str):
                 raise ValueError(f"`get_label_ids` takes class names (strings), got {name!r}.")
             if name not in self.labels:
-                close = difflib.get_close_matches(name, self.labels.keys(), n=5)
-                hint = f" Close matches: {close}." if close else ""
-                raise ValueError(f"Unknown class name {name!r}.{hint}")
+                raise ValueError(self._unknown_label_message(name))
             ids.append(self.labels[name])
         return ids
+
+    def _unknown_label_message(self, name: str) -> str:
+        """`Unknown class name ...` with the closest known names, then all names when there are at most 20, else how
+        to list them."""
+        known = list(self.labels)
+        close = difflib.get_close_matches(name, known, n=5)
+        hint = f" Close matches: {close}." if close else ""
+        if len(known) <= 20:
+            return f"Unknown class name {name!r}.{hint} The class names are {known}."
+        return (
+            f"Unknown class name {name!r}.{hint} `sorted(pipeline.labels)` lists all {len(known)} names (synonyms "
+            "included), `pipeline.config.id2label` the names by class id."
+        )
 
     def prepare_class_labels(self, class_labels: int | str | Sequence[int | str]) -> torch.LongTensor:
         """Class ids (an int, a name, or a list, tuple, array or tensor of either) as a `torch.LongTensor` of shape

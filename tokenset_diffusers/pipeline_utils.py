@@ -5,8 +5,9 @@
 `None` for the null class), `num_images_per_class`, `batch_size` with the request-size check made before anything is
 allocated, one generator or one per image (split per chunk), output types, joining the chunks' outputs, step callbacks
 with diffusers' name `"latents"` (each system's own name kept as an alias; a replacement is validated), one progress
-bar over all chunks, and the `guidance_scale` / `num_timesteps` properties. Each pipeline keeps only its model calls:
-how one chunk is sampled and decoded.
+bar over all chunks, and diffusers' `guidance_scale` / `do_classifier_free_guidance` / `num_timesteps` / `interrupt`
+properties, which a step callback reads and changes (`pipeline._guidance_scale`, `pipeline._interrupt`). Each pipeline
+keeps only its model calls: how one chunk is sampled and decoded.
 """
 
 import os
@@ -46,12 +47,31 @@ class ClassConditionalPipelineMixin:
     _callback_latents_aliases: tuple[str, ...] = ()
     _guidance_scale = None  # set by every call, read at every step
     _num_timesteps = None
+    _interrupt = False  # reset by every call, read at every step
 
     @property
     def guidance_scale(self) -> float | list[float] | None:
         """The guidance of the running (or last) call, `None` before the first; a callback may change
         `pipeline._guidance_scale` between steps, e.g. to 1.0 (no guidance) for the last steps."""
         return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        """Whether the running (or last) call guides its next step: a `guidance_scale` other than 1.0 (for a
+        per-step list, any entry other than 1.0); `False` before the first call."""
+        scale = self._guidance_scale
+        if scale is None:
+            return False
+        if isinstance(scale, (list, tuple)):
+            return any(float(value) != 1.0 for value in scale)
+        return float(scale) != 1.0
+
+    @property
+    def interrupt(self) -> bool:
+        """Whether the running call stops denoising: a step callback sets `pipeline._interrupt = True` and every step
+        after it (of every remaining chunk) is skipped, as in diffusers; the latents reached so far are decoded and
+        returned. Every call starts with `False`."""
+        return self._interrupt
 
     @property
     def num_timesteps(self) -> int | None:

@@ -34,6 +34,7 @@ from tokenset_diffusers.tokenbridge.scheduling_masked_ar import MaskedARSchedule
 from tokenset_diffusers.tokenbridge.transformer_tokenbridge import (
     RELEASED_CHANNEL_ORDER,
     TokenBridgeTransformer2DModel,
+    masked_token_loss,
 )
 from training.config import RunArguments, arg, check_choices, check_positive, parse_config
 from training.data import (
@@ -339,7 +340,8 @@ def train_step(
         sync = index == len(micro_batches) - 1
         with contextlib.nullcontext() if sync else accelerator.no_sync(state.model):
             with accelerator.autocast():
-                loss = state.model(latents, class_labels, mask).loss
+                output = state.model(latents, class_labels, mask)
+                loss = masked_token_loss(output.logits, output.targets)
             accelerator.backward(loss / len(micro_batches))
         sums["loss"] = sums.get("loss", 0.0) + loss.detach().float() / len(micro_batches)
         sums["mask_ratio"] = sums.get("mask_ratio", 0.0) + mask.float().mean() / len(micro_batches)

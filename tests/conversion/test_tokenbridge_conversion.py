@@ -11,6 +11,7 @@ import pytest
 import torch
 from diffusers import AutoencoderKL
 from helpers.tokenbridge import (
+    TINY_HEADS,
     load_fixture,
     load_json,
     single_thread,  # noqa: F401 (autouse)
@@ -109,7 +110,7 @@ def test_command_line_end_to_end(tmp_path):
     names.write_text(json.dumps({str(i): f"digit {i}" for i in range(10)}))
     arguments = [
         "--checkpoint", str(generator_path), "--vae_checkpoint", str(vae_path), "--num_attention_heads", "4",
-        "--head_num_attention_heads", "4", "--id2label", str(names),
+        "--id2label", str(names),
     ]  # fmt: skip
     # The command line as a user runs it (default weights: EMA), and the raw weights in this process.
     environment = {"PYTHONPATH": str(ROOT), "PATH": "", "OMP_NUM_THREADS": "1"}
@@ -189,3 +190,38 @@ def test_diffusers_vae_folder_gets_the_scaling_factor(tmp_path):
     vae.save_pretrained(tmp_path / "vae")
     loaded = script.load_vae(vae_name_or_path=str(tmp_path / "vae"))
     assert isinstance(loaded, AutoencoderKL) and loaded.config.scaling_factor == KL16_SCALING_FACTOR
+
+
+def test_channel_head_heads_are_read_from_the_checkpoint():
+    """The channel head normalises q and k per head: its head count is read from the norm's size (the tiny model has
+    4 heads of width 8; the released ones 8 of 128, see test_released_checkpoints_convert_strictly_on_meta)."""
+    from conversion.tokenbridge_conversion import infer_tokenbridge_config
+
+    state_dict = load_fixture("tokenbridge_tiny.original.safetensors")
+    config = infer_tokenbridge_config(state_dict, num_attention_heads=4)
+    head_width = state_dict["condition_proj.weight"].shape[0]
+    assert (
+        config["head_num_attention_heads"] == head_width // state_dict["channel_blocks.0.attn.q_norm.weight"].shape[0]
+    )
+    assert config["head_num_attention_heads"] == TINY_HEADS["head_num_attention_heads"]
+    assert infer_tokenbridge_config(state_dict, num_attention_heads=4, head_num_attention_heads=4) == config
+
+
+def test_head_counts_that_cannot_be_read_stop_and_name_the_flag(tmp_path):
+    from conversion.tokenbridge_conversion import infer_tokenbridge_config
+
+    state_dict = load_fixture("tokenbridge_tiny.original.safetensors")
+    # not a released size: the encoder/decoder head count is stored nowhere
+    with pytest.raises(ValueError, match="pass it with `--num_attention_heads`"):
+        infer_tokenbridge_config(state_dict)
+    # a channel head count the per-head norms contradict
+    with pytest.raises(ValueError, match=r"`--head_num_attention_heads`.* is 2, but .* give 32 / 8 = 4 heads"):
+        infer_tokenbridge_config(state_dict, num_attention_heads=4, head_num_attention_heads=2)
+    without_norm = {key: value for key, value in state_dict.items() if "q_norm" not in key}
+    with pytest.raises(ValueError, match="pass it with `--head_num_attention_heads`"):
+        infer_tokenbridge_config(without_norm, num_attention_heads=4)
+    # the command line stops with that line, before writing anything
+    generator_path, _, _ = _write_checkpoints(tmp_path)
+    with pytest.raises(SystemExit, match="--num_attention_heads") as stopped:
+        script.main(["--checkpoint", str(generator_path), "--output_dir", str(tmp_path / "out"), "--id2label", "none"])
+    assert "\n" not in str(stopped.value) and not (tmp_path / "out").exists()

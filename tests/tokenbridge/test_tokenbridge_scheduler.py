@@ -122,3 +122,69 @@ def test_invalid_steps(steps):
 def test_use_before_set_timesteps():
     with pytest.raises(ValueError, match="set_timesteps"):
         MaskedARScheduler(num_tokens=16).guidance_weight(0, 2.0)
+
+
+def test_public_scheduler_api():
+    """diffusers' scheduler API: `init_noise_sigma`, `scale_model_input`, and `step(model_output, timestep, sample)`
+    whose other arguments are optional keywords."""
+    import inspect
+
+    scheduler = MaskedARScheduler(num_tokens=16)
+    assert scheduler.init_noise_sigma == 1.0
+    sample = torch.randint(0, 64, (2, 16, 3))
+    assert scheduler.scale_model_input(sample, 0) is sample
+    assert scheduler.scale_model_input(sample) is sample
+    parameters = inspect.signature(scheduler.step).parameters
+    assert list(parameters)[:3] == ["model_output", "timestep", "sample"]
+    assert all(p.default is not inspect.Parameter.empty for name, p in list(parameters.items())[3:])
+
+
+def test_step_with_set_orders_is_step_with_orders():
+    scheduler = MaskedARScheduler(num_tokens=16)
+    scheduler.set_timesteps(4)
+    orders = scheduler.sample_orders(2, torch.Generator().manual_seed(3))
+    with pytest.raises(ValueError, match="set_orders"):
+        scheduler.step(torch.zeros(2, scheduler.num_predicted[0], 2, dtype=torch.long), 0, torch.zeros(2, 16, 2))
+    by_keyword = by_state = torch.zeros(2, 16, 2, dtype=torch.long)
+    scheduler.set_orders(orders)
+    for t in scheduler.timesteps:
+        tokens = torch.randint(
+            1, 64, (2, scheduler.num_predicted[int(t)], 2), generator=torch.Generator().manual_seed(int(t))
+        )
+        by_keyword, mask_keyword = scheduler.step(tokens, t, by_keyword, orders=orders, return_dict=False)
+        output = scheduler.step(tokens, t, by_state)
+        by_state = output.prev_sample
+        assert torch.equal(by_state, by_keyword) and torch.equal(output.mask, mask_keyword)
+    assert (by_state > 0).all()
+    with pytest.raises(ValueError, match="orders"):
+        scheduler.set_orders(orders[:, :8])
+
+
+def test_step_takes_a_token_for_every_position():
+    """A model output shaped like the sample: the positions of the step are taken from it, the rest left alone."""
+    scheduler = MaskedARScheduler(num_tokens=16)
+    scheduler.set_timesteps(4)
+    orders = scheduler.sample_orders(2, torch.Generator().manual_seed(4))
+    sample = torch.zeros(2, 16, 3, dtype=torch.long)
+    everywhere = torch.arange(16)[None, :, None].expand(2, 16, 3) + 1
+    prev_sample, _ = scheduler.step(everywhere, 1, sample, orders, return_dict=False)
+    positions = scheduler.positions_to_predict(orders, 1)
+    expected, _ = scheduler.step(positions[:, :, None].expand(-1, -1, 3) + 1, 1, sample, orders, return_dict=False)
+    assert torch.equal(prev_sample, expected)
+    assert int((prev_sample > 0).any(-1).sum()) == 2 * scheduler.num_predicted[1]
+    with pytest.raises(ValueError, match="model_output"):
+        scheduler.step(everywhere[:, :5], 1, sample, orders)
+
+
+def test_scheduler_save_and_load_round_trip(tmp_path):
+    scheduler = MaskedARScheduler(num_tokens=16, mask_ratio_min=0.6, mask_ratio_std=0.2)
+    scheduler.save_pretrained(tmp_path)
+    loaded = MaskedARScheduler.from_pretrained(tmp_path)
+    assert {k: loaded.config[k] for k in ("num_tokens", "mask_ratio_min", "mask_ratio_std")} == {
+        "num_tokens": 16,
+        "mask_ratio_min": 0.6,
+        "mask_ratio_std": 0.2,
+    }
+    scheduler.set_timesteps(5)
+    loaded.set_timesteps(5)
+    assert loaded.num_predicted == scheduler.num_predicted

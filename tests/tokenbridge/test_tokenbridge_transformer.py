@@ -15,6 +15,7 @@ from helpers.tokenbridge import (
 from scipy.stats import chi2
 
 from tokenset_diffusers import TOKENBRIDGE_PRESETS, TokenBridgeTransformer2DModel
+from tokenset_diffusers.tokenbridge.transformer_tokenbridge import masked_token_loss
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "conversion"))
@@ -73,11 +74,40 @@ def test_encoder_and_decoder(model, io):
 @torch.no_grad()
 def test_forward_logits_and_loss(model, io):
     output = model(io["latents"], io["labels"], io["mask"])
-    torch.testing.assert_close(output.logits, io["teacher_forced_logits"], atol=ATOL, rtol=0)
-    torch.testing.assert_close(output.loss, io["loss"], atol=ATOL, rtol=0)
-    assert torch.equal(output.targets, io["head_targets"][io["mask"].bool()])
-    loss, logits, targets = model(io["latents"], io["labels"], io["mask"].bool(), return_dict=False)
-    assert torch.equal(loss, output.loss) and torch.equal(targets, output.targets)
+    batch_size, channels = io["latents"].shape[:2]
+    num_masked = int(io["mask"][0].sum())
+    # The prediction comes first, batch dimension first: (B, n, C, K), the recorded rows row-major over (B, n).
+    assert output.logits.shape == (batch_size, num_masked, channels, model.num_levels)
+    assert output[0] is output.logits
+    torch.testing.assert_close(output.logits.flatten(0, 1), io["teacher_forced_logits"], atol=ATOL, rtol=0)
+    torch.testing.assert_close(masked_token_loss(output.logits, output.targets), io["loss"], atol=ATOL, rtol=0)
+    assert torch.equal(output.targets.flatten(0, 1), io["head_targets"][io["mask"].bool()])
+    # the positions are each image's masked ones, ascending
+    expected_positions = torch.stack([row.nonzero()[:, 0] for row in io["mask"].bool()])
+    assert torch.equal(output.positions, expected_positions)
+    logits, targets, positions = model(io["latents"], io["labels"], io["mask"].bool(), return_dict=False)
+    assert torch.equal(logits, output.logits) and torch.equal(targets, output.targets)
+    assert torch.equal(positions, output.positions)
+
+
+@torch.no_grad()
+def test_forward_without_a_mask_predicts_every_position_from_the_class(model, io):
+    """No mask: every position is masked, as at the first sampling step; the same as an explicit all-True mask."""
+    batch_size = io["latents"].shape[0]
+    output = model(io["latents"], io["labels"])
+    assert output.logits.shape[:2] == (batch_size, model.num_tokens)
+    full = torch.ones(batch_size, model.num_tokens, dtype=torch.bool)
+    assert torch.equal(output.logits, model(io["latents"], io["labels"], full).logits)
+    # every position masked: the decoder sees the class alone, so the first head position's logits (conditioned on
+    # nothing else) do not depend on the latents; the later ones are teacher-forced by the latents' own tokens
+    other = model(torch.randn_like(io["latents"]), io["labels"])
+    torch.testing.assert_close(other.logits[:, :, 0], output.logits[:, :, 0])
+    assert not torch.allclose(other.logits[:, :, 1:], output.logits[:, :, 1:])
+
+
+def test_masked_token_loss_checks_shapes():
+    with pytest.raises(ValueError, match="`targets` must have the shape"):
+        masked_token_loss(torch.zeros(2, 3, 4, 5), torch.zeros(2, 3, 5, dtype=torch.long))
 
 
 def test_training_loss_with_label_dropout(io):
@@ -91,7 +121,8 @@ def test_training_loss_with_label_dropout(io):
         block.attn.attention_dropout = 0.0
     model.train()
     labels = torch.where(io["label_drop_u"] < 0.1, model.config.num_classes, io["labels"])
-    loss = model(io["latents"], labels, io["mask"]).loss
+    output = model(io["latents"], labels, io["mask"])
+    loss = masked_token_loss(output.logits, output.targets)
     torch.testing.assert_close(loss, io["loss_train_label_drop"], atol=ATOL, rtol=0)
     loss.backward()  # training calls the same forward
     assert model.unconditional_embedding.grad.abs().sum() > 0
@@ -243,10 +274,26 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(io):
         model = tiny_transformer()
         if checkpointing:
             model.enable_gradient_checkpointing()
-        loss = model(io["latents"], io["labels"], io["mask"]).loss
+        output = model(io["latents"], io["labels"], io["mask"])
+        loss = masked_token_loss(output.logits, output.targets)
         loss.backward()
         return loss.detach(), model.encoder_blocks[0].attn.to_qkv.weight.grad
 
     plain, checkpointed = loss_and_grad(False), loss_and_grad(True)
     torch.testing.assert_close(checkpointed[0], plain[0])
     torch.testing.assert_close(checkpointed[1], plain[1])
+
+
+def test_variant_save_and_load_round_trip(model, io, tmp_path):
+    """diffusers' model convention: `save_pretrained(variant=...)` writes `diffusion_pytorch_model.<variant>.
+    safetensors`, `from_pretrained(variant=...)` loads it, and without the variant the plain file is missing."""
+    model.save_pretrained(tmp_path, variant="fp16")
+    assert sorted(path.name for path in tmp_path.glob("*.safetensors")) == ["diffusion_pytorch_model.fp16.safetensors"]
+    loaded = TokenBridgeTransformer2DModel.from_pretrained(tmp_path, variant="fp16").eval()
+    with torch.no_grad():
+        assert torch.equal(
+            loaded(io["latents"], io["labels"], io["mask"]).logits,
+            model(io["latents"], io["labels"], io["mask"]).logits,
+        )
+    with pytest.raises(OSError, match="no weights file diffusion_pytorch_model.safetensors"):
+        TokenBridgeTransformer2DModel.from_pretrained(tmp_path)

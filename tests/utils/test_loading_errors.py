@@ -286,3 +286,68 @@ def test_bare_diffusion_pipeline_refuses_a_vae_that_does_not_fit(tmp_path, damag
     DAMAGES[damage][0](folder / "vae", "diffusion_pytorch_model.safetensors", "layers_per_block")
     with pytest.raises(ValueError, match=rf"AutoencoderKL: the weights in {folder / 'vae'}/diffusion_pytorch_model"):
         DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+
+
+# ---------------------------------------------------------------------- errors that point the way
+
+
+@pytest.mark.parametrize(
+    "bundled, loader, other",
+    [
+        ("tokenbridge-digits", "TokenSetPipeline", "TokenBridgePipeline"),
+        ("digits", "TokenBridgePipeline", "TokenSetPipeline"),
+    ],
+)
+def test_the_other_systems_bundled_folder_names_both_loaders_in_one_line(bundled, loader, other):
+    import tokenset_diffusers
+    from tokenset_diffusers.bundled import bundled_pipeline_path
+
+    with pytest.raises(ValueError) as error:
+        getattr(tokenset_diffusers, loader).from_pretrained(bundled_pipeline_path(bundled))
+    message = str(error.value)
+    assert f"holds a saved {other}" in message and f"not a {loader}" in message
+    assert f"`{other}.from_pretrained(...)`" in message
+    assert "`diffusers.DiffusionPipeline.from_pretrained(..., trust_remote_code=True)`" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("loader", ["TokenSetPipeline", "TokenBridgePipeline"])
+@pytest.mark.parametrize("name", ["someone/no-such-model", "not a repo id"])
+def test_an_unreachable_model_name_is_one_line(loader, name, tmp_path, monkeypatch):
+    """Offline and not cached (or not a repo id at all): one line saying what the name is not, naming the bundled
+    pipelines, without the Hub's traceback."""
+    import tokenset_diffusers
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(OSError) as error:
+        getattr(tokenset_diffusers, loader).from_pretrained(name, cache_dir=str(tmp_path))
+    message = str(error.value)
+    assert message.startswith(f"{loader}: {name!r} is not a folder, and not a Hub repository that could be downloaded")
+    assert "digits, tokenset-digits, tokenbridge-digits" in message and "bundled_pipeline_path(name)" in message
+    assert "\n" not in message
+    assert error.value.__suppress_context__  # the Hub's own traceback is not chained on
+
+
+def test_an_unknown_class_name_lists_the_names_or_how_to_list_them():
+    from tokenset_diffusers.class_labels import ClassLabelsMixin, label_to_id
+
+    class Labelled(ClassLabelsMixin):
+        def __init__(self, id2label):
+            self.labels = label_to_id(id2label)
+
+    few = Labelled({0: "zero", 1: "one", 2: "two, deux"})
+    with pytest.raises(ValueError) as error:
+        few.get_label_ids("tow")
+    assert str(error.value) == (
+        "Unknown class name 'tow'. Close matches: ['two']. The class names are ['zero', 'one', 'two, deux', 'two', "
+        "'deux']."
+    )
+    many = Labelled({i: f"class {i}" for i in range(1000)} | {7: "golden retriever"})
+    with pytest.raises(ValueError) as error:
+        many.get_label_ids("golden retreiver")
+    message = str(error.value)
+    assert "Close matches: ['golden retriever'" in message
+    assert "`sorted(pipeline.labels)` lists all 1000 names" in message and "class 999" not in message
+    with pytest.raises(ValueError, match=r"^Unknown class name 'zzzz'\. `sorted\(pipeline\.labels\)`"):
+        many.get_label_ids("zzzz")

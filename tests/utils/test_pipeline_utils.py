@@ -351,6 +351,116 @@ def test_guidance_and_steps_properties(system):
     assert pipe.num_timesteps == (2 if name == "img2img" else 4)  # img2img: floor(0.7 * 4) steps of 4
 
 
+def test_classifier_free_guidance_and_interrupt_properties(system):
+    name, pipe, call = system
+    call([0], guidance_scale=1.5, output_type="latent")
+    assert pipe.do_classifier_free_guidance is True and pipe.interrupt is False
+    call([0], guidance_scale=1.0, output_type="latent")
+    assert pipe.do_classifier_free_guidance is False
+    if name != "tokenbridge":  # a per-step guidance list guides if any step does
+        call([0], guidance_scale=[1.0, 2.0], output_type="latent")
+        assert pipe.do_classifier_free_guidance is True
+
+
+def _spy_guidance(pipe, monkeypatch) -> list[float]:
+    """The guidance scale each model call of `pipe` gets, in order."""
+    used = []
+    if isinstance(pipe, TokenBridgePipeline):
+        guided = pipe.guided_features
+
+        def spy(values, step_index, orders, class_labels, guidance_scale=1.0, *args, **kwargs):
+            used.append(guidance_scale)
+            return guided(values, step_index, orders, class_labels, guidance_scale, *args, **kwargs)
+
+        monkeypatch.setattr(pipe, "guided_features", spy)
+    else:
+        guided = pipe.guided_probabilities
+
+        def spy(sample, t, labels, guidance_scale=1.0):
+            used.append(guidance_scale)
+            return guided(sample, t, labels, guidance_scale)
+
+        monkeypatch.setattr(pipe, "guided_probabilities", spy)
+    return used
+
+
+def test_guidance_cutoff_callback(system, monkeypatch):
+    """diffusers' guidance cut-off: a step-end callback reads `num_timesteps` and `do_classifier_free_guidance` and
+    sets `_guidance_scale` to 1.0 (no guidance) from a fraction of the steps on; the later steps run unguided."""
+    name, pipe, call = system
+    seen = []
+
+    def cutoff(pipeline, step_index, timestep, tensors):
+        seen.append(pipeline.do_classifier_free_guidance)
+        if step_index + 1 == int(0.5 * pipeline.num_timesteps):
+            pipeline._guidance_scale = 1.0
+        return tensors
+
+    used = _spy_guidance(pipe, monkeypatch)
+    kwargs = {"num_inference_steps": 4, "output_type": "latent", "generator": generators(1)}
+    if name == "img2img":
+        kwargs["strength"] = 1.0
+    cut = latents_of(name, call([1], guidance_scale=3.0, callback_on_step_end=cutoff, **kwargs))
+    assert pipe.num_timesteps == 4
+    assert used == [3.0, 3.0, 1.0, 1.0]
+    assert seen == [True, True, False, False]
+    del used[:]
+    constant = latents_of(name, call([1], guidance_scale=3.0, **kwargs))
+    assert used == [3.0] * 4
+    assert not torch.equal(cut, constant)
+
+
+def test_callback_increases_guidance_as_diffusers_tests_it(system):
+    """diffusers' `test_callback_cfg`: a callback adding 1 to `_guidance_scale` at every step ends at the given scale
+    plus `num_timesteps`; and its `test_callback_inputs`: the call takes `callback_on_step_end_tensor_inputs` whose
+    names are all in `_callback_tensor_inputs`, and the callback gets exactly the tensors asked for."""
+    import inspect
+
+    name, pipe, call = system
+    parameters = inspect.signature(pipe.__call__).parameters
+    assert "callback_on_step_end" in parameters and "callback_on_step_end_tensor_inputs" in parameters
+    defaults = parameters["callback_on_step_end_tensor_inputs"].default
+    assert set(defaults) <= set(pipe._callback_tensor_inputs)
+
+    def increase(pipeline, step_index, timestep, tensors):
+        assert set(tensors) == set(pipeline._callback_tensor_inputs)
+        pipeline._guidance_scale += 1.0
+        return tensors
+
+    call(
+        [0],
+        guidance_scale=2.0,
+        output_type="latent",
+        callback_on_step_end=increase,
+        callback_on_step_end_tensor_inputs=pipe._callback_tensor_inputs,
+    )
+    assert pipe.guidance_scale == 2.0 + pipe.num_timesteps
+
+
+def test_interrupt_skips_the_remaining_steps(system):
+    """A callback that sets `_interrupt` at step 1: no later step runs (nor its callback), the latents of step 1 are
+    returned, and the next call runs every step again."""
+    name, pipe, call = system
+    seen = {}
+
+    def stop(pipeline, step_index, timestep, tensors):
+        seen[step_index] = tensors["latents"].clone()
+        if step_index == 1:
+            pipeline._interrupt = True
+        return tensors
+
+    kwargs = {"num_inference_steps": 4, "output_type": "latent", "generator": generators(1)}
+    if name == "img2img":
+        kwargs["strength"] = 1.0
+    interrupted = call([2], callback_on_step_end=stop, **kwargs)
+    assert sorted(seen) == [0, 1] and pipe.interrupt is True
+    assert torch.equal(latents_of(name, interrupted), seen[1])
+    seen.clear()
+    kwargs["generator"] = generators(1)
+    call([2], callback_on_step_end=lambda pipeline, i, t, tensors: seen.setdefault(i, tensors) and tensors, **kwargs)
+    assert sorted(seen) == [0, 1, 2, 3] and pipe.interrupt is False
+
+
 # ---------------------------------------------------------------- image variations on the generation loop
 
 

@@ -205,9 +205,10 @@ class TokenBridgePipeline(PipelineLoadingMixin, ClassLabelsMixin, ClassCondition
             callback_on_step_end (`Callable`, *optional*): called as `callback(pipeline, step_index, timestep,
                 tensors)` after every step with `tensors` holding `callback_on_step_end_tensor_inputs`; may return a
                 dict whose `"latents"` (or its alias `"indices"`) replaces the level indices, and may set
-                `pipeline._guidance_scale`. A returned tensor must have the shape of the one it got, an integer dtype
-                and (checked on the CPU) level indices in [0, 2**quantizer_bits). With `batch_size`, the callback runs
-                for every chunk, with that chunk's tensors.
+                `pipeline._guidance_scale` (read back as `guidance_scale` / `do_classifier_free_guidance`) or set
+                `pipeline._interrupt = True` to skip the remaining steps. A returned tensor must have the shape of the
+                one it got, an integer dtype and (checked on the CPU) level indices in [0, 2**quantizer_bits). With
+                `batch_size`, the callback runs for every chunk, with that chunk's tensors.
             callback_on_step_end_tensor_inputs (sequence of `str`, defaults to `("latents", "indices")`): among
                 `"latents"` (diffusers' name for what is being denoised; for TokenBridge the current level indices
                 `(B, L, latent_channels)`, positions row-major, VAE channel order, 0 at positions still unknown),
@@ -248,6 +249,7 @@ class TokenBridgePipeline(PipelineLoadingMixin, ClassLabelsMixin, ClassCondition
         (labels,) = self.repeat_per_class(num_images_per_class, labels)  # (B,)
         self._guidance_scale = guidance_scale
         self._num_timesteps = int(num_inference_steps)
+        self._interrupt = False
         self.scheduler.set_timesteps(int(num_inference_steps))
 
         def generate_chunk(rows: slice, chunk_generator: GeneratorType, progress_bar) -> tuple:
@@ -299,6 +301,8 @@ class TokenBridgePipeline(PipelineLoadingMixin, ClassLabelsMixin, ClassCondition
 
         # 2. One masked-AR step per timestep: features of the positions to predict, channel head, write back.
         for step_index in range(self.scheduler.num_inference_steps):
+            if self.interrupt:  # set by a step callback: skip the remaining steps
+                continue
             values = transformer.quantizer.dequantize(indices)  # (B, L, C)
             # The guidance is read at every step: a callback may have changed it.
             features = self.guided_features(

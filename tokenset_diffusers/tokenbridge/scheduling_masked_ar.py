@@ -50,9 +50,14 @@ class MaskedARScheduler(SchedulerMixin, ConfigMixin):
     After [`set_timesteps`], `timesteps` is `0..N-1`, `mask_lengths[k]` the number of positions still masked after
     step k (as the original computes it, 1 at the last step), `num_unknown[k]` the number masked at its start, and
     `num_predicted[k]` the number of positions each image predicts at step k.
+
+    The public scheduler API of diffusers: `init_noise_sigma` (1.0: the sample starts as placeholder indices, nothing
+    is scaled), [`scale_model_input`] (the identity), and [`step`]`(model_output, timestep, sample)` with the
+    generation orders passed as `orders=` or set once per batch with [`set_orders`].
     """
 
     order = 1
+    init_noise_sigma = 1.0
 
     @register_to_config
     def __init__(self, num_tokens: int = 256, mask_ratio_min: float = 0.7, mask_ratio_std: float = 0.25):
@@ -64,6 +69,7 @@ class MaskedARScheduler(SchedulerMixin, ConfigMixin):
         self.mask_lengths: list[int] = []
         self.num_unknown: list[int] = []
         self.num_predicted: list[int] = []
+        self.orders = None
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """
@@ -133,34 +139,75 @@ class MaskedARScheduler(SchedulerMixin, ConfigMixin):
         start = self.num_unknown[step_index] - self.num_predicted[step_index]
         return orders[:, start : self.num_unknown[step_index]].sort(dim=1).values
 
+    def set_orders(self, orders: torch.LongTensor | None) -> None:
+        """
+        Sets the generation orders that [`step`] uses when it is not given `orders` (e.g. those of
+        [`sample_orders`]); `None` forgets them.
+
+        Args:
+            orders (`torch.LongTensor` of shape `(batch_size, num_tokens)`, *optional*): one permutation of the
+                positions per image.
+        """
+        num_tokens = self.config.num_tokens
+        if orders is not None and not (torch.is_tensor(orders) and orders.ndim == 2 and orders.shape[1] == num_tokens):
+            shape = tuple(orders.shape) if torch.is_tensor(orders) else type(orders).__name__
+            raise ValueError(f"`orders` must be a tensor of shape (batch_size, {num_tokens}), got {shape}.")
+        self.orders = orders
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: int | torch.Tensor | None = None) -> torch.Tensor:
+        """The sample unchanged: masked-AR sampling scales nothing (diffusers' scheduler API).
+
+        Args:
+            sample (`torch.Tensor`): the current sample.
+            timestep (`int` or 0-d tensor, *optional*): unused.
+
+        Returns:
+            `torch.Tensor`: `sample`.
+        """
+        return sample
+
     def step(
         self,
         model_output: torch.LongTensor,
         timestep: int | torch.Tensor,
         sample: torch.LongTensor,
-        orders: torch.LongTensor,
+        orders: torch.LongTensor | None = None,
         return_dict: bool = True,
     ) -> MaskedARSchedulerOutput | tuple:
         """
         Write this step's predicted tokens into the sample.
 
         Args:
-            model_output (`torch.LongTensor` of shape `(batch_size, num_predicted[k], latent_channels)`): the tokens
-                drawn for [`positions_to_predict`] (same order), VAE channel order.
-            timestep (`int` or 0-d tensor): the step index k.
+            model_output (`torch.LongTensor`): the tokens drawn for [`positions_to_predict`], VAE channel order:
+                `(batch_size, num_predicted[k], latent_channels)` (in that order), or `(batch_size, num_tokens,
+                latent_channels)` like `sample` (a token for every position; those of the positions step k predicts
+                are taken).
+            timestep (`int` or 0-d tensor): the step index k (an entry of `timesteps`).
             sample (`torch.LongTensor` of shape `(batch_size, num_tokens, latent_channels)`): the current indices.
-            orders (`torch.LongTensor` of shape `(batch_size, num_tokens)`): the generation orders.
+            orders (`torch.LongTensor` of shape `(batch_size, num_tokens)`, *optional*): the generation orders;
+                defaults to those set with [`set_orders`].
             return_dict (`bool`, defaults to `True`).
 
         Returns:
             [`MaskedARSchedulerOutput`] or `(prev_sample, mask)`.
         """
+        if orders is None:
+            orders = self.orders
+        if orders is None:
+            raise ValueError(
+                "`orders` is not given and none are set: pass `orders=` (one permutation of the positions per image, "
+                "e.g. from `sample_orders`) or call `set_orders(orders)` before `step`."
+            )
         step_index = int(timestep)
         positions = self.positions_to_predict(orders, step_index)  # (B, n)
+        if model_output.ndim == 3 and tuple(model_output.shape[:2]) == (positions.shape[0], self.config.num_tokens):
+            if positions.shape[1] != self.config.num_tokens:  # a token for every position: keep this step's
+                model_output = model_output.gather(1, positions[:, :, None].expand(-1, -1, model_output.shape[-1]))
         if tuple(model_output.shape[:2]) != tuple(positions.shape):
             raise ValueError(
-                f"`model_output` must have shape ({positions.shape[0]}, {positions.shape[1]}, channels) at step "
-                f"{step_index}, got {tuple(model_output.shape)}."
+                f"`model_output` must have shape ({positions.shape[0]}, {positions.shape[1]}, channels) or "
+                f"({positions.shape[0]}, {self.config.num_tokens}, channels) at step {step_index}, got "
+                f"{tuple(model_output.shape)}."
             )
         index = positions[:, :, None].expand(-1, -1, sample.shape[-1])
         prev_sample = sample.scatter(1, index, model_output.to(sample.dtype))  # (B, L, C)

@@ -8,9 +8,9 @@ position a condition vector; the **channel head**, a small causal transformer wi
 masked token's 16 level indices one channel after the other, in `channel_order` (head position `i` predicts VAE
 channel `channel_order[i]`).
 
-`forward` is the training loss for given masks; [`TokenBridgeTransformer2DModel.sample_channels`] draws tokens from
-the head. Class id `num_classes` is the unconditional (classifier-free guidance) condition: the learned
-`unconditional_embedding`, not a class row.
+`forward` is the teacher-forced prediction at given masked positions (scored by [`masked_token_loss`] in training);
+[`TokenBridgeTransformer2DModel.sample_channels`] draws tokens from the head. Class id `num_classes` is the
+unconditional (classifier-free guidance) condition: the learned `unconditional_embedding`, not a class row.
 """
 
 from dataclasses import dataclass
@@ -59,21 +59,42 @@ TOKENBRIDGE_PRESETS: dict[str, dict[str, int]] = {
 @dataclass
 class TokenBridgeTransformer2DModelOutput(BaseOutput):
     """
-    Output of [`TokenBridgeTransformer2DModel.forward`].
+    Output of [`TokenBridgeTransformer2DModel.forward`]: the prediction first, batch dimension first.
 
     Args:
-        loss (`torch.FloatTensor` of shape `()`):
-            Mean cross-entropy over all masked positions and all channels (visible tokens get no loss).
-        logits (`torch.FloatTensor` of shape `(num_masked_total, latent_channels, num_levels)`):
-            Teacher-forced head logits, rows over the masked positions row-major in (batch, position), columns in head
-            order (column `i` = VAE channel `channel_order[i]`).
-        targets (`torch.LongTensor` of shape `(num_masked_total, latent_channels)`):
-            The level indices the logits are scored against, in head order.
+        logits (`torch.FloatTensor` of shape `(batch_size, num_masked, latent_channels, num_levels)`):
+            Teacher-forced head logits at each image's masked positions (ascending), columns in head order (column
+            `i` = VAE channel `channel_order[i]`).
+        targets (`torch.LongTensor` of shape `(batch_size, num_masked, latent_channels)`):
+            The level indices of the given latents at those positions, in head order (what the logits are scored
+            against by [`masked_token_loss`]).
+        positions (`torch.LongTensor` of shape `(batch_size, num_masked)`): the masked positions, ascending.
     """
 
-    loss: torch.FloatTensor
     logits: torch.FloatTensor
     targets: torch.LongTensor
+    positions: torch.LongTensor
+
+
+def masked_token_loss(logits: torch.Tensor, targets: torch.LongTensor) -> torch.Tensor:
+    """
+    The training loss of TokenBridge: the mean cross-entropy over all masked positions and all channels (visible
+    tokens get no loss), as the original computes it.
+
+    Args:
+        logits (`torch.FloatTensor` of shape `(..., latent_channels, num_levels)`): e.g. the `logits` of a
+            [`TokenBridgeTransformer2DModelOutput`].
+        targets (`torch.LongTensor` of shape `(..., latent_channels)`): the matching level indices (its `targets`).
+
+    Returns:
+        `torch.FloatTensor` of shape `()`.
+    """
+    if tuple(logits.shape[:-1]) != tuple(targets.shape):
+        raise ValueError(
+            f"`targets` must have the shape of `logits` without its last dimension {tuple(logits.shape[:-1])}, got "
+            f"{tuple(targets.shape)}."
+        )
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
 class TokenBridgeAttention(nn.Module):
@@ -737,30 +758,33 @@ class TokenBridgeTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin)
             return vae_order_tokens, torch.stack(all_logits, dim=1)
         return vae_order_tokens
 
-    # ------------------------------------------------------------------ training
+    # ------------------------------------------------------------------ teacher-forced prediction
 
     def forward(
         self,
         latents: torch.Tensor,
         class_labels: torch.LongTensor,
-        mask: torch.Tensor,
+        mask: torch.Tensor | None = None,
         return_dict: bool = True,
     ) -> TokenBridgeTransformer2DModelOutput | tuple:
         """
-        The training loss: quantize, encode the visible tokens, decode, teacher-force the head at masked positions.
+        The teacher-forced prediction at the masked positions: quantize, encode the visible tokens, decode, run the
+        channel head on the masked positions with the latents' own tokens as its inputs. Training scores it with
+        [`masked_token_loss`]`(output.logits, output.targets)`.
 
         Args:
             latents (`torch.FloatTensor` of shape `(batch_size, latent_channels, sample_size, sample_size)`): VAE
                 latents in scaled units (`latent * scaling_factor`).
             class_labels (`torch.LongTensor` of shape `(batch_size,)`): ids in `[0, num_classes]`; `num_classes`
                 means unconditional (training drops labels by setting them to `num_classes`).
-            mask (`torch.Tensor` of shape `(batch_size, L)`): 1 / True = masked (predicted and scored); the same number
-                in every row ([`MaskedARScheduler.sample_training_mask`] draws them as the original does).
+            mask (`torch.Tensor` of shape `(batch_size, L)`, *optional*): 1 / True = masked (predicted); the same
+                number in every row ([`MaskedARScheduler.sample_training_mask`] draws them as the original does).
+                Defaults to every position masked (the first sampling step: the class alone as condition).
             return_dict (`bool`, defaults to `True`): return a [`TokenBridgeTransformer2DModelOutput`], else a tuple
-                `(loss, logits, targets)`.
+                `(logits, targets, positions)`.
 
         Returns:
-            [`TokenBridgeTransformer2DModelOutput`] or `tuple`.
+            [`TokenBridgeTransformer2DModelOutput`] or `tuple`, batch dimension first.
         """
         size, channels = self.config.sample_size, self.config.latent_channels
         if latents.ndim != 4 or tuple(latents.shape[1:]) != (channels, size, size):
@@ -774,6 +798,8 @@ class TokenBridgeTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin)
             raise ValueError(
                 f"`class_labels` must lie in [0, {self.config.num_classes}], got {class_labels.tolist()}."
             )
+        if mask is None:
+            mask = torch.ones(batch_size, self.num_tokens, dtype=torch.bool, device=latents.device)
         if tuple(mask.shape) != (batch_size, self.num_tokens):
             raise ValueError(f"`mask` must have shape ({batch_size}, {self.num_tokens}), got {tuple(mask.shape)}.")
         mask = mask.bool()
@@ -792,12 +818,13 @@ class TokenBridgeTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin)
         targets = targets.reshape(batch_size * num_masked, channels)[
             :, self.channel_order_tensor(latents.device)
         ]  # (N, C)
-        # 4. teacher-forced head, cross-entropy over all masked positions and channels
+        # 4. teacher-forced head at all masked positions
         logits = self.channel_logits(features, targets)  # (N, C, K)
-        loss = F.cross_entropy(logits.reshape(-1, self.num_levels), targets.reshape(-1))
+        logits = logits.reshape(batch_size, num_masked, channels, self.num_levels)  # (B, n, C, K)
+        targets = targets.reshape(batch_size, num_masked, channels)  # (B, n, C)
         if not return_dict:
-            return loss, logits, targets
-        return TokenBridgeTransformer2DModelOutput(loss=loss, logits=logits, targets=targets)
+            return logits, targets, positions
+        return TokenBridgeTransformer2DModelOutput(logits=logits, targets=targets, positions=positions)
 
 
 def _grouped_uniforms(shape: tuple[int, int], generator: GeneratorType, device: torch.device) -> torch.Tensor:
@@ -819,4 +846,5 @@ __all__ = [
     "TOKENBRIDGE_PRESETS",
     "TokenBridgeTransformer2DModel",
     "TokenBridgeTransformer2DModelOutput",
+    "masked_token_loss",
 ]

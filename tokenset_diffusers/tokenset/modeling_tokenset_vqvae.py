@@ -80,6 +80,9 @@ class TokenSetVQVAEOutput(ModelOutput):
             the encoder (`decoder_num_hidden_layers + 1` tensors).
         decoder_attentions (`tuple(torch.FloatTensor)`, *optional*, with `output_attentions=True`):
             Each decoder layer's attention probabilities.
+
+    Properties `hidden_states` and `attentions` (transformers' names for a model that is not an encoder-decoder)
+    give the two ViTs as one stack: the encoder's then the decoder's.
     """
 
     reconstruction: torch.FloatTensor | None = None
@@ -91,6 +94,24 @@ class TokenSetVQVAEOutput(ModelOutput):
     encoder_attentions: tuple[torch.FloatTensor, ...] | None = None
     decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+    @property
+    def hidden_states(self) -> tuple[torch.FloatTensor, ...] | None:
+        """`encoder_hidden_states + decoder_hidden_states` (`encoder_num_hidden_layers + decoder_num_hidden_layers +
+        2` tensors, each `(batch_size, sequence_length, hidden_size)` of its ViT), `None` unless asked for."""
+        return _joined(self.encoder_hidden_states, self.decoder_hidden_states)
+
+    @property
+    def attentions(self) -> tuple[torch.FloatTensor, ...] | None:
+        """`encoder_attentions + decoder_attentions` (one `(batch_size, num_heads, sequence_length, sequence_length)`
+        tensor per layer, encoder layers first), `None` unless asked for."""
+        return _joined(self.encoder_attentions, self.decoder_attentions)
+
+
+def _joined(first: tuple | None, second: tuple | None) -> tuple | None:
+    if first is None and second is None:
+        return None
+    return tuple(first or ()) + tuple(second or ())
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -610,12 +631,18 @@ class TokenSetVQVAE(TokenSetVQVAEPreTrainedModel):
         self.pixel_decoder = TokenSetVQVAEPixelDecoder(config)
         self.post_init()
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, variant: str | None = None, **kwargs):
         """transformers' `save_pretrained`, plus what `AutoModel.from_pretrained(save_directory,
         trust_remote_code=True)` needs without importing this package first: `auto_map` in config.json and the two
         files it names (`configuration_tokenset_vqvae.py`, `modeling_tokenset_vqvae.py`), which import the classes
         from the installed package. After `import tokenset_diffusers`, `AutoModel` finds them without
-        `trust_remote_code`."""
+        `trust_remote_code`.
+
+        `variant` (e.g. `"fp16"`) names the weights file `model.<variant>.safetensors`; it is a named parameter so
+        that a pipeline's `save_pretrained(variant=...)` passes it on (diffusers passes it only to a `save_pretrained`
+        that declares it), and `from_pretrained(..., variant=...)` loads it."""
+        if variant is not None:
+            kwargs["variant"] = variant
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             write_auto_class_files(save_directory)

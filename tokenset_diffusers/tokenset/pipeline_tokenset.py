@@ -181,9 +181,10 @@ class TokenSetPipeline(PipelineLoadingMixin, ClassLabelsMixin, ClassConditionalP
             callback_on_step_end (`Callable`, *optional*): called as `callback(pipeline, step_index, timestep,
                 tensors)` after every step, with `tensors` holding `callback_on_step_end_tensor_inputs`; may return a
                 dict whose `"latents"` (or its alias `"sample"`) replaces the sample, and may set
-                `pipeline._guidance_scale`. A returned sample must be count vectors of the same shape, integer dtype,
-                counts in [0, num_tokens], and the same row sums as the sample the callback got (on the CPU its values
-                are checked). With `batch_size`, the callback runs for every chunk, with that chunk's tensors.
+                `pipeline._guidance_scale` or `pipeline._interrupt = True` (skips the remaining steps). A returned
+                sample must be count vectors of the same shape, integer dtype, counts in [0, num_tokens], and the same
+                row sums as the sample the callback got (on the CPU its values are checked). With `batch_size`, the
+                callback runs for every chunk, with that chunk's tensors.
             callback_on_step_end_tensor_inputs (sequence of `str`, defaults to `("latents", "sample")`): among
                 `"latents"` (diffusers' name: the count vectors being denoised, `(batch_size, codebook_size)`),
                 `"sample"` (the same tensor) and `"pred_original_sample"`.
@@ -255,6 +256,7 @@ class TokenSetPipeline(PipelineLoadingMixin, ClassLabelsMixin, ClassConditionalP
         else:
             original_counts, labels = self.repeat_per_class(num_images_per_class, original_counts, labels)
         self._guidance_scale = guidance_scale
+        self._interrupt = False
         # The times stay on the CPU: reading them (for the guidance interval and the scheduler's step index) then
         # never waits for the device.
         self.scheduler.set_timesteps(num_inference_steps)
@@ -311,6 +313,8 @@ class TokenSetPipeline(PipelineLoadingMixin, ClassLabelsMixin, ClassConditionalP
 
         # 2. Denoise.
         for i, t in enumerate(self.scheduler.timesteps[start_index:]):
+            if self.interrupt:  # set by a step callback: skip the remaining steps
+                continue
             # Read at every step: a callback may have changed it.
             probs = self.guided_probabilities(sample, t, labels, self._guidance_scale)  # (B, C, M+1)
             sample, original = self.scheduler.step(probs, t, sample, generator=generator, return_dict=False)

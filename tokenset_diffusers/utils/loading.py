@@ -286,7 +286,8 @@ def check_model_index(pipeline_class: type, folder: str, component_classes: dict
 def check_component_folders(folder: str, component_classes: dict[str, type], kwargs: dict) -> None:
     """[`check_component_folder`] on every model component of a pipeline folder (`<folder>/<name>`), including those
     diffusers loads without this package's classes (TokenBridge's `AutoencoderKL`), except components passed to
-    `from_pretrained` as objects (`kwargs[name]`)."""
+    `from_pretrained` as objects (`kwargs[name]`). With `kwargs["variant"]`, a component folder is checked with the
+    variant where it holds variant weights and with its plain weights otherwise, as diffusers loads it."""
     for name, component_class in component_classes.items():
         if name in kwargs or saved_layout(component_class) is None:
             continue
@@ -295,12 +296,51 @@ def check_component_folders(folder: str, component_classes: dict[str, type], kwa
             raise OSError(
                 f"{component_class.__name__}: {folder} has no `{name}` folder; the model_index.json names one."
             )
+        variant = kwargs.get("variant")
+        if variant and not has_variant_weights(component_class, component_folder, variant):
+            variant = None
         check_component_folder(
             component_class,
             component_folder,
-            variant=kwargs.get("variant"),
+            variant=variant,
             ignore_mismatched_sizes=bool(kwargs.get("ignore_mismatched_sizes")),
         )
+
+
+def has_variant_weights(model_class: type, folder: str, variant: str) -> bool:
+    """Whether `folder` holds `model_class`'s weights of `variant` (`<weights stem>.<variant>.safetensors`, its
+    sharded index, or the `.bin` form)."""
+    stem, _ = os.path.splitext(saved_layout(model_class)[1])
+    return any(
+        os.path.isfile(os.path.join(folder, f"{stem}.{variant}{extension}"))
+        for extension in (".safetensors", ".safetensors.index.json", ".bin")
+    )
+
+
+def _download_pipeline(pipeline_name: str, repo_id: str, kwargs: dict) -> str:
+    """The snapshot folder of the Hub repo `repo_id` (popping `cache_dir`, `revision`, `local_files_only`, `token`
+    from `kwargs`); a name that cannot be had (not a repo id, not on the Hub, offline and not cached) is a one-line
+    `OSError` saying that it is neither a folder nor a downloadable repository, and naming the bundled pipelines."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+
+    try:
+        return snapshot_download(
+            repo_id,
+            cache_dir=kwargs.pop("cache_dir", None),
+            revision=kwargs.pop("revision", None),
+            local_files_only=kwargs.pop("local_files_only", False),
+            token=kwargs.pop("token", None),
+        )
+    except (HFValidationError, HfHubHTTPError, OSError) as error:  # OSError: offline, not cached, no connection
+        from ..bundled import BUNDLED_MODELS
+
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise OSError(
+            f"{pipeline_name}: {repo_id!r} is not a folder, and not a Hub repository that could be downloaded "
+            f"({type(error).__name__}: {reason}). The pipelines bundled with the package ({', '.join(BUNDLED_MODELS)}) "
+            "load with `from_pretrained(tokenset_diffusers.bundled_pipeline_path(name))`."
+        ) from None
 
 
 class PipelineLoadingMixin:
@@ -337,15 +377,7 @@ class PipelineLoadingMixin:
         path = os.fspath(pretrained_model_name_or_path)
         check_local_folder(path, cls.__name__)
         if not os.path.isdir(path):
-            from huggingface_hub import snapshot_download
-
-            path = snapshot_download(
-                path,
-                cache_dir=kwargs.pop("cache_dir", None),
-                revision=kwargs.pop("revision", None),
-                local_files_only=kwargs.pop("local_files_only", False),
-                token=kwargs.pop("token", None),
-            )
+            path = _download_pipeline(cls.__name__, path, kwargs)
         else:
             for name in ("cache_dir", "revision", "token"):
                 kwargs.pop(name, None)
