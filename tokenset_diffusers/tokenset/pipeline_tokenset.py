@@ -102,7 +102,6 @@ class TokenSetPipeline(PipelineLoadingMixin, ClassLabelsMixin, ClassConditionalP
         """The class names by id (`None` when the pipeline has none); the same as `pipeline.config.id2label`."""
         return self.config.id2label
 
-
     # ------------------------------------------------------------------ guidance
 
     @torch.no_grad()
@@ -387,8 +386,6 @@ class TokenSetPipeline(PipelineLoadingMixin, ClassLabelsMixin, ClassConditionalP
 
 
 # ---------------------------------------------------------------------- helpers
-
-
 
 
 def _warn_if_far_from_sum(counts: torch.LongTensor, num_tokens: int) -> None:
