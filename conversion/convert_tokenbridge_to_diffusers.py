@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 
 from conversion.class_names import load_id2label
+from conversion.command_line import add_shared_arguments, check_checkpoint_files, report_and_push
 from conversion.tokenbridge_conversion import convert_tokenbridge, load_tokenbridge_checkpoint, select_weights
 from conversion.vae_conversion import KL16_SCALING_FACTOR, convert_vae, load_vae_checkpoint
 from tokenset_diffusers import MaskedARScheduler, TokenBridgePipeline
 from tokenset_diffusers.model_cards import render_model_card
 from tokenset_diffusers.tokenbridge.pipeline_tokenbridge import RELEASED_SAMPLING_DEFAULTS
-from tokenset_diffusers.utils.hub import push_folder_to_hub
 
 
 # Released sizes by encoder width.
@@ -117,16 +117,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="channel head heads (read from the checkpoint's per-head q/k norms; a different value is refused)",
     )
-    parser.add_argument(
-        "--id2label",
-        default="hub",
-        help="class names: a JSON file, 'hub' (ImageNet's from huggingface/label-files) or 'none'",
-    )
-    parser.add_argument("--push_to_hub", metavar="REPO", default=None, help="upload the result to this Hub repo")
+    add_shared_arguments(parser)
     args = parser.parse_args(argv)
-    for path in (args.checkpoint, args.vae_checkpoint):
-        if path is not None and not Path(path).is_file():
-            parser.error(f"no such checkpoint file: {path}")
+    check_checkpoint_files(parser, args.checkpoint, args.vae_checkpoint)
     return args
 
 
@@ -147,10 +140,7 @@ def main(argv=None) -> Path:
             )
     except ValueError as error:  # a checkpoint that cannot be converted as asked: one line, naming the flag to set
         raise SystemExit(f"{Path(__file__).name}: error: {error}") from error
-    print(f"wrote {folder}")
-    if args.push_to_hub:
-        push_folder_to_hub(folder, args.push_to_hub, commit_message="Convert TokenBridge")
-        print(f"pushed to https://huggingface.co/{args.push_to_hub}")
+    report_and_push(folder, args.push_to_hub, "TokenBridge")
     return folder
 
 

@@ -15,11 +15,11 @@ import argparse
 from pathlib import Path
 
 from conversion.class_names import IMAGENET_LABELS_FILE, IMAGENET_LABELS_REPO, load_id2label  # noqa: F401
+from conversion.command_line import add_shared_arguments, check_checkpoint_files, report_and_push
 from conversion.tokenizer_conversion import convert_tokenizer
 from conversion.transformer_conversion import convert_transformer, load_original_generator_checkpoint
 from tokenset_diffusers import FSDDScheduler, TokenSetPipeline
 from tokenset_diffusers.model_cards import write_model_card
-from tokenset_diffusers.utils.hub import push_folder_to_hub
 
 
 RELEASED_GUIDANCE_SCALE = [4.0, 50.0, 55.0]
@@ -89,18 +89,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--generator_num_heads", type=int, default=None, help="default: by width (384 -> 6, 768 -> 12, else width/64)"
     )
     parser.add_argument("--generator_key", choices=["ema", "model"], default="ema")
-    parser.add_argument(
-        "--id2label",
-        default="hub",
-        help="class names: a JSON file, 'hub' (ImageNet's from huggingface/label-files) or 'none'",
-    )
-    parser.add_argument("--push_to_hub", metavar="REPO", default=None, help="upload the result to this Hub repo")
+    add_shared_arguments(parser)
     args = parser.parse_args(argv)
     if args.tokenizer_checkpoint is None and args.generator_checkpoint is None:
         parser.error("pass --tokenizer_checkpoint, --generator_checkpoint, or both")
-    for path in (args.tokenizer_checkpoint, args.generator_checkpoint):
-        if path is not None and not Path(path).is_file():
-            parser.error(f"no such checkpoint file: {path}")
+    check_checkpoint_files(parser, args.tokenizer_checkpoint, args.generator_checkpoint)
     return args
 
 
@@ -116,10 +109,7 @@ def main(argv=None) -> Path:
         id2label=args.id2label,
         repo_id=args.push_to_hub,
     )
-    print(f"wrote {folder}")
-    if args.push_to_hub:  # the folder as written, model card included
-        push_folder_to_hub(folder, args.push_to_hub, commit_message="Convert TokenSet")
-        print(f"pushed to https://huggingface.co/{args.push_to_hub}")
+    report_and_push(folder, args.push_to_hub, "TokenSet")
     return folder
 
 
