@@ -24,7 +24,7 @@ from torch import nn
 
 from ..utils.loading import StrictLoadingMixin
 from ..utils.sampling import GeneratorType, inverse_cdf, uniform_tensor
-from ..utils.validation import check_integer, check_number, checks_values
+from ..utils.validation import check_integer, check_number, check_positive_integers, checks_values
 from .quantization_tokenbridge import TokenBridgeQuantizer
 
 
@@ -417,20 +417,19 @@ class TokenBridgeTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin)
         mask_ratio_min: float = 0.7,
     ):
         super().__init__()
-        for name, value in [
-            ("sample_size", sample_size),
-            ("latent_channels", latent_channels),
-            ("num_classes", num_classes),
-            ("encoder_hidden_size", encoder_hidden_size),
-            ("encoder_num_layers", encoder_num_layers),
-            ("decoder_hidden_size", decoder_hidden_size),
-            ("decoder_num_layers", decoder_num_layers),
-            ("num_attention_heads", num_attention_heads),
-            ("head_hidden_size", head_hidden_size),
-            ("head_num_layers", head_num_layers),
-            ("head_num_attention_heads", head_num_attention_heads),
-        ]:
-            check_integer(name, value, low=1)
+        check_positive_integers(
+            sample_size=sample_size,
+            latent_channels=latent_channels,
+            num_classes=num_classes,
+            encoder_hidden_size=encoder_hidden_size,
+            encoder_num_layers=encoder_num_layers,
+            decoder_hidden_size=decoder_hidden_size,
+            decoder_num_layers=decoder_num_layers,
+            num_attention_heads=num_attention_heads,
+            head_hidden_size=head_hidden_size,
+            head_num_layers=head_num_layers,
+            head_num_attention_heads=head_num_attention_heads,
+        )
         check_integer("buffer_size", buffer_size, low=0)
         if sorted(channel_order) != list(range(latent_channels)):
             raise ValueError(

@@ -25,7 +25,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from ..utils.loading import StrictLoadingMixin
-from ..utils.validation import check_integer, check_number, checks_values
+from ..utils.validation import check_number, check_positive_integers, checks_values
 
 
 # Sinusoidal timestep features fed to the timestep MLP (as in DiT); not a config field because every released
@@ -230,15 +230,14 @@ class TokenSetTransformer1DModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
         class_dropout_prob: float = 0.1,
     ):
         super().__init__()
-        for name, value in [
-            ("codebook_size", codebook_size),
-            ("num_tokens", num_tokens),
-            ("num_classes", num_classes),
-            ("num_layers", num_layers),
-            ("num_attention_heads", num_attention_heads),
-            ("attention_head_dim", attention_head_dim),
-        ]:
-            check_integer(name, value, low=1)
+        check_positive_integers(
+            codebook_size=codebook_size,
+            num_tokens=num_tokens,
+            num_classes=num_classes,
+            num_layers=num_layers,
+            num_attention_heads=num_attention_heads,
+            attention_head_dim=attention_head_dim,
+        )
         check_number("mlp_ratio", mlp_ratio, low=0, low_open=True)
         if int(num_attention_heads * attention_head_dim * mlp_ratio) < 1:
             raise ValueError(

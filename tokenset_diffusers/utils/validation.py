@@ -52,6 +52,13 @@ def check_integer(name: str, value: Any, low: int | None = None, high: int | Non
     return int(value)
 
 
+def check_positive_integers(**values: Any) -> None:
+    """[`check_integer`] with `low=1` on each keyword argument (the argument's name is the keyword), e.g. the sizes of
+    a model config."""
+    for name, value in values.items():
+        check_integer(name, value, low=1)
+
+
 def check_number(
     name: str,
     value: Any,
