@@ -35,6 +35,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_model, save_model
 
 from training.config import RunArguments
+from training.output_folders import recover_output_folder
 
 
 logger = logging.getLogger(__name__)
@@ -295,9 +296,11 @@ def resolve_checkpoint(resume_from_checkpoint: Optional[str], output_dir: str) -
 
 
 def resume_if_requested(accelerator: Accelerator, args: RunArguments, progress: Any) -> None:
-    """Removes partial checkpoints, then loads the checkpoint `args.resume_from_checkpoint` points at, if any
+    """Puts back an output folder whose final save was interrupted, removes partial checkpoints, then loads the checkpoint `args.resume_from_checkpoint` points at, if any
     ([`load_checkpoint`]: model, optimiser, every registered object including `progress`, a
     [`training.training_utils.TrainingProgress`], RNG states)."""
+    if accelerator.is_main_process and Path(args.output_dir).is_dir():
+        recover_output_folder(args.output_dir)  # a final save killed midway may have moved checkpoints aside
     remove_partial_checkpoints(accelerator, args.output_dir)
     path = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
     if path is None:

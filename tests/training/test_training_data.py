@@ -333,7 +333,7 @@ def test_resolve_checkpoint_picks_the_newest_complete_one(tmp_path):
 def test_final_outputs_replace_the_previous_ones_whole(tmp_path):
     """`move_into_place` puts every entry of the temporary folder into the output folder: a folder replaces the old
     one whole (no stale file survives in it), files are replaced, other entries are kept, nothing hidden is left."""
-    from training.training_utils import PARTIAL_FINAL_NAME, move_into_place
+    from training.output_folders import PARTIAL_FINAL_NAME, move_into_place
 
     output_dir = tmp_path / "run"
     (output_dir / "transformer").mkdir(parents=True)
