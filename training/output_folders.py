@@ -140,13 +140,33 @@ def replace_output_folder(staging: str | os.PathLike, output_dir: str | os.PathL
     for entry in sorted(output_dir.iterdir()):
         if entry.name not in new_names:
             os.replace(entry, staging / entry.name)
-    if not exchange_folders(staging, output_dir):
-        previous = previous_folder(output_dir)
-        os.replace(output_dir, previous)
-        os.replace(staging, output_dir)
-        staging = previous
+    old = swap_folders(staging, output_dir)
     (output_dir / NEW_OUTPUTS_MARKER).unlink()
-    shutil.rmtree(staging)
+    shutil.rmtree(old)
+
+
+def swap_folders(source: Path, target: Path) -> Path:
+    """Puts the folder `source` in the place of the folder `target` (on the same file system) and returns where the
+    old `target` went: `source`'s path after an atomic exchange ([`exchange_folders`]); where the file system cannot
+    exchange, `.{name}.partial-final-previous` beside `target` (renamed aside first, then `source` renamed in: a kill
+    in between leaves no `target`, which [`recover_output_folder`] renames back)."""
+    if exchange_folders(source, target):
+        return source
+    previous = previous_folder(target)
+    os.replace(target, previous)
+    os.replace(source, target)
+    return previous
+
+
+def replace_folder(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Replaces the folder `target` (if it exists) by the folder `source`, a sibling of it, without a moment when a
+    reader finds `target` half-written or (where the file system can exchange folders) missing ([`swap_folders`]),
+    then deletes the old `target`. Call [`recover_output_folder`] on `target` before writing `source`."""
+    source, target = Path(source).resolve(), Path(target).resolve()
+    if not target.exists():
+        os.replace(source, target)
+        return
+    shutil.rmtree(swap_folders(source, target))
 
 
 def move_into_place(source: Path, target: Path) -> None:

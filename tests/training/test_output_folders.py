@@ -200,3 +200,55 @@ def test_final_outputs_replace_the_previous_ones_whole(tmp_path):
     ]
     assert [path.name for path in (output_dir / "transformer").iterdir()] == ["weights.safetensors"]
     assert (output_dir / "model_index.json").read_text() == "new"
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["rename-exchange", "two-renames"])
+def test_replace_folder_keeps_the_old_folder_or_the_new_one_whole(tmp_path, monkeypatch, exchange):
+    """`replace_folder` (the datasets of `prepare_digits.py` and `pretokenize.py`) killed before each of its renames
+    and removals leaves the old folder or the new one, whole; recovery gives back the old one when neither is there."""
+    if not exchange:
+        monkeypatch.setattr(output_folders, "exchange_folders", lambda first, second: False)
+    contents = {"old": {"a.arrow": b"old a", "b.json": b"old b"}, "new": {"a.arrow": b"new a", "c.json": b"new c"}}
+
+    def read(folder):
+        return {path.name: path.read_bytes() for path in folder.iterdir()}
+
+    counter = {"calls": 0, "kill_at": 0}
+
+    def killing(original):
+        def wrapper(*args, **kwargs):
+            if counter["calls"] == counter["kill_at"]:
+                raise Killed
+            counter["calls"] += 1
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    for kill_at in range(10):
+        root = tmp_path / str(kill_at)
+        for name in ("old", "new"):
+            (root / name).mkdir(parents=True)
+            for file, data in contents[name].items():
+                (root / name / file).write_bytes(data)
+        target, source = root / "dataset", root / "new"
+        (root / "old").rename(target)
+        counter.update(calls=0, kill_at=kill_at)
+        with monkeypatch.context() as patch:
+            patch.setattr(os, "replace", killing(os.replace))
+            patch.setattr(shutil, "rmtree", killing(shutil.rmtree))
+            try:
+                output_folders.replace_folder(source, target)
+                finished = True
+            except Killed:
+                finished = False
+        if target.exists():
+            assert read(target) in (contents["old"], contents["new"])
+        else:
+            assert not exchange
+        recover_output_folder(target)
+        assert read(target) in (contents["old"], contents["new"])
+        assert sorted(path.name for path in root.iterdir() if path.name.startswith(".")) == []
+        if finished:
+            assert read(target) == contents["new"]
+            break
+    assert finished
