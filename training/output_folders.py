@@ -19,8 +19,8 @@ A run killed at any point leaves what [`recover_output_folder`] (called at the s
 save) puts back: before the exchange, the entries of step 3 go back to `output_dir` and the new outputs are deleted;
 after it, the previous outputs are deleted.
 
-Where `output_dir` cannot be exchanged (it is a mount point, or the working directory lies inside it), the new entries
-are moved in one by one ([`move_into_place`]), with a warning.
+Where `output_dir` cannot be exchanged (it is a mount point, its parent is read-only, or the working directory lies
+inside it), the new entries are moved in one by one ([`move_into_place`]), with a warning.
 """
 
 import ctypes
@@ -57,9 +57,10 @@ def previous_folder(output_dir: str | os.PathLike) -> Path:
 
 def can_exchange(output_dir: str | os.PathLike) -> bool:
     """Whether `output_dir` can be replaced by renames from its parent folder: it is on its parent's file system (not
-    a mount point) and the working directory is not inside it (which the exchange would move away)."""
+    a mount point), the parent is writable, and the working directory is not inside it (which the exchange would move
+    away)."""
     output_dir = Path(output_dir).resolve()
-    if os.stat(output_dir).st_dev != os.stat(output_dir.parent).st_dev:
+    if os.stat(output_dir).st_dev != os.stat(output_dir.parent).st_dev or not os.access(output_dir.parent, os.W_OK):
         return False
     cwd = Path.cwd().resolve()
     return cwd != output_dir and output_dir not in cwd.parents

@@ -252,3 +252,18 @@ def test_replace_folder_keeps_the_old_folder_or_the_new_one_whole(tmp_path, monk
             assert read(target) == contents["new"]
             break
     assert finished
+
+
+def test_an_output_folder_that_cannot_be_exchanged_gets_the_entries_one_by_one(pipelines, tmp_path, monkeypatch):
+    """With the working directory inside `output_dir` (an exchange would move it away), the final outputs are staged
+    inside `output_dir` and moved in entry by entry; the run's checkpoints stay."""
+    (previous, _), (new, new_images) = pipelines["previous"], pipelines["new"]
+    output_dir = make_run_folder(tmp_path / "run", previous)
+    state = run_state(output_dir)
+    monkeypatch.chdir(output_dir / "logs")
+    assert not output_folders.can_exchange(output_dir)
+    assert stage_final_outputs(output_dir).parent == output_dir.resolve()
+    final_save(output_dir, new)
+    torch.testing.assert_close(sample(output_dir), new_images, rtol=0, atol=0)
+    assert run_state(output_dir) == state
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["run"] and not list(output_dir.glob(".partial*"))
