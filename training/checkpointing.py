@@ -182,6 +182,7 @@ def _read_manifest(folder: Path) -> dict:
         or not all(isinstance(name, str) for name in manifest["files"])
         or isinstance(manifest.get("num_processes"), bool)
         or not isinstance(manifest.get("num_processes"), int)
+        or not 1 <= manifest["num_processes"] <= 2**20
     ):
         raise ValueError(f"{path} is not a version-{CHECKPOINT_FORMAT_VERSION} {CHECKPOINT_FORMAT} manifest.")
     return manifest
