@@ -4,6 +4,7 @@ settings every training script shares ([`RunArguments`])."""
 
 import argparse
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -32,25 +33,82 @@ def _literal_choices(hint: Any) -> Optional[tuple]:
     return None
 
 
-def check_choices(instance: Any) -> None:
-    """Raises `ValueError` if a `Literal[...]` field of the dataclass `instance` holds another value.
+def _without_none(hint: Any) -> tuple[Any, bool]:
+    """`(T, True)` for `Optional[T]`, `(hint, False)` otherwise."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        members = [member for member in typing.get_args(hint) if member is not type(None)]
+        if len(members) == 1:
+            return members[0], len(members) < len(typing.get_args(hint))
+    return hint, False
 
-    argparse checks choices given on the command line, but not defaults, and YAML values arrive as defaults.
+
+def _checked_value(name: str, hint: Any, value: Any) -> Any:
+    """`value` as the annotation `hint` (int, float, bool, str, list of those) wants it, or `ValueError` naming the
+    field `name`: numbers must be real and finite (no NaN, no infinity), integers whole (an integral float such as
+    `1000.0` becomes `1000`; `2.5` is refused), strings are not numbers."""
+    hint, optional = _without_none(hint)
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"`{name}` must not be None, got None.")
+    if typing.get_origin(hint) is list:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"`{name}` must be a list, got {value!r}.")
+        (item_hint,) = typing.get_args(hint) or (Any,)
+        return [_checked_value(f"{name}[{index}]", item_hint, item) for index, item in enumerate(value)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"`{name}` must be true or false, got {value!r}.")
+    elif hint is int:
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            return int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"`{name}` must be a whole number, got {value!r}.")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            hint_text = " (YAML reads `1e-4` as a string: write `1.0e-4`)" if isinstance(value, str) else ""
+            raise ValueError(f"`{name}` must be a number, got {value!r}{hint_text}.")
+        if not math.isfinite(value):
+            raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
+        return float(value)
+    elif hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"`{name}` must be a string, got {value!r}.")
+    return value
+
+
+def check_choices(instance: Any) -> None:
+    """Raises `ValueError` naming the field if a field of the dataclass `instance` holds a value its annotation does
+    not allow: a `Literal[...]` field another value, a number field a string, NaN or infinity, an `int` field a
+    fractional number, a `bool` field anything but true/false. Whole floats in `int` fields become `int`s and `int`s
+    in `float` fields become `float`s (in place).
+
+    argparse converts and checks values given on the command line, but not defaults, and YAML values (and values of
+    dataclasses built in Python) arrive as defaults.
     """
     hints = typing.get_type_hints(type(instance))
     for dataclass_field in dataclasses.fields(instance):
-        choices = _literal_choices(hints[dataclass_field.name])
+        hint = hints[dataclass_field.name]
         value = getattr(instance, dataclass_field.name)
-        if choices is not None and value not in choices:
-            raise ValueError(f"`{dataclass_field.name}` must be one of {list(choices)}, got {value!r}.")
+        choices = _literal_choices(hint)
+        if choices is not None:
+            if value not in choices:
+                raise ValueError(f"`{dataclass_field.name}` must be one of {list(choices)}, got {value!r}.")
+            continue
+        checked = _checked_value(dataclass_field.name, hint, value)
+        if checked is not value:
+            setattr(instance, dataclass_field.name, checked)
 
 
 def check_positive(instance: Any, *names: str, allow_zero: bool = False) -> None:
-    """Raises `ValueError` unless every named field of `instance` is a positive (or non-negative) number or None."""
+    """Raises `ValueError` unless every named field of `instance` is a positive (or non-negative) finite number or
+    None."""
     for name in names:
         value = getattr(instance, name)
         if value is None:
             continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
         if value < 0 or (value == 0 and not allow_zero):
             bound = ">= 0" if allow_zero else "> 0"
             raise ValueError(f"`{name}` must be {bound}, got {value!r}.")
@@ -91,7 +149,10 @@ def parse_config(dataclass_types: tuple, args: Optional[list] = None) -> tuple:
             raise ValueError(f"`--config` {yaml_path} has unknown keys {unknown}; known keys: {sorted(known)}.")
         parser.set_defaults(**values)
     outputs = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
-    return tuple(outputs[: len(dataclass_types)])  # the rest is the namespace holding `--config`
+    outputs = outputs[: len(dataclass_types)]  # the rest is the namespace holding `--config`
+    for output in outputs:  # also for argument groups whose `__post_init__` does not check
+        check_choices(output)
+    return tuple(outputs)
 
 
 def config_path(args: Optional[list] = None) -> Optional[str]:
@@ -155,6 +216,8 @@ class RunArguments:
 
     def __post_init__(self):
         check_choices(self)
+        if not 0 <= self.seed < 2**32:  # what `accelerate.utils.set_seed` (NumPy) accepts
+            raise ValueError(f"`seed` must be in [0, 2**32), got {self.seed!r}.")
         check_positive(
             self, "max_train_steps", "train_batch_size", "gradient_accumulation_steps", "checkpointing_steps"
         )

@@ -9,7 +9,9 @@ saved with `datasets.DatasetDict.save_to_disk`: splits `train` / `test`, columns
 (`ClassLabel` with names "0".."9"). `training/configs/digits_*.yaml` train on it.
 """
 
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Optional
 
 import numpy as np
@@ -18,6 +20,7 @@ from datasets import Image as ImageFeature
 from PIL import Image
 
 from training.config import arg, check_choices, check_positive, parse_config
+from training.output_folders import recover_output_folder, replace_folder
 
 
 NUM_DIGITS = 1797
@@ -36,6 +39,7 @@ class DigitsArguments:
     def __post_init__(self):
         check_choices(self)
         check_positive(self, "image_size", "num_train")
+        check_positive(self, "seed", allow_zero=True)
         if self.output_dir is None:
             raise ValueError("`output_dir` is required, got None.")
         if self.num_train >= NUM_DIGITS:
@@ -69,7 +73,12 @@ def build_digits_dataset(
 def main(argv: Optional[list[str]] = None) -> None:
     (args,) = parse_config((DigitsArguments,), argv)
     dataset = build_digits_dataset(args.image_size, args.resample, args.num_train, args.seed)
-    dataset.save_to_disk(args.output_dir)
+    output_dir = Path(args.output_dir)
+    partial_dir = output_dir.with_name(f".partial-{output_dir.name}")
+    recover_output_folder(output_dir)
+    shutil.rmtree(partial_dir, ignore_errors=True)  # left by a run killed while saving
+    dataset.save_to_disk(str(partial_dir))
+    replace_folder(partial_dir, output_dir)  # the previous dataset survives a kill at any point
     print(f"Saved {dataset} to {args.output_dir}")
 
 

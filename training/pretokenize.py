@@ -47,6 +47,7 @@ from training.data import (
     process_example,
     write_pretokenized_info,
 )
+from training.output_folders import recover_output_folder, replace_folder
 from training.training_utils import create_accelerator, launch_command, read_provenance, setup_logging
 
 
@@ -226,6 +227,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     accelerator = create_accelerator(args.use_cpu, mixed_precision=args.mixed_precision)
     setup_logging(accelerator)
     if accelerator.is_main_process:
+        recover_output_folder(output_dir)  # a run killed while replacing `output_dir` renamed the old one aside
         for path in (partial_dir, shard_root):
             shutil.rmtree(path, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -264,9 +266,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                 "commands": commands,
             },
         )
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        partial_dir.rename(output_dir)
+        replace_folder(partial_dir, output_dir)  # the previous output survives a kill at any point
         shutil.rmtree(shard_root)
         logger.info("Wrote %s (unreadable images left out: %s)", output_dir, unreadable)
     accelerator.wait_for_everyone()

@@ -305,6 +305,30 @@ def batch_latents(
     return latents * data.vae.config.scaling_factor
 
 
+def training_mask(scheduler: MaskedARScheduler, batch_size: int, generator: torch.Generator) -> torch.BoolTensor:
+    """The training mask of one micro-batch ([`MaskedARScheduler.sample_training_mask`], drawn on the host from the
+    CPU `generator`), checked there to mask the same number of positions in every row.
+
+    The transformer keeps the first `L - n` positions of each row's sort as its visible inputs, `n` read from the first
+    row; a row masking fewer positions would feed some of its targets to the encoder as inputs. The model checks the
+    counts on the CPU only (reading them on an accelerator would wait for it), so they are checked here, before the
+    mask moves to the device.
+
+    Returns:
+        `torch.BoolTensor` of shape `(batch_size, num_tokens)` on the CPU, True = masked.
+    """
+    mask = scheduler.sample_training_mask(batch_size, generator)
+    counts = mask.sum(dim=1)
+    if mask.shape != (batch_size, scheduler.config.num_tokens) or not bool((counts == counts[0]).all()):
+        raise ValueError(
+            f"The training mask must mask the same number of positions in each of the {batch_size} rows, got "
+            f"{counts.tolist()} masked of {mask.shape[-1]}."
+        )
+    if not 0 < int(counts[0]) <= mask.shape[-1]:
+        raise ValueError(f"The training mask must mask at least one position per row, got {int(counts[0])}.")
+    return mask
+
+
 def drop_labels(
     class_labels: torch.LongTensor, probability: float, num_classes: int, generator: torch.Generator
 ) -> torch.LongTensor:
@@ -336,7 +360,7 @@ def train_step(
         mask_generator = torch.Generator().manual_seed(
             derived_seed(args.seed, "mask", accelerator.process_index, step, index)
         )
-        mask = state.scheduler.sample_training_mask(latents.shape[0], mask_generator).to(accelerator.device)  # (B, L)
+        mask = training_mask(state.scheduler, latents.shape[0], mask_generator).to(accelerator.device)  # (B, L)
         sync = index == len(micro_batches) - 1
         with contextlib.nullcontext() if sync else accelerator.no_sync(state.model):
             with accelerator.autocast():

@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,14 +37,13 @@ from tqdm.auto import tqdm
 from tokenset_diffusers.model_cards import write_model_card
 from training.checkpointing import parameters_checksum, resume_if_requested, save_checkpoint
 from training.config import RunArguments, config_path, flat_config, parse_config
+from training.output_folders import replace_output_folder, stage_final_outputs
 
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_PATTERN = "run_summary_rank{}.json"
 PROVENANCE_NAME = "training_provenance.json"
-# The hidden folder the final outputs are written to before they are moved into `output_dir`.
-PARTIAL_FINAL_NAME = ".partial-final"
 # What a Hub upload of an output folder leaves out.
 HUB_IGNORE_PATTERNS = ["checkpoint-*", ".partial-*", "logs/*", "run_summary_rank*.json"]
 
@@ -641,18 +639,16 @@ def save_final_outputs(
     argv: Optional[list[str]] = None,
 ) -> Optional[Path]:
     """The main process writes the final outputs ([`TrainingHooks.save_final`]), their model card and provenance
-    (every command line of the run, the step count, the dataset) into `output_dir/.partial-final`, then moves them
-    into `output_dir` ([`move_into_place`]): a killed run never leaves a half-written model there. Then it uploads
-    the final folder if `--push_to_hub`. Returns the final folder on the main process, else None."""
+    (every command line of the run, the step count, the dataset) into a staging folder, then puts them into
+    `output_dir` atomically ([`training.output_folders.replace_output_folder`]): a run killed at any instant leaves
+    the previous outputs or the new ones whole, never a mixture or a half-written model. Then it uploads the final
+    folder if `--push_to_hub`. Returns the final folder on the main process, else None."""
     args = hooks.args
     accelerator.wait_for_everyone()
     target = None
     if accelerator.is_main_process:
         output_dir = Path(args.output_dir)
-        temporary = output_dir / PARTIAL_FINAL_NAME
-        for stale in output_dir.glob(f"{PARTIAL_FINAL_NAME}*"):  # left by a run killed while saving
-            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
-        temporary.mkdir(parents=True)
+        temporary = stage_final_outputs(output_dir)
         output = hooks.save_final(accelerator, temporary, history)
         target = output_dir / output.subfolder
         if output.card_kind is not None:
@@ -667,7 +663,7 @@ def save_final_outputs(
         write_provenance(
             temporary / output.subfolder, commands=commands, steps=hooks.state.progress.step, dataset=output.dataset
         )
-        move_into_place(temporary, output_dir)
+        replace_output_folder(temporary, output_dir)
         logger.info("Saved the final model to %s", target)
         if args.push_to_hub:
             from tokenset_diffusers.utils.hub import push_folder_to_hub
@@ -681,22 +677,3 @@ def save_final_outputs(
             )
     accelerator.wait_for_everyone()
     return target
-
-
-def move_into_place(source: Path, target: Path) -> None:
-    """Moves every entry of `source` into `target`, replacing an entry of the same name, then removes `source`.
-
-    Each entry is replaced by a rename (a folder after its old version is renamed aside), so it is never seen
-    half-written; folders go first and `model_index.json` (what makes `target` a pipeline folder) last.
-    """
-    entries = sorted(source.iterdir(), key=lambda path: (path.name == "model_index.json", path.is_file(), path.name))
-    for entry in entries:
-        destination = target / entry.name
-        stale = target / f"{PARTIAL_FINAL_NAME}-stale-{entry.name}"
-        replaced = destination.exists() and (destination.is_dir() or entry.is_dir())
-        if replaced:
-            os.replace(destination, stale)
-        os.replace(entry, destination)
-        if replaced:
-            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
-    source.rmdir()

@@ -5,6 +5,8 @@ on the cache (checkpoints every 2 steps keeping 3), the same run resumed from it
 and two gloo processes encoding a saved `datasets` folder with the VAE on the fly, with gradient accumulation.
 """
 
+import math
+
 import pytest
 import torch
 from helpers.scripts import (
@@ -26,6 +28,7 @@ from training.train_tokenbridge import (
     drop_labels,
     effective_learning_rate,
     parameter_groups,
+    training_mask,
 )
 
 
@@ -158,6 +161,33 @@ def test_label_dropout_rate_and_unconditional_id():
     assert torch.all(dropped[changed] == 3) and torch.equal(dropped[~changed], labels[~changed])
     assert abs(changed.float().mean().item() - 0.1) < 0.006  # 4 standard deviations
     assert torch.equal(drop_labels(labels, 0.0, 3, torch.Generator()), labels)
+
+
+def test_training_masks_mask_the_same_number_of_positions_in_every_row(monkeypatch):
+    """Each row of a training mask hides exactly `ceil(L * ratio)` positions, the ratio in [mask_ratio_min, 1]: the
+    transformer reads the count from the first row, so an uneven row would show targets to the encoder."""
+    scheduler = MaskedARScheduler(num_tokens=16, mask_ratio_min=0.5, mask_ratio_std=0.25)
+    counts_seen = set()
+    for seed in range(40):
+        batch_size = 1 + seed % 5
+        generator = torch.Generator().manual_seed(seed)
+        ratio = scheduler.sample_mask_ratio(torch.Generator().manual_seed(seed))  # the draw the mask starts with
+        mask = training_mask(scheduler, batch_size, generator)
+        assert mask.shape == (batch_size, 16) and mask.dtype == torch.bool
+        assert mask.sum(dim=1).tolist() == [math.ceil(16 * ratio)] * batch_size
+        assert 8 <= math.ceil(16 * ratio) <= 16
+        counts_seen.add(math.ceil(16 * ratio))
+    assert len(counts_seen) > 3  # the ratio varies between batches, not between rows
+    uneven = torch.zeros(3, 16, dtype=torch.bool)
+    uneven[0, :12], uneven[1, :12], uneven[2, :10] = True, True, True
+    monkeypatch.setattr(scheduler, "sample_training_mask", lambda batch_size, generator: uneven)
+    with pytest.raises(ValueError, match=r"same number of positions.*\[12, 12, 10\]"):
+        training_mask(scheduler, 3, torch.Generator())
+    monkeypatch.setattr(
+        scheduler, "sample_training_mask", lambda batch_size, generator: uneven[:, :0].new_zeros(3, 16)
+    )
+    with pytest.raises(ValueError, match="at least one position"):
+        training_mask(scheduler, 3, torch.Generator())
 
 
 def test_learning_rate_rule_and_config_checks():

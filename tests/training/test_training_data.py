@@ -94,6 +94,71 @@ def test_bad_configuration_fails_loudly(tmp_path):
     assert build_perceptual_loss(TokenizerTrainingArguments()) is None
 
 
+def test_numbers_are_checked_and_named(tmp_path, capsys):
+    """Fractional step counts, strings, NaN and infinity where a setting needs a number, and seeds outside what the
+    seeding accepts are refused, naming the setting, whether they come from YAML, the command line or Python."""
+    preset = tmp_path / "preset.yaml"
+    for text, message in [
+        ("max_train_steps: 2.5\n", "`max_train_steps` must be a whole number, got 2.5"),
+        ("learning_rate: .nan\n", "`learning_rate` must be a finite number, got nan"),
+        ("adam_beta1: .inf\n", "`adam_beta1` must be a finite number, got inf"),
+        ("pixel_decoder_channel_mult: [1, two]\n", "`pixel_decoder_channel_mult\\[1\\]` must be a whole number"),
+        ("seed: 18446744073709551616\n", "`seed` must be in \\[0, 2\\*\\*32\\), got 18446744073709551616"),
+    ]:
+        preset.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            parse_tokenizer_args(["--config", str(preset)])
+    for flags, message in [
+        (["--learning_rate", "nan"], "`learning_rate` must be a finite number"),
+        (["--max_grad_norm", "inf"], "`max_grad_norm` must be a finite number"),
+        (["--seed", str(2**64)], "`seed` must be in"),
+        (["--seed", "-1"], "`seed` must be in"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            parse_tokenizer_args(flags)
+    with pytest.raises(SystemExit):  # argparse refuses it, naming the flag
+        parse_tokenizer_args(["--max_train_steps", "2.5"])
+    assert "argument --max_train_steps/--max-train-steps: invalid int value: '2.5'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="`learning_rate` must be a number, got '1e-4'"):
+        RunArguments(learning_rate="1e-4")
+    with pytest.raises(ValueError, match="`max_train_steps` must be a whole number, got '10'"):
+        RunArguments(max_train_steps="10")
+    with pytest.raises(ValueError, match="`use_cpu` must be true or false"):
+        RunArguments(use_cpu="no")
+    preset.write_text("max_train_steps: 1000.0\nseed: 4294967295\n")
+    _, _, args = parse_tokenizer_args(["--config", str(preset)])
+    assert args.max_train_steps == 1000 and isinstance(args.max_train_steps, int) and args.seed == 2**32 - 1
+
+
+@pytest.mark.parametrize(
+    "preset", sorted(path.name for path in (REPOSITORY_ROOT / "training" / "configs").glob("*.yaml"))
+)
+def test_no_preset_or_default_puts_nan_into_a_config(preset):
+    """Every setting a run records (trackers, model configs built from the arguments) is finite, for every preset."""
+    import importlib
+    import math
+    import re
+
+    from training.config import flat_config
+
+    script = next(name for name in ("generator", "tokenbridge", "tokenizer", "vae", "pretokenize") if name in preset)
+    module = importlib.import_module(f"training.{'pretokenize' if script == 'pretokenize' else 'train_' + script}")
+    if script == "pretokenize":
+        argument_types = (module.DataArguments, module.PretokenizeArguments)
+    else:
+        hooks = [
+            value for value in vars(module).values() if getattr(value, "script", "") == f"training/train_{script}.py"
+        ]
+        argument_types = hooks[0].argument_types
+    config = flat_config(
+        *parse_config(argument_types, ["--config", str(REPOSITORY_ROOT / "training" / "configs" / preset)])
+    )
+    numbers = [value for value in config.values() if isinstance(value, float)]
+    assert all(math.isfinite(value) for value in numbers) and (numbers or script == "pretokenize")
+    lists = [value for value in config.values() if isinstance(value, str) and value.startswith("[")]
+    assert not any(re.search(r"\b(nan|inf)\b", value.lower()) for value in lists)
+
+
 def test_documented_defaults_are_the_library_defaults():
     # The tokenizer's architecture defaults are TokenSetVQVAEConfig's (the released model).
     config = TokenSetVQVAEConfig()
@@ -333,7 +398,7 @@ def test_resolve_checkpoint_picks_the_newest_complete_one(tmp_path):
 def test_final_outputs_replace_the_previous_ones_whole(tmp_path):
     """`move_into_place` puts every entry of the temporary folder into the output folder: a folder replaces the old
     one whole (no stale file survives in it), files are replaced, other entries are kept, nothing hidden is left."""
-    from training.training_utils import PARTIAL_FINAL_NAME, move_into_place
+    from training.output_folders import PARTIAL_FINAL_NAME, move_into_place
 
     output_dir = tmp_path / "run"
     (output_dir / "transformer").mkdir(parents=True)
