@@ -18,14 +18,21 @@ import time
 from collections.abc import Sequence
 
 import gradio as gr
-import numpy as np
 import PIL.Image
 import torch
 
+from pipelines.edit_figure import (
+    DEFAULT_MASK_PRESET,
+    MASK_PRESETS,
+    cell_name,
+    cells_to_mask,
+    inpainting_figure,
+    preset_cells,
+)
 from tokenset_diffusers import TokenBridgeInpaintPipeline, TokenBridgePipeline, postprocess_images, preprocess_images
 from tokenset_diffusers.bundled import resolve_pipeline
 from tokenset_diffusers.class_labels import class_caption
-from tokenset_diffusers.visualization import class_rows_grid, labelled_grid
+from tokenset_diffusers.visualization import class_rows_grid
 
 
 TOKENBRIDGE_MODEL_ENV_VAR = "TOKENBRIDGE_MODEL"
@@ -167,52 +174,6 @@ def build_tokenbridge_tab(pipeline: TokenBridgePipeline, max_images: int = 16) -
 
 # ---------------------------------------------------------------------- the "Edit" tab
 
-# Mask presets: name -> the latent cells `(row, column)` to regenerate on a `size x size` grid.
-MASK_PRESETS = {
-    "left half": lambda size: [(r, c) for r in range(size) for c in range(size // 2)],
-    "right half": lambda size: [(r, c) for r in range(size) for c in range(size // 2, size)],
-    "top half": lambda size: [(r, c) for r in range(size // 2) for c in range(size)],
-    "bottom half": lambda size: [(r, c) for r in range(size // 2, size) for c in range(size)],
-    "centre": lambda size: [
-        (r, c) for r in range(size // 4, size - size // 4) for c in range(size // 4, size - size // 4)
-    ],
-    "border": lambda size: [
-        (r, c) for r in range(size) for c in range(size) if min(r, c, size - 1 - r, size - 1 - c) == 0
-    ],
-}
-DEFAULT_MASK_PRESET = "bottom half"
-
-
-def cell_name(row: int, column: int) -> str:
-    return f"row {row}, col {column}"
-
-
-def preset_cells(preset: str, grid_size: int) -> list[str]:
-    """The cell names of a mask preset (`ValueError` for an unknown preset)."""
-    if preset not in MASK_PRESETS:
-        raise ValueError(f"Unknown mask preset {preset!r}; choose one of {sorted(MASK_PRESETS)}.")
-    return [cell_name(row, column) for row, column in MASK_PRESETS[preset](grid_size)]
-
-
-def cells_to_mask(cells: Sequence[str], grid_size: int, image_size: int) -> PIL.Image.Image:
-    """Ticked cells -> a mask image of `image_size` pixels, white (regenerate) over each ticked latent cell."""
-    names = {cell_name(row, column): (row, column) for row in range(grid_size) for column in range(grid_size)}
-    unknown = [cell for cell in cells if cell not in names]
-    if unknown:
-        raise ValueError(f"Unknown cells {unknown}; cells are named like {cell_name(0, 0)!r}.")
-    grid = np.zeros((grid_size, grid_size), dtype=np.uint8)
-    for cell in cells:
-        grid[names[cell]] = 255
-    scale = image_size // grid_size
-    return PIL.Image.fromarray(np.kron(grid, np.ones((scale, scale), dtype=np.uint8)), mode="L")
-
-
-def mask_overlay(image: PIL.Image.Image, mask: PIL.Image.Image) -> PIL.Image.Image:
-    """`image` with the region to regenerate (white in `mask`) tinted magenta."""
-    tint = PIL.Image.new("RGB", image.size, (255, 0, 255))
-    tinted = PIL.Image.blend(image.convert("RGB"), tint, 0.6)
-    return PIL.Image.composite(tinted, image.convert("RGB"), mask.convert("L"))
-
 
 def source_image(
     pipeline: TokenBridgePipeline, upload: PIL.Image.Image | None, source_class: int, source_seed: int
@@ -222,41 +183,6 @@ def source_image(
     if upload is not None:
         return postprocess_images(preprocess_images(upload, pipeline.image_size))[0]
     return pipeline(source_class, generator=torch.Generator().manual_seed(source_seed)).images[0]
-
-
-def inpainting_figure(
-    pipeline: TokenBridgeInpaintPipeline,
-    image: PIL.Image.Image,
-    mask: PIL.Image.Image,
-    class_ids: Sequence[int],
-    completions_per_class: int,
-    seed: int,
-    guidance_scale: float | None = None,
-    temperature: float | None = None,
-    num_inference_steps: int | None = None,
-    min_cell_size: int = 96,
-) -> PIL.Image.Image:
-    """A row per class: `image`, its `mask` (the regenerated region tinted), then `completions_per_class` completions
-    (completion j seeded with `seed + j`, in every row)."""
-    labels = [class_id for class_id in class_ids for _ in range(completions_per_class)]
-    generators = [torch.Generator().manual_seed(seed + j) for _ in class_ids for j in range(completions_per_class)]
-    completions = pipeline(
-        image,
-        mask,
-        labels,
-        num_inference_steps=num_inference_steps,
-        guidance_scale=guidance_scale,
-        temperature=temperature,
-        generator=generators,
-    ).images
-    overlay = mask_overlay(image, mask)
-    rows = [
-        [image, overlay, *completions[r * completions_per_class : (r + 1) * completions_per_class]]
-        for r in range(len(class_ids))
-    ]
-    columns = ["image", "mask", *(f"seed {seed + j}" for j in range(completions_per_class))]
-    row_labels = [class_name(pipeline, class_id) for class_id in class_ids]
-    return labelled_grid(rows, row_labels=row_labels, column_labels=columns, min_cell_size=min_cell_size)
 
 
 def build_tokenbridge_edit_tab(pipeline: TokenBridgePipeline, max_images: int = 16) -> gr.Tab:

@@ -48,6 +48,7 @@ def _load(name: str, path: Path):
 
 app = _load("tokenset_space_app_for_tokenbridge", SPACE_DIR / "app.py")
 tab = sys.modules["pipelines.space.tab_tokenbridge"]  # the module app.py imports
+edit_figure = sys.modules["pipelines.edit_figure"]  # the figure pieces the "Edit" tab imports
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +191,7 @@ def test_edit_tab_returns_the_inpainting_pipelines_completions(served, tokenbrid
     generators = [torch.Generator().manual_seed(5 + j) for j in (0, 1, 0, 1)]
     output = inpaint(source, mask, [1, 1, 7, 7], num_inference_steps=3, guidance_scale=2.0, temperature=0.9,
                      generator=generators)  # fmt: skip
-    overlay = tab.mask_overlay(source, PIL.Image.fromarray(mask))
+    overlay = edit_figure.mask_overlay(source, PIL.Image.fromarray(mask))
     rows = [[source, overlay, *output.images[:2]], [source, overlay, *output.images[2:]]]
     expected = labelled_grid(
         rows, row_labels=[tab.class_name(tokenbridge, 1), tab.class_name(tokenbridge, 7)],
@@ -224,7 +225,7 @@ def test_edit_tab_in_headless_chromium(served, tmp_path):
             page = browser.new_page(viewport={"width": 1280, "height": 1400})
             page.goto(url)
             page.get_by_role("tab", name="Edit").click()
-            page.locator("#edit-cells").get_by_label("row 0, col 0").check()  # draw: one more cell
+            page.locator("#edit-cells").get_by_label("row 0, col 3").check()  # draw: one more cell
             page.locator("#edit-generate-button").click()
             page.wait_for_function(
                 "() => { const img = document.querySelector('#edit-figure img');"
@@ -241,5 +242,5 @@ def test_edit_tab_in_headless_chromium(served, tmp_path):
             browser.close()
     # The default request: two classes (two rows), the image, its mask and three completions (five columns).
     assert size[0] > 5 * 96 and size[1] > 2 * 96
-    assert "9 of 16 positions regenerated, 2 classes x 3 completions" in info  # the bottom half and the drawn cell
+    assert "9 of 16 positions regenerated, 2 classes x 3 completions" in info  # the left half and the drawn cell
     shutil.copy(tmp_path / "edit_tab.png", "/tmp/space_screenshot_edit.png")
