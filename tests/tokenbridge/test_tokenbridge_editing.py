@@ -117,11 +117,18 @@ def test_all_black_mask_and_strength_zero_return_the_images_own_tokens(pipes, im
         assert torch.equal(output.images, expected.expand(2, -1, -1, -1))
 
 
-def test_encoded_tokens_do_not_depend_on_the_generator(pipes, image):
-    """The posterior mean, not a sample: two encodings agree, whatever was drawn in between."""
-    first = pipes["plain"].encode_images(image)
+def test_encoded_tokens_are_the_quantized_posterior_mean(pipes, image):
+    """The posterior mean, not a sample: computed here from the VAE and the quantizer directly, and the same whatever
+    was drawn in between."""
+    plain = pipes["plain"]
+    first = plain.encode_images(image)
+    pixel_values = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)[None].float() / 127.5 - 1  # (1, 3, 8, 8)
+    torch.manual_seed(123)
+    mean = plain.vae.encode(pixel_values).latent_dist.mean * plain.vae.config.scaling_factor  # (1, C, 4, 4)
+    tokens = mean.reshape(1, mean.shape[1], -1).transpose(1, 2)  # (1, L, C), positions row-major
+    assert torch.equal(first, plain.transformer.quantizer.quantize(tokens))
     torch.rand(100)
-    assert torch.equal(first, pipes["plain"].encode_images(image))
+    assert torch.equal(first, plain.encode_images(image))
 
 
 @pytest.mark.parametrize("batch_size", [None, 1])
