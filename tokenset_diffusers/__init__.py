@@ -31,7 +31,14 @@ _import_structure = {
     "tokenset.scheduling_fsdd": ["FSDDScheduler", "FSDDSchedulerOutput"],
     "tokenset.configuration_tokenset_vqvae": ["TokenSetVQVAEConfig"],
     "tokenset.modeling_tokenset_vqvae": ["TokenSetVQVAE", "TokenSetVQVAEEncoderOutput", "TokenSetVQVAEOutput"],
-    "image_processing": ["center_crop_arr", "preprocess_images", "postprocess_images"],
+    "image_processing": [
+        "center_crop_arr",
+        "preprocess_images",
+        "postprocess_images",
+        "preprocess_masks",
+        "mask_to_latent_grid",
+        "outpaint_canvas",
+    ],
     "tokenset.transformer_tokenset": [
         "TokenSetTransformer1DModel",
         "TokenSetTransformer1DModelOutput",
@@ -64,6 +71,8 @@ _import_structure = {
     ],
     "tokenbridge.scheduling_masked_ar": ["MaskedARScheduler", "MaskedARSchedulerOutput"],
     "tokenbridge.pipeline_tokenbridge": ["TokenBridgePipeline", "TokenBridgePipelineOutput"],
+    "tokenbridge.pipeline_tokenbridge_inpaint": ["TokenBridgeInpaintPipeline"],
+    "tokenbridge.pipeline_tokenbridge_img2img": ["TokenBridgeImg2ImgPipeline"],
     "class_labels": ["ClassLabelsMixin"],
 }
 

@@ -40,6 +40,8 @@ PIPELINE_SYSTEMS = {
     "TokenSetPipeline": "tokenset",
     "TokenSetImg2ImgPipeline": "tokenset",
     "TokenBridgePipeline": "tokenbridge",
+    "TokenBridgeInpaintPipeline": "tokenbridge",
+    "TokenBridgeImg2ImgPipeline": "tokenbridge",
 }
 # The system -> the class that loads and generates with its folders.
 SYSTEM_PIPELINE_CLASSES = {"tokenset": "TokenSetPipeline", "tokenbridge": "TokenBridgePipeline"}

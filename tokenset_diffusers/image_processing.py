@@ -136,4 +136,175 @@ def postprocess_images(
     return [Image.fromarray(image) for image in (array * 255).round().astype(np.uint8)]
 
 
-__all__ = ["center_crop_arr", "postprocess_images", "preprocess_images"]
+MaskInput = Image.Image | np.ndarray | torch.Tensor
+
+
+def image_input_size(image: ImageInput | torch.Tensor) -> tuple[int, int]:
+    """`(height, width)` in pixels of a PIL image, an `(H, W, ...)` array, or a `(..., H, W)` tensor (image tensors
+    are channels-first, `(3, H, W)` or `(B, 3, H, W)`; mask tensors `(H, W)`, `(1, H, W)` or `(B, 1, H, W)`)."""
+    if isinstance(image, Image.Image):
+        return image.size[1], image.size[0]
+    if isinstance(image, np.ndarray) and image.ndim >= 2:
+        return int(image.shape[0]), int(image.shape[1])
+    if isinstance(image, torch.Tensor) and image.ndim >= 2:
+        return int(image.shape[-2]), int(image.shape[-1])
+    raise ValueError(
+        f"Expected a PIL image, an array or a tensor of at least 2 dimensions, got {type(image).__name__}."
+    )
+
+
+def _mask_to_float_array(mask: MaskInput, index: int) -> np.ndarray:
+    """One mask -> an `(H, W)` float32 array in [0, 1] (uint8 / PIL masks are divided by 255)."""
+    if isinstance(mask, Image.Image):
+        return np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
+    if isinstance(mask, torch.Tensor):
+        mask = mask.detach().cpu().float().numpy()
+    if not isinstance(mask, np.ndarray):
+        raise ValueError(
+            f"`mask_image[{index}]` must be a PIL image, a numpy array or a torch tensor, got {type(mask).__name__}."
+        )
+    if mask.ndim == 3 and mask.shape[0] == 1:
+        mask = mask[0]
+    elif mask.ndim == 3 and mask.shape[-1] in (1, 3, 4):
+        mask = mask[..., 0]
+    if mask.ndim != 2:
+        raise ValueError(
+            f"`mask_image[{index}]` must have shape (height, width), (1, height, width) or (height, width, 1), got "
+            f"{mask.shape}."
+        )
+    if mask.dtype == np.uint8:
+        return mask.astype(np.float32) / 255.0
+    mask = mask.astype(np.float32)
+    if mask.size and (mask.min() < 0 or mask.max() > 1):
+        raise ValueError(
+            f"`mask_image[{index}]` must hold values in [0, 1] (or be uint8 in [0, 255]), got values in "
+            f"[{mask.min()}, {mask.max()}]."
+        )
+    return mask
+
+
+def preprocess_masks(mask_image: MaskInput | list[MaskInput], image_size: int) -> torch.BoolTensor:
+    """
+    Inpainting masks -> `(batch_size, image_size, image_size)` booleans, with diffusers' convention: white (1, 255)
+    = regenerate, black (0) = keep.
+
+    A mask of another size gets the same ADM centre crop as its image ([`center_crop_arr`], on float values), then
+    every pixel is binarised at 0.5, as diffusers' mask processor does.
+
+    Args:
+        mask_image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, or a list of them): PIL masks of any mode (read
+            as grayscale), arrays `(H, W)`, `(H, W, 1)` or `(H, W, 3/4)` (first channel) in [0, 1] or uint8 in [0,
+            255], tensors `(H, W)`, `(1, H, W)` or `(B, 1, H, W)` in [0, 1].
+        image_size (`int`): side of the square output.
+
+    Returns:
+        `torch.BoolTensor` of shape `(batch_size, image_size, image_size)`, True = regenerate.
+    """
+    _check_image_size(image_size)
+    if isinstance(mask_image, torch.Tensor) and mask_image.ndim == 4:
+        if mask_image.shape[1] != 1:
+            raise ValueError(f"A 4-d `mask_image` must have shape (B, 1, H, W), got {tuple(mask_image.shape)}.")
+        mask_image = list(mask_image)
+    if not isinstance(mask_image, (list, tuple)):
+        mask_image = [mask_image]
+    if len(mask_image) == 0:
+        raise ValueError("`mask_image` must contain at least one mask, got an empty list.")
+    masks = []
+    for index, mask in enumerate(mask_image):
+        array = _mask_to_float_array(mask, index)  # (H, W) in [0, 1]
+        if array.shape != (image_size, image_size):
+            array = np.asarray(center_crop_arr(Image.fromarray(array, mode="F"), image_size))
+        masks.append(torch.from_numpy(array >= 0.5))
+    return torch.stack(masks)  # (B, S, S)
+
+
+def mask_to_latent_grid(masks: torch.Tensor, grid_size: int) -> torch.BoolTensor:
+    """
+    Pixel masks -> latent-grid masks: a position is regenerated when any of its pixels is.
+
+    Args:
+        masks (`torch.Tensor` of shape `(batch_size, H, W)`): True / nonzero = regenerate; `H` and `W` multiples of
+            `grid_size`.
+        grid_size (`int`): the side of the latent grid (e.g. the transformer's `sample_size`).
+
+    Returns:
+        `torch.BoolTensor` of shape `(batch_size, grid_size * grid_size)`, positions row-major (the tokens' order).
+    """
+    _check_image_size(grid_size)
+    if masks.ndim != 3 or masks.shape[1] % grid_size or masks.shape[2] % grid_size:
+        raise ValueError(
+            f"`masks` must have shape (batch_size, H, W) with H and W multiples of grid_size={grid_size}, got "
+            f"{tuple(masks.shape)}."
+        )
+    batch_size, height, width = masks.shape
+    cells = masks.bool().reshape(batch_size, grid_size, height // grid_size, grid_size, width // grid_size)
+    return cells.any(dim=4).any(dim=2).reshape(batch_size, grid_size * grid_size)
+
+
+def outpaint_canvas(
+    image: ImageInput,
+    canvas_size: int | tuple[int, int],
+    offset: tuple[int, int] = (0, 0),
+    fill: int | tuple[int, int, int] = 0,
+) -> tuple[Image.Image, Image.Image]:
+    """
+    Outpainting as inpainting: `image` placed on a canvas, and the mask that regenerates everything else.
+
+    The canvas may be larger than the image (extend it), the same size with an offset (shift it: what leaves the
+    canvas is cut, what it uncovers is generated), or both. Pass the two results to [`TokenBridgeInpaintPipeline`] as
+    `image` and `mask_image`.
+
+    ```py
+    >>> import torch
+    >>> from tokenset_diffusers import TokenBridgeInpaintPipeline, TokenBridgePipeline, bundled_pipeline_path
+    >>> from tokenset_diffusers import outpaint_canvas
+
+    >>> pipeline = TokenBridgePipeline.from_pretrained(bundled_pipeline_path("tokenbridge-digits"))
+    >>> image = pipeline(3, generator=torch.Generator().manual_seed(0)).images[0]  # 8 x 8 pixels
+    >>> canvas, mask = outpaint_canvas(image, canvas_size=8, offset=(4, 0))  # shifted right: the left half is new
+    >>> inpaint = TokenBridgeInpaintPipeline.from_pipe(pipeline)
+    >>> inpaint(image=canvas, mask_image=mask, class_labels=3).images[0]
+    ```
+
+    Args:
+        image (`PIL.Image.Image` or `np.ndarray`): the image (uint8 arrays as [`preprocess_images`] accepts them).
+        canvas_size (`int` or `(width, height)`): the canvas size in pixels.
+        offset (`(x, y)`, defaults to `(0, 0)`): where the image's top-left corner goes on the canvas; may be
+            negative.
+        fill (`int` or an RGB tuple, defaults to 0): the colour of the uncovered canvas (it is regenerated anyway;
+            the VAE sees it only where a latent position is kept partially).
+
+    Returns:
+        `(canvas, mask)`: an RGB `PIL.Image.Image` of `canvas_size`, and an `"L"` mask of the same size, white (255)
+        where the canvas holds no pixel of the image, black where it does.
+    """
+    image = _to_rgb_pil(image, 0)
+    if isinstance(canvas_size, int) and not isinstance(canvas_size, bool):
+        canvas_size = (canvas_size, canvas_size)
+    if (
+        not isinstance(canvas_size, (tuple, list))
+        or len(canvas_size) != 2
+        or not all(isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in canvas_size)
+    ):
+        raise ValueError(
+            f"`canvas_size` must be a positive int or a (width, height) pair of them, got {canvas_size!r}."
+        )
+    if not isinstance(offset, (tuple, list)) or len(offset) != 2 or not all(isinstance(v, int) for v in offset):
+        raise ValueError(f"`offset` must be an (x, y) pair of ints, got {offset!r}.")
+    canvas_size, offset = tuple(canvas_size), tuple(offset)
+    canvas = Image.new("RGB", canvas_size, fill if isinstance(fill, int) else tuple(fill))
+    canvas.paste(image, offset)
+    mask = Image.new("L", canvas_size, 255)
+    mask.paste(Image.new("L", image.size, 0), offset)
+    return canvas, mask
+
+
+__all__ = [
+    "center_crop_arr",
+    "image_input_size",
+    "mask_to_latent_grid",
+    "outpaint_canvas",
+    "postprocess_images",
+    "preprocess_images",
+    "preprocess_masks",
+]

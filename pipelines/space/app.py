@@ -37,7 +37,11 @@ import numpy as np
 import PIL.Image
 import torch
 
-from pipelines.space.tab_tokenbridge import build_tokenbridge_tab, load_tokenbridge_pipeline
+from pipelines.space.tab_tokenbridge import (
+    build_tokenbridge_edit_tab,
+    build_tokenbridge_tab,
+    load_tokenbridge_pipeline,
+)
 from pipelines.space.tabs_sets import build_set_tabs
 from tokenset_diffusers import TokenSetPipeline, bundled_pipeline_path, postprocess_images, preprocess_images
 from tokenset_diffusers.bundled import resolve_pipeline
@@ -683,9 +687,11 @@ def build_sets_tabs(pipeline: TokenSetPipeline, settings: DemoSettings) -> None:
 
 
 def build_tokenbridge_tabs(pipeline: TokenSetPipeline, settings: DemoSettings) -> None:
-    """The "TokenBridge" tab (pipelines/space/tab_tokenbridge.py), where the demo has a TokenBridge pipeline."""
+    """The "TokenBridge" and "Edit" tabs (pipelines/space/tab_tokenbridge.py), where the demo has a TokenBridge
+    pipeline."""
     if settings.tokenbridge_pipeline is not None:
         build_tokenbridge_tab(settings.tokenbridge_pipeline, settings.max_images)
+        build_tokenbridge_edit_tab(settings.tokenbridge_pipeline, settings.max_images)
 
 
 TAB_BUILDERS: list[TabBuilder] = [build_generate_tab, build_tokenizer_tab, build_sets_tabs, build_tokenbridge_tabs]

@@ -35,6 +35,7 @@ SPACE_MODULES = (
     "pipelines/space/__init__.py",
     "pipelines/space/tabs_sets.py",
     "pipelines/space/tab_tokenbridge.py",
+    "pipelines/edit_figure.py",
 )
 SPACE_FOLDERS = ("examples",)
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".DS_Store")

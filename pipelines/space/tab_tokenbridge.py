@@ -5,6 +5,12 @@ Pick classes (chips), the guidance scale (linear schedule, as the released model
 masked-autoregressive iterations and the seed; the result is a labelled grid, a row per class, image i of the
 request seeded with `seed + i`. `build_tokenbridge_tab(pipeline)` adds the tab inside an open `gr.Blocks`;
 API name (for `gradio_client`): `/generate_tokenbridge`.
+
+The "Edit" tab (`build_tokenbridge_edit_tab(pipeline)`) inpaints with [`TokenBridgeInpaintPipeline`]: an uploaded
+image, or one the model generates for a source class and seed, keeps the latent positions left unticked and
+regenerates the ticked ones (pick a mask preset, or tick cells of the latent grid), for one or more classes; the result
+is a figure with a row per class: the image, its mask, and the completions (completion j seeded with `seed + j`).
+API name: `/edit_tokenbridge`.
 """
 
 import os
@@ -15,7 +21,15 @@ import gradio as gr
 import PIL.Image
 import torch
 
-from tokenset_diffusers import TokenBridgePipeline
+from pipelines.edit_figure import (
+    DEFAULT_MASK_PRESET,
+    MASK_PRESETS,
+    cell_name,
+    cells_to_mask,
+    inpainting_figure,
+    preset_cells,
+)
+from tokenset_diffusers import TokenBridgeInpaintPipeline, TokenBridgePipeline, postprocess_images, preprocess_images
 from tokenset_diffusers.bundled import resolve_pipeline
 from tokenset_diffusers.class_labels import class_caption
 from tokenset_diffusers.visualization import class_rows_grid
@@ -156,3 +170,121 @@ def build_tokenbridge_tab(pipeline: TokenBridgePipeline, max_images: int = 16) -
             api_name="generate_tokenbridge",
         )
     return tab
+
+
+# ---------------------------------------------------------------------- the "Edit" tab
+
+
+def source_image(
+    pipeline: TokenBridgePipeline, upload: PIL.Image.Image | None, source_class: int, source_seed: int
+) -> PIL.Image.Image:
+    """The image to edit: the upload centre-cropped to the model's size, else the model's image of `source_class`
+    seeded with `source_seed`."""
+    if upload is not None:
+        return postprocess_images(preprocess_images(upload, pipeline.image_size))[0]
+    return pipeline(source_class, generator=torch.Generator().manual_seed(source_seed)).images[0]
+
+
+def build_tokenbridge_edit_tab(pipeline: TokenBridgePipeline, max_images: int = 16) -> gr.Tab:
+    """Adds the "Edit" tab (inpainting with the TokenBridge pipeline) to the `gr.Blocks` being built."""
+    if max_images < 1:
+        raise ValueError(f"`max_images` must be at least 1, got {max_images}.")
+    inpaint = TokenBridgeInpaintPipeline.from_pipe(pipeline)
+    inpaint.set_progress_bar_config(disable=False, desc="masked-AR iterations")
+    num_classes, num_tokens = pipeline.transformer.config.num_classes, pipeline.transformer.num_tokens
+    grid_size, image_size = pipeline.transformer.config.sample_size, pipeline.image_size
+    choices = [(class_name(pipeline, i), i) for i in range(num_classes)]
+    all_cells = [cell_name(row, column) for row in range(grid_size) for column in range(grid_size)]
+    config = pipeline.config
+
+    def on_edit(
+        upload, source_class, source_seed, cells, class_ids, completions, guidance_scale, temperature, steps, seed,
+        progress=gr.Progress(),  # noqa: B008
+    ):  # fmt: skip
+        try:
+            class_ids, completions, guidance_scale, temperature, steps, seed = check_request(
+                class_ids, completions, guidance_scale, temperature, steps, seed, pipeline, max_images
+            )
+            if source_seed is None or not float(source_seed).is_integer() or source_seed < 0:
+                raise ValueError(f"The source seed must be a whole number >= 0, got {source_seed}.")
+            if upload is None and not 0 <= int(source_class) < num_classes:
+                raise ValueError(f"The source class must be an id in [0, {num_classes}), got {source_class}.")
+            mask = cells_to_mask(cells or [], grid_size, image_size)
+        except ValueError as error:
+            raise gr.Error(str(error), print_exception=False) from error
+        start = time.perf_counter()
+        image = source_image(pipeline, upload, int(source_class), int(source_seed))
+        figure = inpainting_figure(
+            inpaint, image, mask, class_ids, completions, seed, guidance_scale, temperature, steps
+        )
+        info = (
+            f"{len(cells or [])} of {num_tokens} positions regenerated, {len(class_ids)} classes x {completions} "
+            f"completions, guidance {guidance_scale:g} (linear), temperature {temperature:g}; "
+            f"{time.perf_counter() - start:.1f} s."
+        )
+        return figure, info
+
+    with gr.Tab("Edit"):
+        gr.Markdown(
+            "Inpainting with TokenBridge: the image's tokens at the positions you keep start the masked "
+            "autoregressive schedule as known; the model generates the ticked positions, conditioned on them and on "
+            f"the class. The latent grid is {grid_size} x {grid_size} (one cell per {image_size // grid_size} x "
+            f"{image_size // grid_size} pixels of the {image_size} px image)."
+        )
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload = gr.Image(
+                    type="pil",
+                    label=f"Image to edit (optional; centre-cropped to {image_size} px)",
+                    sources=["upload"],
+                )
+                source_class = gr.Dropdown(
+                    choices=choices, value=choices[min(3, num_classes - 1)][1], label="Without an upload: the class"
+                )
+                source_seed = gr.Number(value=0, precision=0, minimum=0, label="Without an upload: the seed")
+                preset = gr.Dropdown(
+                    choices=list(MASK_PRESETS), value=DEFAULT_MASK_PRESET, label="Mask preset", elem_id="edit-preset"
+                )
+                cells = gr.CheckboxGroup(
+                    choices=all_cells,
+                    value=preset_cells(DEFAULT_MASK_PRESET, grid_size),
+                    label="Cells to regenerate (the mask on the latent grid, row by row)",
+                    elem_id="edit-cells",
+                )
+                classes = gr.Dropdown(
+                    choices=choices,
+                    value=[choices[min(3, num_classes - 1)][1], choices[min(8, num_classes - 1)][1]],
+                    multiselect=True,
+                    label="Classes",
+                    info="One row of completions per class.",
+                    elem_id="edit-classes",
+                )
+                completions = gr.Slider(1, max_images, value=3, step=1, label="Completions per class")
+                guidance = gr.Number(value=config.default_guidance_scale, minimum=0, label="Guidance scale")
+                temperature = gr.Number(value=config.default_temperature, minimum=0, label="Temperature")
+                steps = gr.Slider(
+                    1, num_tokens, value=config.default_num_inference_steps, step=1, label="Masked-AR iterations"
+                )
+                seed = gr.Number(value=0, precision=0, minimum=0, label="Seed (completion j uses seed + j)")
+                button = gr.Button("Generate", variant="primary", elem_id="edit-generate-button")
+            with gr.Column(scale=2):
+                figure = gr.Image(type="pil", format="png", show_label=False, elem_id="edit-figure")
+                info = gr.Markdown(elem_id="edit-info")
+        preset.change(lambda name: preset_cells(name, grid_size), inputs=preset, outputs=cells, api_name=False)
+        button.click(
+            on_edit,
+            inputs=[
+                upload,
+                source_class,
+                source_seed,
+                cells,
+                classes,
+                completions,
+                guidance,
+                temperature,
+                steps,
+                seed,
+            ],
+            outputs=[figure, info],
+            api_name="edit_tokenbridge",
+        )

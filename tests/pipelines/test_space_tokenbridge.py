@@ -16,7 +16,16 @@ from helpers.tokenbridge import single_thread, tiny_transformer, tiny_vae  # noq
 
 from conversion.tokenizer_conversion import convert_tokenizer
 from conversion.transformer_conversion import convert_transformer
-from tokenset_diffusers import FSDDScheduler, MaskedARScheduler, TokenBridgePipeline, TokenSetPipeline
+from tokenset_diffusers import (
+    FSDDScheduler,
+    MaskedARScheduler,
+    TokenBridgeInpaintPipeline,
+    TokenBridgePipeline,
+    TokenSetPipeline,
+    mask_to_latent_grid,
+    preprocess_masks,
+)
+from tokenset_diffusers.visualization import labelled_grid
 
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -39,6 +48,7 @@ def _load(name: str, path: Path):
 
 app = _load("tokenset_space_app_for_tokenbridge", SPACE_DIR / "app.py")
 tab = sys.modules["pipelines.space.tab_tokenbridge"]  # the module app.py imports
+edit_figure = sys.modules["pipelines.edit_figure"]  # the figure pieces the "Edit" tab imports
 
 
 @pytest.fixture(scope="module")
@@ -145,3 +155,92 @@ def test_tokenbridge_tab_in_headless_chromium(served, tmp_path):
             browser.close()
     assert size[1] > 10 * 96  # the default request: every class (10 <= 16 images), a row each
     shutil.copy(tmp_path / "tokenbridge_tab.png", "/tmp/space_screenshot_tokenbridge.png")
+
+
+# ---------------------------------------------------------------------- the "Edit" tab
+
+
+def test_mask_presets_and_cells_become_latent_grid_masks():
+    left = tab.cells_to_mask(tab.preset_cells("left half", 4), grid_size=4, image_size=8)
+    assert left.size == (8, 8) and left.mode == "L"
+    grid = mask_to_latent_grid(preprocess_masks(left, 8), 4).reshape(4, 4)
+    expected = torch.zeros(4, 4, dtype=torch.bool)
+    expected[:, :2] = True
+    assert torch.equal(grid, expected)
+    border = mask_to_latent_grid(preprocess_masks(tab.cells_to_mask(tab.preset_cells("border", 4), 4, 8), 8), 4)
+    assert int(border.sum()) == 12 and not border.reshape(4, 4)[1:3, 1:3].any()
+    with pytest.raises(ValueError, match="Unknown cells"):
+        tab.cells_to_mask(["row 9, col 9"], 4, 8)
+    with pytest.raises(ValueError, match="Unknown mask preset"):
+        tab.preset_cells("everything", 4)
+
+
+def test_edit_tab_returns_the_inpainting_pipelines_completions(served, tokenbridge):
+    _, client = served
+    cells = tab.preset_cells("left half", 4)
+    path, info = client.predict(
+        None, 3, 2, cells, [1, 7], 2, 2.0, 0.9, 3, 5, api_name="/edit_tokenbridge"
+    )  # upload, source class, source seed, cells, classes, completions, guidance, temperature, steps, seed
+    figure = np.asarray(PIL.Image.open(path).convert("RGB"))
+    # Independently: the source generated directly, the completions from the inpainting pipeline called directly.
+    source = tokenbridge(3, generator=torch.Generator().manual_seed(2)).images[0]
+    mask = np.zeros((8, 8), dtype=np.uint8)
+    mask[:, :4] = 255
+    inpaint = TokenBridgeInpaintPipeline.from_pipe(tokenbridge)
+    inpaint.set_progress_bar_config(disable=True)
+    generators = [torch.Generator().manual_seed(5 + j) for j in (0, 1, 0, 1)]
+    output = inpaint(source, mask, [1, 1, 7, 7], num_inference_steps=3, guidance_scale=2.0, temperature=0.9,
+                     generator=generators)  # fmt: skip
+    overlay = edit_figure.mask_overlay(source, PIL.Image.fromarray(mask))
+    rows = [[source, overlay, *output.images[:2]], [source, overlay, *output.images[2:]]]
+    expected = labelled_grid(
+        rows, row_labels=[tab.class_name(tokenbridge, 1), tab.class_name(tokenbridge, 7)],
+        column_labels=["image", "mask", "seed 5", "seed 6"],
+    )  # fmt: skip
+    np.testing.assert_array_equal(figure, np.asarray(expected.convert("RGB")))
+    own = tokenbridge.encode_images(source)[0]
+    left = torch.arange(16).reshape(4, 4)[:, :2].flatten()
+    right = torch.arange(16).reshape(4, 4)[:, 2:].flatten()
+    assert torch.equal(output.indices[:, right], own[right].expand(4, -1, -1))  # the kept half
+    assert not torch.equal(output.indices[:, left], own[left].expand(4, -1, -1))
+    assert "8 of 16 positions regenerated, 2 classes x 2 completions" in info
+
+
+def test_edit_tab_explains_bad_inputs(served):
+    _, client = served
+    with pytest.raises(gradio_client.exceptions.AppError, match="Pick at least one class"):
+        client.predict(None, 3, 0, [], [], 1, 2.0, 1.0, 3, 0, api_name="/edit_tokenbridge")
+    with pytest.raises(gradio_client.exceptions.AppError, match="At most 16 images"):
+        client.predict(None, 3, 0, [], [1, 2], 9, 2.0, 1.0, 3, 0, api_name="/edit_tokenbridge")
+
+
+def test_edit_tab_in_headless_chromium(served, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs `pip install playwright`")
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"the browser test needs Debian's chromium at {CHROMIUM} (`apt-get install -y chromium`)")
+    url, _ = served
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1400})
+            page.goto(url)
+            page.get_by_role("tab", name="Edit").click()
+            page.locator("#edit-cells").get_by_label("row 0, col 3").check()  # draw: one more cell
+            page.locator("#edit-generate-button").click()
+            page.wait_for_function(
+                "() => { const img = document.querySelector('#edit-figure img');"
+                " return img !== null && img.complete && img.naturalWidth > 0; }",
+                timeout=120_000,
+            )
+            size = page.evaluate(
+                "() => { const img = document.querySelector('#edit-figure img');"
+                " return [img.naturalWidth, img.naturalHeight]; }"
+            )
+            info = page.locator("#edit-info").inner_text()
+            page.screenshot(path=str(tmp_path / "edit_tab.png"), full_page=True)
+        finally:
+            browser.close()
+    # The default request: two classes (two rows), the image, its mask and three completions (five columns).
+    assert size[0] > 5 * 96 and size[1] > 2 * 96
+    assert "9 of 16 positions regenerated, 2 classes x 3 completions" in info  # the left half and the drawn cell
+    shutil.copy(tmp_path / "edit_tab.png", "/tmp/space_screenshot_edit.png")

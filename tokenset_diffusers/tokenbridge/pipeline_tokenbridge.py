@@ -11,7 +11,7 @@ from diffusers import AutoencoderKL, DiffusionPipeline
 from diffusers.utils import BaseOutput
 
 from ..class_labels import ClassLabelsMixin, label_to_id, normalise_id2label
-from ..image_processing import postprocess_images
+from ..image_processing import ImageInput, postprocess_images, preprocess_images
 from ..pipeline_utils import ClassConditionalPipelineMixin, image_output_bytes
 from ..utils.loading import PipelineLoadingMixin, check_loaded_component
 from ..utils.sampling import GeneratorType
@@ -32,6 +32,18 @@ RELEASED_SAMPLING_DEFAULTS = {
     "L": {"num_inference_steps": 256, "guidance_scale": 3.1, "temperature": 0.96},
     "H": {"num_inference_steps": 256, "guidance_scale": 3.45, "temperature": 0.91},
 }
+
+
+# What `from_pipe` shares: the modules, then the config values.
+_SHARED = (
+    "transformer",
+    "vae",
+    "scheduler",
+    "id2label",
+    "default_num_inference_steps",
+    "default_guidance_scale",
+    "default_temperature",
+)
 
 
 @dataclass
@@ -107,6 +119,67 @@ class TokenBridgePipeline(PipelineLoadingMixin, ClassLabelsMixin, ClassCondition
             default_temperature=default_temperature,
         )
         self.labels = label_to_id(id2label)
+
+    @classmethod
+    def from_pipe(cls, pipeline: "TokenBridgePipeline", **components) -> "TokenBridgePipeline":
+        """A TokenBridge pipeline of this class (generation, inpainting, variations) on the same components as
+        `pipeline`: no copy, no cast, the same modules.
+
+        Unlike `DiffusionPipeline.from_pipe`, which moves the shared modules to one dtype, this only shares.
+
+        Args:
+            pipeline ([`TokenBridgePipeline`] or a subclass): the pipeline to share `transformer`, `vae`,
+                `scheduler`, `id2label` and the sampling defaults with.
+            components: any of those to replace.
+        """
+        if not isinstance(pipeline, TokenBridgePipeline):
+            raise ValueError(f"`pipeline` must be a TokenBridgePipeline, got {type(pipeline).__name__}.")
+        unknown = set(components) - set(_SHARED)
+        if unknown:
+            raise ValueError(f"`from_pipe` can replace only {_SHARED}, got {sorted(unknown)}.")
+        shared = {name: getattr(pipeline, name) for name in _SHARED[:3]}
+        shared |= {name: pipeline.config.get(name) for name in _SHARED[3:]}
+        new = cls(**(shared | components))
+        new.register_to_config(_name_or_path=pipeline.config.get("_name_or_path"))
+        return new
+
+    @property
+    def image_size(self) -> int:
+        """The side in pixels of the images this pipeline generates (the latent grid times the VAE's scale)."""
+        return self.transformer.config.sample_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @torch.no_grad()
+    def encode_images(self, image: ImageInput | list[ImageInput] | torch.Tensor) -> torch.LongTensor:
+        """
+        Images -> their level indices: the VAE's posterior mean (no sampling: the tokens do not depend on any
+        generator), scaled by `scaling_factor`, quantized.
+
+        Args:
+            image (`PIL.Image.Image`, `np.ndarray`, a list of them, or `torch.Tensor`): PIL images and uint8 arrays
+                get [`preprocess_images`]' centre crop to [`image_size`]; a tensor `(batch_size, 3, image_size,
+                image_size)` (or one image `(3, image_size, image_size)`) holds values in [-1, 1].
+
+        Returns:
+            `torch.LongTensor` of shape `(batch_size, num_tokens, latent_channels)`, positions row-major, VAE channel
+            order (the layout of [`TokenBridgePipelineOutput.indices`]).
+        """
+        size = self.image_size
+        if isinstance(image, torch.Tensor):
+            pixel_values = image[None] if image.ndim == 3 else image
+            if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (3, size, size):
+                raise ValueError(
+                    f"An `image` tensor must have shape (batch_size, 3, {size}, {size}) or (3, {size}, {size}), got "
+                    f"{tuple(image.shape)}."
+                )
+            if not pixel_values.is_floating_point():
+                raise ValueError(f"An `image` tensor must hold floats in [-1, 1], got dtype {pixel_values.dtype}.")
+        else:
+            pixel_values = preprocess_images(image, size)  # (B, 3, S, S) in [-1, 1]
+        vae = self.vae
+        posterior = vae.encode(pixel_values.to(vae.device, vae.dtype)).latent_dist
+        latents = posterior.mean.float() * vae.config.scaling_factor  # (B, C, h, w), scaled units
+        transformer = self.transformer
+        return transformer.quantizer.quantize(transformer.patchify(latents.to(transformer.device)))  # (B, L, C)
 
     # ------------------------------------------------------------------ guidance
 
@@ -223,6 +296,51 @@ class TokenBridgePipeline(PipelineLoadingMixin, ClassLabelsMixin, ClassCondition
         Returns:
             [`TokenBridgePipelineOutput`] or `(images, indices)`.
         """
+        num_inference_steps, guidance_scale, temperature = self.check_sampling_arguments(
+            num_inference_steps,
+            guidance_scale,
+            guidance_schedule,
+            temperature,
+            output_type,
+            num_images_per_class,
+            batch_size,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+        )
+        labels = self._labels_or_unconditional(class_labels, num_images)  # (number of labels,)
+        if orders is not None:
+            num_images = len(labels) * int(num_images_per_class)
+            orders = self._check_orders(orders, num_images, self.transformer.num_tokens)
+        return self._sample(
+            labels,
+            num_images_per_class,
+            int(num_inference_steps),
+            guidance_scale,
+            guidance_schedule,
+            temperature,
+            generator,
+            output_type,
+            return_dict,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+            batch_size,
+            orders=orders,
+        )
+
+    def check_sampling_arguments(
+        self,
+        num_inference_steps: int | None,
+        guidance_scale: float | None,
+        guidance_schedule: str,
+        temperature: float | None,
+        output_type: str,
+        num_images_per_class: int,
+        batch_size: int | None,
+        callback_on_step_end: Callable | None,
+        callback_on_step_end_tensor_inputs: Sequence[str],
+    ) -> tuple[int, float, float]:
+        """The sampling arguments every TokenBridge call shares, checked (`ValueError` naming the argument), with the
+        pipeline's defaults for `None`: returns `(num_inference_steps, guidance_scale, temperature)`."""
         if num_inference_steps is None:
             num_inference_steps = self.config.default_num_inference_steps
         self.check_call_arguments(
@@ -238,19 +356,49 @@ class TokenBridgePipeline(PipelineLoadingMixin, ClassLabelsMixin, ClassCondition
         temperature = self.config.default_temperature if temperature is None else temperature
         guidance_scale = check_number("guidance_scale", guidance_scale, low=0)
         temperature = check_number("temperature", temperature, low=0)
+        return int(num_inference_steps), guidance_scale, temperature
 
-        transformer = self.transformer
-        labels = self._labels_or_unconditional(class_labels, num_images)  # (number of labels,)
+    def _sample(
+        self,
+        labels: torch.LongTensor,
+        num_images_per_class: int,
+        num_inference_steps: int,
+        guidance_scale: float,
+        guidance_schedule: str,
+        temperature: float,
+        generator: GeneratorType,
+        output_type: str,
+        return_dict: bool,
+        callback_on_step_end: Callable | None,
+        callback_on_step_end_tensor_inputs: Sequence[str],
+        batch_size: int | None,
+        orders: torch.LongTensor | None = None,
+        start_indices: torch.LongTensor | None = None,
+        known: torch.BoolTensor | None = None,
+        num_generated: int | None = None,
+    ) -> TokenBridgePipelineOutput | tuple:
+        """Generation and editing, after their own argument handling: samples `num_images_per_class` images per entry
+        of `labels` (`(N,)`), chunk by chunk, on the one masked-AR loop ([`_generate`]).
+
+        Editing ([`TokenBridgeInpaintPipeline`], [`TokenBridgeImg2ImgPipeline`]) passes `start_indices` (`(N, L, C)`,
+        the image's tokens) and `num_generated`, the number of positions each image generates (the schedule counts
+        only those); the kept positions are `known` (`(N, L)`, True = kept) or, with `known=None`, those after the
+        first `num_generated` of each drawn order. Plain generation passes none of them: every position is generated.
+        """
         num_images = len(labels) * int(num_images_per_class)
-        num_tokens = transformer.num_tokens
-        if orders is not None:
-            orders = self._check_orders(orders, num_images, num_tokens)
         chunk_size = self.plan_chunks(num_images, batch_size, generator, output_type, guidance_scale != 1.0)
         (labels,) = self.repeat_per_class(num_images_per_class, labels)  # (B,)
+        if start_indices is not None:
+            (start_indices,) = self.repeat_per_class(num_images_per_class, start_indices)  # (B, L, C)
+        if known is not None:
+            (known,) = self.repeat_per_class(num_images_per_class, known)  # (B, L)
         self._guidance_scale = guidance_scale
         self._num_timesteps = int(num_inference_steps)
         self._interrupt = False
-        self.scheduler.set_timesteps(int(num_inference_steps))
+        if num_generated is None:
+            self.scheduler.set_timesteps(int(num_inference_steps))
+        else:
+            self.scheduler.set_timesteps(int(num_inference_steps), num_generated=num_generated)
 
         def generate_chunk(rows: slice, chunk_generator: GeneratorType, progress_bar) -> tuple:
             return self._generate(
@@ -263,6 +411,8 @@ class TokenBridgePipeline(PipelineLoadingMixin, ClassLabelsMixin, ClassCondition
                 callback_on_step_end,
                 callback_on_step_end_tensor_inputs,
                 progress_bar,
+                start_indices=None if start_indices is None else start_indices[rows],
+                known=None if known is None else known[rows],
             )
 
         images, indices = self.generate_in_chunks(
@@ -284,20 +434,29 @@ class TokenBridgePipeline(PipelineLoadingMixin, ClassLabelsMixin, ClassCondition
         callback_on_step_end: Callable | None,
         callback_on_step_end_tensor_inputs: Sequence[str],
         progress_bar=None,
+        start_indices: torch.LongTensor | None = None,
+        known: torch.BoolTensor | None = None,
     ) -> tuple[list[PIL.Image.Image] | np.ndarray | torch.Tensor, torch.LongTensor]:
-        """Samples and decodes one batch of `labels` (`(B,)`); returns `(images, indices)`."""
+        """Samples and decodes one batch of `labels` (`(B,)`); returns `(images, indices)`. The one masked-AR loop of
+        generation and editing: with `start_indices` (`(B, L, C)`), the positions after the first
+        `scheduler.num_generated` of each order keep those tokens from the start (`known` (`(B, L)`), when given, are
+        put last in the drawn orders)."""
         device = self._execution_device
         transformer = self.transformer
         labels = labels.to(device)
         batch_size = labels.shape[0]
         num_tokens, channels = transformer.num_tokens, transformer.config.latent_channels
 
-        # 1. Orders; every position starts unknown (index 0 as a placeholder, never read).
+        # 1. Orders; every position to generate starts unknown (index 0 as a placeholder, never read).
         if orders is None:
-            orders = self.scheduler.sample_orders(batch_size, generator, device=device)  # (B, L)
+            orders = self.scheduler.sample_orders(batch_size, generator, device=device, known=known)  # (B, L)
         else:
             orders = orders.to(device)
         indices = torch.zeros(batch_size, num_tokens, channels, dtype=torch.long, device=device)  # (B, L, C)
+        if start_indices is not None:
+            # Editing: the kept positions, the last ones of every order, start known with the image's tokens.
+            kept = torch.argsort(orders, dim=1) >= self.scheduler.num_generated  # (B, L)
+            indices = torch.where(kept[:, :, None], start_indices.to(device), indices)  # (B, L, C)
 
         # 2. One masked-AR step per timestep: features of the positions to predict, channel head, write back.
         for step_index in range(self.scheduler.num_inference_steps):

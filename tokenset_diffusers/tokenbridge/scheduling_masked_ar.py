@@ -48,8 +48,10 @@ class MaskedARScheduler(SchedulerMixin, ConfigMixin):
         mask_ratio_std (`float`, defaults to 0.25): see `mask_ratio_min`.
 
     After [`set_timesteps`], `timesteps` is `0..N-1`, `mask_lengths[k]` the number of positions still masked after
-    step k (as the original computes it, 1 at the last step), `num_unknown[k]` the number masked at its start, and
-    `num_predicted[k]` the number of positions each image predicts at step k.
+    step k (as the original computes it, 1 at the last step), `num_unknown[k]` the number masked at its start,
+    `num_predicted[k]` the number of positions each image predicts at step k, and `num_generated` the number of
+    positions the schedule generates (`num_tokens`, or fewer for editing: the others are known from the start and
+    come last in every order, see [`sample_orders`]).
 
     The public scheduler API of diffusers: `init_noise_sigma` (1.0: the sample starts as placeholder indices, nothing
     is scaled), [`scale_model_input`] (the identity), and [`step`]`(model_output, timestep, sample)` with the
@@ -70,28 +72,48 @@ class MaskedARScheduler(SchedulerMixin, ConfigMixin):
         self.num_unknown: list[int] = []
         self.num_predicted: list[int] = []
         self.orders = None
+        self.num_generated: int | None = None
 
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+    def set_timesteps(
+        self, num_inference_steps: int, device: str | torch.device | None = None, num_generated: int | None = None
+    ) -> None:
         """
         Compute the schedule of `num_inference_steps` steps (host-side integers, so that no step waits on a device).
 
+        Args:
+            num_inference_steps (`int`): the number of steps N.
+            device (`str` or `torch.device`, *optional*): where `timesteps` goes.
+            num_generated (`int`, *optional*): the number of positions to generate, `num_tokens` by default. Editing
+                (inpainting, variations) generates fewer: the cosine schedule then runs over those alone, as if the
+                image had `num_generated` positions, and the other positions are known from the start. 0 gives an
+                empty schedule (then `num_inference_steps` must be 0).
+
         Raises:
-            `ValueError` unless `1 <= num_inference_steps <= num_tokens`.
+            `ValueError` unless `0 <= num_generated <= num_tokens` and `1 <= num_inference_steps <= num_generated`
+            (`num_inference_steps == 0` when `num_generated == 0`).
         """
         num_tokens = self.config.num_tokens
+        if num_generated is None:
+            num_generated = num_tokens
+        num_generated = check_integer("num_generated", num_generated, low=0, high=num_tokens, high_name="num_tokens")
         # More steps than tokens would predict nothing at some steps.
         num_inference_steps = check_integer(
-            "num_inference_steps", num_inference_steps, low=1, high=num_tokens, high_name="num_tokens"
+            "num_inference_steps",
+            num_inference_steps,
+            low=min(1, num_generated),
+            high=num_generated,
+            high_name="num_tokens" if num_generated == num_tokens else "num_generated",
         )
         mask_lengths, num_unknown = [], []
-        unknown = num_tokens
+        unknown = num_generated
         for step in range(num_inference_steps):
-            mask_len = math.floor(num_tokens * math.cos(math.pi / 2.0 * (step + 1) / num_inference_steps))
+            mask_len = math.floor(num_generated * math.cos(math.pi / 2.0 * (step + 1) / num_inference_steps))
             mask_len = max(1, min(unknown - 1, mask_len))
             num_unknown.append(unknown)
             mask_lengths.append(mask_len)
             unknown = mask_len
         self.num_inference_steps = num_inference_steps
+        self.num_generated = num_generated
         self.mask_lengths = mask_lengths
         self.num_unknown = num_unknown
         # The last step predicts every position still unknown.
@@ -116,13 +138,26 @@ class MaskedARScheduler(SchedulerMixin, ConfigMixin):
         return 1.0 + (guidance_scale - 1.0) * (num_tokens - self.mask_lengths[step_index]) / num_tokens
 
     def sample_orders(
-        self, batch_size: int, generator: GeneratorType = None, device: str | torch.device | None = None
+        self,
+        batch_size: int,
+        generator: GeneratorType = None,
+        device: str | torch.device | None = None,
+        known: torch.BoolTensor | None = None,
     ) -> torch.LongTensor:
         """
         One uniformly random order (permutation of the positions) per image, `(batch_size, num_tokens)`; with a list
         of generators, image b's order comes from `generator[b]` alone.
+
+        Args:
+            known (`torch.BoolTensor` of shape `(batch_size, num_tokens)`, *optional*): positions known from the start
+                (editing): they come last in every order, the others first in a uniformly random order. The same
+                numbers are drawn either way, so with no position known the orders are those of `known=None`.
         """
         uniforms = uniform_tensor((batch_size, self.config.num_tokens), generator, device=device)
+        if known is not None:
+            if tuple(known.shape) != tuple(uniforms.shape):
+                raise ValueError(f"`known` must have shape {tuple(uniforms.shape)}, got {tuple(known.shape)}.")
+            uniforms = uniforms.masked_fill(known.to(uniforms.device, torch.bool), 2.0)  # uniforms are < 1
         return torch.argsort(uniforms, dim=1)
 
     def mask(self, orders: torch.LongTensor, step_index: int) -> torch.BoolTensor:

@@ -26,6 +26,8 @@ PIPELINE_MODULES = {
     "TokenSetPipeline": "tokenset_diffusers.tokenset.pipeline_tokenset",
     "TokenSetImg2ImgPipeline": "tokenset_diffusers.tokenset.pipeline_tokenset_img2img",
     "TokenBridgePipeline": "tokenset_diffusers.tokenbridge.pipeline_tokenbridge",
+    "TokenBridgeInpaintPipeline": "tokenset_diffusers.tokenbridge.pipeline_tokenbridge_inpaint",
+    "TokenBridgeImg2ImgPipeline": "tokenset_diffusers.tokenbridge.pipeline_tokenbridge_img2img",
 }
 COMPONENT_MODULES = {
     "TokenSetVQVAE": "tokenset_diffusers.tokenset.modeling_tokenset_vqvae",
