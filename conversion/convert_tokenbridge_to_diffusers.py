@@ -12,18 +12,17 @@ The generator uses the EMA weights by default (buffers from `"model"`), as the o
 strictly: a missing or unexpected key is an error, never a silently random weight.
 """
 
+from __future__ import annotations
+
 import argparse
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from conversion.class_names import load_id2label
-from conversion.tokenbridge_conversion import convert_tokenbridge, load_tokenbridge_checkpoint, select_weights
-from conversion.vae_conversion import KL16_SCALING_FACTOR, convert_vae, load_vae_checkpoint
-from tokenset_diffusers import MaskedARScheduler, TokenBridgePipeline
-from tokenset_diffusers.model_cards import render_model_card
-from tokenset_diffusers.tokenbridge.pipeline_tokenbridge import RELEASED_SAMPLING_DEFAULTS
-from tokenset_diffusers.utils.hub import push_folder_to_hub
+
+
+if TYPE_CHECKING:  # the heavy modules are imported where used, so that `--help` comes before torch
+    from tokenset_diffusers import TokenBridgePipeline
 
 
 # Released sizes by encoder width.
@@ -34,6 +33,8 @@ def load_vae(vae_checkpoint: str | None = None, vae_name_or_path: str | None = N
     """The VAE from `kl16.ckpt` (converted strictly) or a diffusers `AutoencoderKL` folder / Hub id."""
     if (vae_checkpoint is None) == (vae_name_or_path is None):
         raise ValueError("Pass exactly one of `vae_checkpoint` and `vae_name_or_path`.")
+    from conversion.vae_conversion import KL16_SCALING_FACTOR, convert_vae, load_vae_checkpoint
+
     if vae_checkpoint is not None:
         return convert_vae(load_vae_checkpoint(vae_checkpoint), sample_size=sample_size)
     from diffusers import AutoencoderKL
@@ -58,6 +59,10 @@ def convert(
 ) -> Path:
     """Converts the generator (and the VAE, if given) and saves it with a model card under `output_dir`; returns the
     folder written."""
+    from conversion.tokenbridge_conversion import convert_tokenbridge, load_tokenbridge_checkpoint, select_weights
+    from tokenset_diffusers import MaskedARScheduler, TokenBridgePipeline
+    from tokenset_diffusers.tokenbridge.pipeline_tokenbridge import RELEASED_SAMPLING_DEFAULTS
+
     output_dir = Path(output_dir)
     state_dict = select_weights(load_tokenbridge_checkpoint(checkpoint), weights)
     transformer = convert_tokenbridge(
@@ -87,6 +92,8 @@ def convert(
 
 def model_card(pipeline: TokenBridgePipeline, repo_id: str, size: str | None):
     """The converted release's card (paper numbers, released settings) for L and H; the pipeline's own card else."""
+    from tokenset_diffusers.model_cards import render_model_card
+
     if size is None:
         return pipeline.model_card(repo_id)
     num_parameters = sum(p.numel() for p in pipeline.transformer.parameters())
@@ -122,6 +129,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
+    import torch
+
     with torch.no_grad():
         folder = convert(
             checkpoint=args.checkpoint,
@@ -136,6 +145,8 @@ def main(argv=None) -> Path:
         )
     print(f"wrote {folder}")
     if args.push_to_hub:
+        from tokenset_diffusers.utils.hub import push_folder_to_hub
+
         push_folder_to_hub(folder, args.push_to_hub, commit_message="Convert TokenBridge")
         print(f"pushed to https://huggingface.co/{args.push_to_hub}")
     return folder
