@@ -64,8 +64,16 @@ def single_process_run(workdir):
     output_dir = workdir / "run"
     args = ["--config", str(workdir / "tiny.yaml"), "--dataset_name", str(workdir / "images")]
     args += ["--eval_split", "validation"]
-    launch("train_vae.py", [*args, "--output_dir", str(output_dir)], 1, workdir)
+    result = launch("train_vae.py", [*args, "--output_dir", str(output_dir)], 1, workdir)
+    (workdir / "run_stdout.txt").write_text(result.stdout)
     return output_dir, args
+
+
+def test_the_run_ends_by_saying_what_it_wrote(single_process_run, workdir):
+    output_dir, _ = single_process_run
+    last_line = (workdir / "run_stdout.txt").read_text().strip().splitlines()[-1]
+    assert last_line.startswith(f"wrote {output_dir / 'vae'} ")
+    assert (output_dir / "vae" / "config.json").is_file()
 
 
 def test_single_process_run_trains_and_saves(single_process_run):
