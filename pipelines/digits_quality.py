@@ -296,6 +296,7 @@ def main(argv=None) -> dict:
     print(markdown_table(results))
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.output}")
     return results
 
 

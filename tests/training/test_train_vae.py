@@ -118,10 +118,14 @@ def test_resume_matches_uninterrupted_run(single_process_run, workdir):
     copy_checkpoint(output_dir, 4, resumed_dir)
     (resumed_dir / ".partial-checkpoint-6").mkdir()  # what a run killed while saving leaves behind
     resume_args = [*args, "--output_dir", str(resumed_dir), "--resume_from_checkpoint", "latest"]
-    launch("train_vae.py", resume_args, 1, workdir, launcher="python")
+    result = launch("train_vae.py", resume_args, 1, workdir, launcher="python")
     (reference,) = read_summaries(output_dir)
     (resumed,) = read_summaries(resumed_dir)
     assert resumed["start_step"] == 4 and resumed["final_step"] == MAX_STEPS
+    # A plain single-process run: no warning from accelerate (its launcher's "defaults used instead" included).
+    console = result.stdout + result.stderr
+    assert "WARNING accelerate" not in console and "had defaults used instead" not in console
+    assert result.stdout.strip().splitlines()[-1].startswith(f"wrote {resumed_dir / 'vae'} ")
     assert resumed["history"] == reference["history"][4:]  # step for step, every metric
     for key in ("model_checksum", "ema_checksum", "discriminator_checksum", "scaling_factor"):
         assert resumed[key] == reference[key]
