@@ -14,18 +14,19 @@ size stops with a message asking for `--num_attention_heads`. Checkpoints are re
 strictly: a missing or unexpected key is an error, never a silently random weight.
 """
 
+from __future__ import annotations
+
 import argparse
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from conversion.class_names import load_id2label
 from conversion.command_line import add_shared_arguments, check_checkpoint_files, report_and_push
-from conversion.tokenbridge_conversion import convert_tokenbridge, load_tokenbridge_checkpoint, select_weights
-from conversion.vae_conversion import KL16_SCALING_FACTOR, convert_vae, load_vae_checkpoint
-from tokenset_diffusers import MaskedARScheduler, TokenBridgePipeline
-from tokenset_diffusers.model_cards import render_model_card
-from tokenset_diffusers.tokenbridge.pipeline_tokenbridge import RELEASED_SAMPLING_DEFAULTS
+
+
+if TYPE_CHECKING:  # the heavy modules are imported where used, so that `--help` comes before torch
+    from tokenset_diffusers import TokenBridgePipeline
+
 
 
 # Released sizes by encoder width.
@@ -36,6 +37,8 @@ def load_vae(vae_checkpoint: str | None = None, vae_name_or_path: str | None = N
     """The VAE from `kl16.ckpt` (converted strictly) or a diffusers `AutoencoderKL` folder / Hub id."""
     if (vae_checkpoint is None) == (vae_name_or_path is None):
         raise ValueError("Pass exactly one of `vae_checkpoint` and `vae_name_or_path`.")
+    from conversion.vae_conversion import KL16_SCALING_FACTOR, convert_vae, load_vae_checkpoint
+
     if vae_checkpoint is not None:
         return convert_vae(load_vae_checkpoint(vae_checkpoint), sample_size=sample_size)
     from diffusers import AutoencoderKL
@@ -60,6 +63,10 @@ def convert(
 ) -> Path:
     """Converts the generator (and the VAE, if given) and saves it with a model card under `output_dir`; returns the
     folder written."""
+    from conversion.tokenbridge_conversion import convert_tokenbridge, load_tokenbridge_checkpoint, select_weights
+    from tokenset_diffusers import MaskedARScheduler, TokenBridgePipeline
+    from tokenset_diffusers.tokenbridge.pipeline_tokenbridge import RELEASED_SAMPLING_DEFAULTS
+
     output_dir = Path(output_dir)
     state_dict = select_weights(load_tokenbridge_checkpoint(checkpoint), weights)
     transformer = convert_tokenbridge(
@@ -89,6 +96,8 @@ def convert(
 
 def model_card(pipeline: TokenBridgePipeline, repo_id: str, size: str | None):
     """The converted release's card (paper numbers, released settings) for L and H; the pipeline's own card else."""
+    from tokenset_diffusers.model_cards import render_model_card
+
     if size is None:
         return pipeline.model_card(repo_id)
     num_parameters = sum(p.numel() for p in pipeline.transformer.parameters())
@@ -125,6 +134,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
+    import torch
+
     try:
         with torch.no_grad():
             folder = convert(

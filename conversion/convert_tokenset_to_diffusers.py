@@ -16,10 +16,6 @@ from pathlib import Path
 
 from conversion.class_names import IMAGENET_LABELS_FILE, IMAGENET_LABELS_REPO, load_id2label  # noqa: F401
 from conversion.command_line import add_shared_arguments, check_checkpoint_files, report_and_push
-from conversion.tokenizer_conversion import convert_tokenizer
-from conversion.transformer_conversion import convert_transformer, load_original_generator_checkpoint
-from tokenset_diffusers import FSDDScheduler, TokenSetPipeline
-from tokenset_diffusers.model_cards import write_model_card
 
 
 RELEASED_GUIDANCE_SCALE = [4.0, 50.0, 55.0]
@@ -39,6 +35,12 @@ def convert(
     the folder written. `repo_id` is the Hub id the card's usage snippet names (default: the folder's name)."""
     if tokenizer_checkpoint is None and generator_checkpoint is None:
         raise ValueError("Pass `tokenizer_checkpoint`, `generator_checkpoint`, or both.")
+    # Imported here, so that `--help` and argument errors come before torch.
+    from conversion.tokenizer_conversion import convert_tokenizer
+    from conversion.transformer_conversion import convert_transformer, load_original_generator_checkpoint
+    from tokenset_diffusers import FSDDScheduler, TokenSetPipeline
+    from tokenset_diffusers.model_cards import write_model_card
+
     output_dir = Path(output_dir)
     image_tokenizer = transformer = None
     if tokenizer_checkpoint is not None:

@@ -48,8 +48,9 @@ def digits_split(split: Literal["train", "held_out"]) -> tuple[np.ndarray, np.nd
         `(images, labels)`: uint8 `(N, 8, 8)` grey levels scaled from 0..16 to 0..255 (white ink on black, as
         scikit-learn stores them), and int64 `(N,)` labels.
     """
-    from sklearn.datasets import load_digits
+    from tokenset_diffusers.utils.import_utils import require
 
+    load_digits = require("sklearn.datasets", "the digits data (scikit-learn's)").load_digits
     if split not in ("train", "held_out"):
         raise ValueError(f"`split` must be 'train' or 'held_out', got {split!r}.")
     digits = load_digits()

@@ -27,8 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import StratifiedKFold
-from sklearn.svm import SVC
 
 from pipelines import digits_features
 from tokenset_diffusers import (
@@ -39,6 +37,11 @@ from tokenset_diffusers import (
     preprocess_images,
 )
 from tokenset_diffusers.bundled import BUNDLED_MODELS, resolve_pipeline
+from tokenset_diffusers.utils.import_utils import require
+
+
+StratifiedKFold = require("sklearn.model_selection", "pipelines/digits_quality.py").StratifiedKFold
+SVC = require("sklearn.svm", "pipelines/digits_quality.py").SVC
 
 
 def held_out_digits(image_size: int) -> tuple[list, np.ndarray]:
@@ -56,7 +59,7 @@ def to_judge_features(images: torch.Tensor) -> np.ndarray:
     return (small.flatten(1) * 16).cpu().numpy()
 
 
-def make_judge() -> SVC:
+def make_judge() -> "SVC":
     return SVC(gamma=0.001, C=10.0)
 
 
@@ -293,6 +296,7 @@ def main(argv=None) -> dict:
     print(markdown_table(results))
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.output}")
     return results
 
 

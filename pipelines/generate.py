@@ -186,7 +186,7 @@ def main(argv=None) -> Path:
         for index, image in enumerate(images):
             label = label_ids[index // args.num_images_per_class]
             image.save(output / f"class{label:04d}_{index % args.num_images_per_class:03d}.png")
-    print(f"wrote {len(images)} images to {output}")
+    print(f"wrote {len(images)} image{'' if len(images) == 1 else 's'} to {output}")
     return output
 
 

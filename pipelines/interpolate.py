@@ -15,13 +15,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import PIL.Image
-import torch
-
-from tokenset_diffusers import TokenSetImg2ImgPipeline, interpolate_images
-from tokenset_diffusers.bundled import resolve_pipeline
-from tokenset_diffusers.visualization import labelled_grid
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -38,7 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--class_label", default=None, help="class id or name for re-denoising (default: no class)")
     parser.add_argument("--num_inference_steps", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--output", default="interpolation.png")
     args = parser.parse_args(argv)
     if args.num_points < 2:
@@ -50,6 +43,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> Path:
     args = parse_args(argv)
+    # Imported after the arguments are parsed, so that `--help` and argument errors come before torch.
+    import PIL.Image
+    import torch
+
+    from tokenset_diffusers import TokenSetImg2ImgPipeline, interpolate_images
+    from tokenset_diffusers.bundled import resolve_pipeline
+    from tokenset_diffusers.visualization import labelled_grid
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = resolve_pipeline(args.model, system="tokenset")
     except (ValueError, FileNotFoundError) as error:
@@ -62,7 +64,7 @@ def main(argv=None) -> Path:
             images.append(PIL.Image.open(path).convert("RGB"))
         except PIL.UnidentifiedImageError:
             sys.exit(f"error: {path} is not an image PIL can read")
-    pipeline = TokenSetImg2ImgPipeline.from_pretrained(resolved.folder).to(args.device)
+    pipeline = TokenSetImg2ImgPipeline.from_pretrained(resolved.folder).to(device)
     label = args.class_label
     if label is not None and label.isdigit():
         label = int(label)
@@ -70,7 +72,7 @@ def main(argv=None) -> Path:
     plain = interpolate_images(pipeline, images[0], images[1], **kwargs)
     rows, row_labels = [plain.images], ["set mean"]
     if args.redenoise_strength > 0:
-        generator = torch.Generator(args.device).manual_seed(args.seed)
+        generator = torch.Generator(device).manual_seed(args.seed)
         redenoised = interpolate_images(
             pipeline,
             images[0],

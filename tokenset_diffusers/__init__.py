@@ -4,8 +4,11 @@ Images become an unordered set of ``num_tokens`` (M) discrete tokens from a code
 entries. A set is written as a count vector of length C that sums to M; a transformer over the C positions
 generates count vectors with Fixed-Sum Discrete Diffusion (FSDD), and the set tokenizer decodes them to images.
 
-Public names are imported lazily. Importing the package registers the set tokenizer with transformers' Auto classes
-(``AutoConfig`` / ``AutoModel`` for ``model_type="tokenset_vqvae"``), which imports transformers and torch.
+Public names are imported lazily, as in diffusers and transformers: ``import tokenset_diffusers`` imports neither
+torch nor diffusers nor transformers; the module that holds a name is imported on its first use. That first use also
+registers the set tokenizer with transformers' Auto classes (``AutoConfig`` / ``AutoModel`` for
+``model_type="tokenset_vqvae"``). Code that uses only the Auto classes, without any name of this package, calls
+``tokenset_diffusers.register_auto_classes()`` first (or loads with ``trust_remote_code=True``).
 """
 
 import importlib
@@ -78,11 +81,21 @@ _import_structure = {
 
 _name_to_module = {name: module for module, names in _import_structure.items() for name in names}
 
-__all__ = sorted(_name_to_module)
+__all__ = sorted([*_name_to_module, "register_auto_classes"])
 
 
-def _register_auto_classes() -> None:
-    """`AutoConfig` / `AutoModel.from_pretrained` on a saved set tokenizer, without `trust_remote_code`."""
+_auto_classes_registered = False
+
+
+def register_auto_classes() -> None:
+    """Lets `AutoConfig` / `AutoModel.from_pretrained` load a saved set tokenizer without `trust_remote_code`.
+
+    Runs once, on the first use of any public name of the package; idempotent. Imports transformers and torch.
+    """
+    global _auto_classes_registered
+    if _auto_classes_registered:
+        return
+    _auto_classes_registered = True  # set first: the imports below may look names up in this package again
     from transformers import AutoConfig, AutoModel
 
     from .tokenset.configuration_tokenset_vqvae import TokenSetVQVAEConfig
@@ -92,18 +105,16 @@ def _register_auto_classes() -> None:
     AutoModel.register(TokenSetVQVAEConfig, TokenSetVQVAE, exist_ok=True)
 
 
-_register_auto_classes()
-
-
 def __getattr__(name):
     if name in _name_to_module:
+        register_auto_classes()
         module = importlib.import_module(f".{_name_to_module[name]}", __name__)
         return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(list(globals()) + __all__)
+    return sorted(set(globals()) | set(__all__))
 
 
 # Folders saved by release 0.1.0 name the flat module paths of that release in their `model_index.json` and import

@@ -112,9 +112,13 @@ class ClassLabelsMixin:
 
 
 def class_caption(id2label: dict[int, str] | None, class_id: int) -> str:
-    """`"<id>: <first name>"` (the first of a label's comma-separated synonyms), or the bare id without a label."""
+    """`"<id>: <first name>"` (the first of a label's comma-separated synonyms), or the bare id without a label or
+    when the name is the id itself (digits named `"0"` ... `"9"` read `"3"`, not `"3: 3"`)."""
     id2label = id2label or {}
-    return f"{class_id}: {id2label[class_id].split(',')[0]}" if class_id in id2label else str(class_id)
+    if class_id not in id2label:
+        return str(class_id)
+    name = id2label[class_id].split(",")[0].strip()
+    return str(class_id) if name == str(class_id) else f"{class_id}: {name}"
 
 
 def _check_label_array(class_labels: torch.Tensor | np.ndarray) -> None:

@@ -57,9 +57,9 @@ def build_digits_dataset(
     image_size: int = 16, resample: str = "bilinear", num_train: int = 1500, seed: int = 0
 ) -> DatasetDict:
     """The digits as a `DatasetDict` with `train` (`num_train` images) and `test` splits."""
-    from sklearn.datasets import load_digits
+    from tokenset_diffusers.utils.import_utils import require
 
-    digits = load_digits()
+    digits = require("sklearn.datasets", "training/prepare_digits.py").load_digits()
     order = np.random.default_rng(seed).permutation(len(digits.images))
     features = Features({"image": ImageFeature(), "label": ClassLabel(names=[str(i) for i in range(10)])})
 
@@ -79,7 +79,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     shutil.rmtree(partial_dir, ignore_errors=True)  # left by a run killed while saving
     dataset.save_to_disk(str(partial_dir))
     replace_folder(partial_dir, output_dir)  # the previous dataset survives a kill at any point
-    print(f"Saved {dataset} to {args.output_dir}")
+    sizes = ", ".join(f"{split} {len(rows)} images" for split, rows in dataset.items())
+    print(f"wrote {args.output_dir} (the digits at {args.image_size} px: {sizes})")
 
 
 if __name__ == "__main__":

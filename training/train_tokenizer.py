@@ -15,6 +15,7 @@ The loop (resume, logging, evaluation every `eval_steps`, checkpoints, unreadabl
 the tokenizer's part ([`TokenizerTraining`]).
 """
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -49,6 +50,9 @@ from training.training_utils import (
     build_optimizer,
     run_training,
 )
+
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -209,6 +213,27 @@ def tokenizer_losses(
     return losses
 
 
+def codebook_collapse_message(codebook_usage: float, codebook_size: int) -> Optional[str]:
+    """A warning when the codebook has collapsed, else None.
+
+    Args:
+        codebook_usage (`float`): the fraction of the `codebook_size` entries that one micro-batch's token sets use,
+            averaged over a logging window (the `codebook_usage` metric of [`tokenizer_losses`]).
+        codebook_size (`int`): C.
+
+    Collapsed means that the micro-batches use one code on average (fewer than 1.5): every image becomes the same
+    token set, so the reconstruction cannot depend on the image however low the codebook loss goes.
+    """
+    codes_used = codebook_usage * codebook_size
+    if codes_used >= 1.5:
+        return None
+    return (
+        f"the codebook has collapsed: the token sets of a batch use {codes_used:.2f} of {codebook_size} codes on "
+        "average, so every image gets the same tokens; lower --learning_rate, raise --commitment_weight or "
+        "restart from an earlier checkpoint"
+    )
+
+
 def train_step(
     accelerator: Accelerator,
     state: TokenizerTrainingState,
@@ -271,6 +296,15 @@ class TokenizerTraining(TrainingHooks):
 
     def evaluation_message(self, metrics: dict[str, float]) -> str:
         return describe_reconstruction_metrics(metrics)
+
+    def check_metrics(self, step: int, means: dict[str, float]) -> None:
+        """Warns (once per run) when the codebook collapses ([`codebook_collapse_message`])."""
+        if getattr(self, "_warned_collapse", False) or "train/codebook_usage" not in means:
+            return
+        message = codebook_collapse_message(means["train/codebook_usage"], self.model_args.codebook_size)
+        if message is not None:
+            logger.warning("step %d: %s", step, message)
+            self._warned_collapse = True
 
     def save_final(self, accelerator: Accelerator, folder: Path, history: list[dict]) -> FinalOutput:
         """The EMA tokenizer in `folder/image_tokenizer`."""

@@ -505,6 +505,10 @@ class TrainingHooks:
         """Extra metrics logged with the averaged training metrics at every logging step (every process calls it)."""
         return {}
 
+    def check_metrics(self, step: int, means: dict[str, float]) -> None:
+        """Looks at the averaged training metrics of each logging step (`{"train/<name>": value}`, main process only)
+        and warns about a run that is going wrong (e.g. a collapsed codebook) while it trains."""
+
     def save_final(self, accelerator: Accelerator, folder: Path, history: list[dict]) -> FinalOutput:
         """Saves the final model(s) into `folder`, laid out as `output_dir` will hold them (the loop moves them there
         afterwards). Called on the main process only."""
@@ -560,7 +564,7 @@ def run_training(hooks_class: type[TrainingHooks], argv: Optional[list[str]] = N
     accelerator.init_trackers(args.tracker_project_name or hooks.tracker_name, config=config)
 
     history = train_loop(accelerator, hooks, batches, eval_dataloader)
-    save_final_outputs(accelerator, hooks, history, commands, argv)
+    target = save_final_outputs(accelerator, hooks, history, commands, argv)
     write_run_summary(
         accelerator,
         args.output_dir,
@@ -576,6 +580,8 @@ def run_training(hooks_class: type[TrainingHooks], argv: Optional[list[str]] = N
         },
     )
     accelerator.end_training()
+    if target is not None:  # the main process: what the run wrote, and where, as its last line
+        print(f"wrote {target} (checkpoints, logs and run_summary_rank*.json in {args.output_dir})")
     return hooks
 
 
@@ -620,7 +626,10 @@ def train_loop(
                 postfix.update({name.removeprefix("eval/"): f"{value:.4g}" for name, value in last_eval.items()})
             progress_bar.set_postfix(postfix)
         if logging_step:
-            accelerator.log({**window.pop_means(), **hooks.logging_metrics(accelerator)}, step=step)
+            means = window.pop_means()
+            if accelerator.is_main_process:
+                hooks.check_metrics(step, means)
+            accelerator.log({**means, **hooks.logging_metrics(accelerator)}, step=step)
         if evaluating:
             accelerator.log(last_eval, step=step)
         if logging_step or step % args.checkpointing_steps == 0:
@@ -664,7 +673,6 @@ def save_final_outputs(
             temporary / output.subfolder, commands=commands, steps=hooks.state.progress.step, dataset=output.dataset
         )
         replace_output_folder(temporary, output_dir)
-        logger.info("Saved the final model to %s", target)
         if args.push_to_hub:
             from tokenset_diffusers.utils.hub import push_folder_to_hub
 

@@ -12,20 +12,24 @@ at which the encoder emits the same token id as for the clean image (what an ord
 `noise_robustness.json` and `noise_robustness.png` (a few noisy inputs and their reconstructions at every level).
 """
 
+from __future__ import annotations
+
 import argparse
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from pipelines.analyses.tokenized_images import (
     ImageBatches,
     add_common_arguments,
     load_tokenizer,
+    resolve_device,
     to_uint8,
     write_result,
 )
-from tokenset_diffusers import tokens_to_counts
-from tokenset_diffusers.visualization import labelled_grid
+
+
+if TYPE_CHECKING:  # torch is imported where used, so that `--help` comes before it
+    import torch
 
 
 PAPER_SNR_DB = (40.0, 30.0, 20.0, 10.0, 1.0)
@@ -40,6 +44,8 @@ def noise_std_for_snr(images: torch.Tensor, snr_db: float) -> torch.Tensor:
 
 def add_noise_at_snr(images: torch.Tensor, snr_db: float, generator: torch.Generator) -> torch.Tensor:
     """Images `(B, C, H, W)` in [0, 1] plus Gaussian noise at `snr_db` (before any clipping)."""
+    import torch
+
     std = noise_std_for_snr(images, snr_db)  # (B,)
     noise = torch.randn(images.shape, generator=generator, device=generator.device).to(images.device)
     return images + noise * std.view(-1, *([1] * (images.ndim - 1)))
@@ -47,6 +53,10 @@ def add_noise_at_snr(images: torch.Tensor, snr_db: float, generator: torch.Gener
 
 def kept_fractions(clean_ids: torch.LongTensor, noisy_ids: torch.LongTensor, codebook_size: int) -> tuple:
     """`(set_overlap, sequence_overlap)`, each `(B,)` in [0, 1], of token ids `(B, M)` before and after the noise."""
+    import torch
+
+    from tokenset_diffusers import tokens_to_counts
+
     num_tokens = clean_ids.shape[1]
     clean_counts = tokens_to_counts(clean_ids, codebook_size)  # (B, C)
     noisy_counts = tokens_to_counts(noisy_ids, codebook_size)  # (B, C)
@@ -64,9 +74,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-@torch.no_grad()
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    import torch
+
+    args.device = resolve_device(args.device)
+    with torch.no_grad():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> dict:
+    import torch
+
     tokenizer = load_tokenizer(args.tokenizer, args.device)
     images = ImageBatches(args, tokenizer.config.image_size)
     generator = torch.Generator().manual_seed(args.seed)
@@ -110,6 +129,8 @@ def main(argv=None) -> dict:
 
 def _figure(rows: list, snr_db: list[float]) -> "PIL.Image.Image":  # noqa: F821
     import PIL.Image
+
+    from tokenset_diffusers.visualization import labelled_grid
 
     columns = [f"{label} {snr:g} dB" for snr in snr_db for label in ("noisy", "recon.")]
     pictures = [[PIL.Image.fromarray(image.permute(1, 2, 0).numpy()) for image in row] for row in rows]

@@ -11,26 +11,33 @@ clustering" the paper points at) next to the share that class has in the whole d
 Writes `shared_tokens.json` and `shared_tokens.png`.
 """
 
+from __future__ import annotations
+
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from pipelines.analyses.tokenized_images import (
     ImageBatches,
     add_common_arguments,
     load_tokenizer,
+    resolve_device,
     to_uint8,
     write_result,
 )
-from tokenset_diffusers import tokens_to_counts
-from tokenset_diffusers.visualization import labelled_grid
+
+
+if TYPE_CHECKING:  # torch is imported where used, so that `--help` comes before it
+    import torch
 
 
 def images_sharing_token(counts: torch.LongTensor, token: int, min_count: int) -> torch.LongTensor:
     """Indices of the rows of `counts` `(N, C)` that hold `token` at least `min_count` times, highest count first
     (ties by index)."""
+    import torch
+
     holders = torch.nonzero(counts[:, token] >= min_count).flatten()  # (K,)
     order = torch.argsort(-counts[holders, token] * (len(counts) + 1) + holders)  # count descending, index ascending
     return holders[order]
@@ -38,6 +45,8 @@ def images_sharing_token(counts: torch.LongTensor, token: int, min_count: int) -
 
 def most_shared_tokens(counts: torch.LongTensor, min_count: int, num_tokens: int) -> list[int]:
     """The `num_tokens` codebook entries held at least `min_count` times by the most images (ties by index)."""
+    import torch
+
     holders = (counts >= min_count).sum(0)  # (C,)
     order = torch.argsort(-holders * (counts.shape[1] + 1) + torch.arange(counts.shape[1]))
     return [int(token) for token in order[:num_tokens] if holders[token] > 0]
@@ -59,9 +68,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-@torch.no_grad()
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    import torch
+
+    args.device = resolve_device(args.device)
+    with torch.no_grad():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> dict:
+    import torch
+
+    from tokenset_diffusers import tokens_to_counts
+    from tokenset_diffusers.visualization import labelled_grid
+
     tokenizer = load_tokenizer(args.tokenizer, args.device)
     images = ImageBatches(args, tokenizer.config.image_size)
     codebook_size = tokenizer.config.codebook_size

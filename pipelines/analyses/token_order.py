@@ -11,25 +11,24 @@ decoder that sees a set). Features come from `--feature_extractor`: `inception` 
 result names. Writes `token_order.json` and `token_order.png` (inputs and the five reconstructions of a few images).
 """
 
+from __future__ import annotations
+
 import argparse
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from pipelines.analyses.tokenized_images import (
     ImageBatches,
     add_common_arguments,
     load_tokenizer,
+    resolve_device,
     to_uint8,
     write_result,
 )
-from tokenset_diffusers.metrics import (
-    FeatureStatistics,
-    extract_features,
-    frechet_distance,
-    load_feature_extractor,
-)
-from tokenset_diffusers.visualization import labelled_grid
+
+
+if TYPE_CHECKING:  # torch is imported where used, so that `--help` comes before it
+    import torch
 
 
 ORDERS = ("original", "reversed", "shuffled", "ascending", "descending")
@@ -37,6 +36,8 @@ ORDERS = ("original", "reversed", "shuffled", "ascending", "descending")
 
 def token_orders(token_ids: torch.LongTensor, generator: torch.Generator) -> dict[str, torch.LongTensor]:
     """The same token sets `(B, M)` in the five orders of Table 1 (the shuffle drawn from `generator`, per row)."""
+    import torch
+
     batch_size, num_tokens = token_ids.shape
     shuffle = torch.rand(batch_size, num_tokens, generator=generator).argsort(-1).to(token_ids.device)  # (B, M)
     ascending = token_ids.sort(-1).values
@@ -62,6 +63,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    import torch
+
+    from tokenset_diffusers.metrics import load_feature_extractor
+
+    args.device = resolve_device(args.device)
     tokenizer = load_tokenizer(args.tokenizer, args.device)
     extractor = load_feature_extractor(args.feature_extractor, device=args.device)  # may train: outside no_grad
     images = ImageBatches(args, tokenizer.config.image_size)
@@ -77,6 +83,10 @@ def main(argv=None) -> dict:
 
 def compare_orders(tokenizer, extractor, images: ImageBatches, args) -> tuple[dict, dict]:
     """The table (rFID and largest difference per order) and the images for the figure."""
+    import torch
+
+    from tokenset_diffusers.metrics import FeatureStatistics, extract_features, frechet_distance
+
     generator = torch.Generator().manual_seed(args.seed)
     real_statistics = None
     statistics = {name: None for name in ORDERS}
@@ -115,6 +125,8 @@ def compare_orders(tokenizer, extractor, images: ImageBatches, args) -> tuple[di
 
 def _figure(shown: dict) -> "PIL.Image.Image":  # noqa: F821
     import PIL.Image
+
+    from tokenset_diffusers.visualization import labelled_grid
 
     def pil(image):
         return PIL.Image.fromarray(image.permute(1, 2, 0).numpy())

@@ -5,19 +5,24 @@ Images come from a folder (recursive, sorted file names), a `datasets.save_to_di
 exactly as `pipelines/evaluate_generation.py` reads them; every image is ADM-centre-cropped to the tokenizer's size.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import platform
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from tokenset_diffusers import TokenSetVQVAE
-from tokenset_diffusers.image_processing import preprocess_images
+
+if TYPE_CHECKING:  # torch is imported where used, so that the analyses' `--help` comes before it
+    import torch
+
+    from tokenset_diffusers import TokenSetVQVAE
 
 
 def add_common_arguments(parser) -> None:
@@ -30,8 +35,15 @@ def add_common_arguments(parser) -> None:
     parser.add_argument("--image_column", default="image")
     parser.add_argument("--max_images", type=int, default=None, help="use the first N images only")
     parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--output_dir", required=True, help="folder for the JSON result and the figure")
+
+
+def resolve_device(device: str | None) -> str:
+    """`--device`, or `"cuda"` when available and `"cpu"` otherwise."""
+    import torch
+
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def load_tokenizer(model: str | os.PathLike | None, device: str) -> TokenSetVQVAE:
@@ -58,6 +70,8 @@ class ImageBatches:
 
     def __iter__(self) -> Iterator[tuple[int, torch.FloatTensor]]:
         """`(start, pixel_values)`: pixel values `(B, 3, S, S)` in [-1, 1] of images `start .. start + B - 1`."""
+        from tokenset_diffusers.image_processing import preprocess_images
+
         starts = range(0, self.num_images, self.batch_size)
         for start in tqdm(starts, desc="batches", unit="batch"):
             images = self.source.load(start, min(start + self.batch_size, self.num_images))
@@ -73,11 +87,15 @@ class ImageBatches:
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """Images in [-1, 1] `(B, 3, H, W)` -> uint8 on the CPU, rounded as saved PNGs would be."""
+    import torch
+
     return ((images.float().clamp(-1, 1) / 2 + 0.5) * 255).round().to(torch.uint8).cpu()
 
 
 def write_result(output_dir: str | os.PathLike, name: str, result: dict, args) -> Path:
     """Writes `{name}.json` with the result, the settings and the machine."""
+    import torch
+
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     path = output / f"{name}.json"

@@ -32,7 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import gradio as gr
+from tokenset_diffusers.utils.import_utils import install_line
+
+
+try:
+    import gradio as gr
+except ImportError as error:
+    raise ImportError(f"The Space needs gradio, which is not installed: {install_line('gradio')}") from error
+
 import numpy as np
 import PIL.Image
 import torch

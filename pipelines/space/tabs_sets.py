@@ -18,6 +18,7 @@ import PIL.Image
 import torch
 
 from tokenset_diffusers import TokenSetImg2ImgPipeline, TokenSetPipeline, interpolate_images, postprocess_images
+from tokenset_diffusers.class_labels import class_caption
 from tokenset_diffusers.image_processing import preprocess_images
 from tokenset_diffusers.visualization import labelled_grid
 
@@ -28,12 +29,10 @@ MAX_POINTS = 12
 
 
 def class_options(pipeline: TokenSetPipeline) -> list[tuple[str, int]]:
-    """`(display name, class id)` pairs, "no class" first."""
-    id2label = pipeline.config.id2label or {}
-    names = [
-        (f"{i}: {id2label[i].split(',')[0]}" if i in id2label else str(i), i)
-        for i in range(pipeline.transformer.config.num_classes)
-    ]
+    """`(display name, class id)` pairs, "no class" first; the names are the other tabs' captions
+    ([`~tokenset_diffusers.class_labels.class_caption`])."""
+    id2label = pipeline.config.id2label
+    names = [(class_caption(id2label, i), i) for i in range(pipeline.transformer.config.num_classes)]
     return [("no class (unconditional)", NO_CLASS), *names]
 
 

@@ -249,3 +249,52 @@ def test_no_file_outside_tests_edits_sys_path():
             if "sys.path" in path.read_text(errors="ignore"):
                 offending.append(str(path.relative_to(ROOT)))
     assert checked > 50 and not offending, offending
+
+
+def test_class_caption_leaves_out_a_name_that_repeats_the_id():
+    """The bundled digits are named "0" ... "9": a caption reads "3", not "3: 3"; other names keep "<id>: <name>"."""
+    digits = json.loads((bundled_pipeline_path("digits") / "model_index.json").read_text())["id2label"]
+    digits = {int(key): value for key, value in digits.items()}
+    assert [class_caption(digits, i) for i in (0, 3, 9)] == ["0", "3", "9"]
+    assert class_caption({207: "golden retriever", 1: "goldfish, Carassius auratus"}, 207) == "207: golden retriever"
+    assert class_caption({1: "goldfish, Carassius auratus"}, 1) == "1: goldfish"
+    assert class_caption({1: "1, one"}, 1) == "1"
+    assert class_caption(None, 5) == class_caption({}, 5) == "5"
+
+
+def test_generate_says_what_it_wrote_in_the_singular_and_plural(tmp_path):
+    arguments = ["--model", "digits", "--class_labels", "3", "--num_inference_steps", "1"]
+    one = run_script(
+        "pipelines/generate.py", *arguments, "--num_images_per_class", "1", "--output", "one.png", cwd=tmp_path
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert one.stdout.strip().splitlines()[-1] == "wrote 1 image to one.png"
+    two = run_script(
+        "pipelines/generate.py", *arguments, "--num_images_per_class", "2", "--output", "two", cwd=tmp_path
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.strip().splitlines()[-1] == "wrote 2 images to two"
+    assert sorted(path.name for path in (tmp_path / "two").iterdir()) == ["class0003_000.png", "class0003_001.png"]
+
+
+@pytest.mark.parametrize("model", sorted(BUNDLED_MODELS))
+def test_loading_shows_one_progress_bar(model, tmp_path):
+    """Loading a pipeline shows diffusers' "Loading pipeline components" bar, without transformers' "Loading
+    weights" bar nested inside it, and leaves transformers' bars enabled afterwards."""
+    code = (
+        "import sys\n"
+        "from transformers.utils import logging\n"
+        "from tokenset_diffusers.bundled import resolve_pipeline\n"
+        "resolved = resolve_pipeline(sys.argv[1])\n"
+        "resolved.pipeline_class.from_pretrained(resolved.folder)\n"
+        "print(logging.is_progress_bar_enabled())\n"
+    )
+    environment = {name: value for name, value in os.environ.items() if name != "TQDM_DISABLE"}
+    environment.update(PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), HF_HUB_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, "-c", code, model], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Loading pipeline components" in result.stderr
+    assert "Loading weights" not in result.stderr
+    assert result.stdout.strip() == "True"

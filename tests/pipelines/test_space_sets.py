@@ -73,6 +73,16 @@ def test_class_options_put_no_class_first(pipeline):
     assert options[4] == ("3: three", 3) and len(options) == 11
 
 
+def test_class_options_caption_as_the_other_tabs():
+    """One caption for a class on every tab: the bundled digits (named "0" ... "9") read "3", not "3: 3"."""
+    from tokenset_diffusers import bundled_pipeline_path
+
+    digits = TokenSetPipeline.from_pretrained(bundled_pipeline_path("digits"))
+    options = tabs.class_options(digits)
+    assert options[1:] == [(app.class_name(digits, i), i) for i in range(10)]
+    assert options[4] == ("3", 3)
+
+
 def test_variations_tab_returns_the_pipelines_variations(served, pipeline):
     figure_path, info = served.predict(gradio_client.handle_file(str(EXAMPLES[0])), 8, 0.5, 6, 11, 2, api_name="/vary")
     variations = TokenSetImg2ImgPipeline.from_pipe(pipeline)

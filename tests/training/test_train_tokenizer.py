@@ -59,7 +59,16 @@ def single_process_run(workdir):
     args += ["--eval_split", "validation"]
     result = launch("train_tokenizer.py", [*args, "--output_dir", str(output_dir)], 1, workdir)
     (workdir / "run_console.txt").write_text(result.stdout + result.stderr)
+    (workdir / "run_stdout.txt").write_text(result.stdout)
     return output_dir, args
+
+
+def test_the_run_ends_by_saying_what_it_wrote(single_process_run, workdir):
+    output_dir, _ = single_process_run
+    last_line = (workdir / "run_stdout.txt").read_text().strip().splitlines()[-1]
+    assert last_line.startswith(f"wrote {output_dir / 'image_tokenizer'} ")
+    assert (output_dir / "image_tokenizer" / "config.json").is_file()
+    assert "codebook has collapsed" not in (workdir / "run_console.txt").read_text()  # a healthy run: no warning
 
 
 def test_evaluation_reaches_the_console(single_process_run, workdir):
@@ -156,3 +165,37 @@ def test_two_processes_stay_in_sync(workdir):
     assert summaries[0]["all_finite"] and summaries[0]["final_step"] == 4
     assert checkpoint_steps(output_dir) == [4]
     TokenSetVQVAE.from_pretrained(output_dir / "image_tokenizer")
+
+
+def test_codebook_collapse_is_one_code_per_batch():
+    """The `codebook_usage` metric is the fraction of the codebook that a batch's token sets use (computed here as
+    `tokenizer_losses` does): one code used -> a collapse message; two codes or more -> none."""
+    from training.train_tokenizer import codebook_collapse_message
+
+    codebook_size = 16
+
+    def usage(token_ids: torch.Tensor) -> float:
+        return float(torch.zeros(codebook_size).index_fill_(0, token_ids.flatten(), 1.0).mean())
+
+    collapsed = usage(torch.full((4, 8), 5))
+    assert "1.00 of 16 codes" in codebook_collapse_message(collapsed, codebook_size)
+    assert codebook_collapse_message(usage(torch.tensor([[5, 5, 5, 6]])), codebook_size) is None
+    assert codebook_collapse_message(usage(torch.arange(16).view(2, 8)), codebook_size) is None
+    # Averaged over a logging window: mostly one code (1.25 on average) is still a collapse.
+    assert codebook_collapse_message((3 * collapsed + 2 / codebook_size) / 4, codebook_size) is not None
+
+
+def test_a_collapsed_codebook_warns_once_while_training(caplog):
+    from training.data import DataArguments
+    from training.train_tokenizer import TokenizerModelArguments, TokenizerTraining, TokenizerTrainingArguments
+
+    hooks = TokenizerTraining(
+        DataArguments(), TokenizerModelArguments(codebook_size=16), TokenizerTrainingArguments(output_dir="unused")
+    )
+    with caplog.at_level("WARNING"):
+        hooks.check_metrics(10, {"train/loss": 0.5, "train/codebook_usage": 4 / 16})
+        assert caplog.records == []
+        hooks.check_metrics(20, {"train/loss": 0.0, "train/codebook_usage": 1 / 16})
+        hooks.check_metrics(30, {"train/loss": 0.0, "train/codebook_usage": 1 / 16})
+    (record,) = caplog.records
+    assert record.levelname == "WARNING" and record.getMessage().startswith("step 20: the codebook has collapsed")

@@ -64,8 +64,16 @@ def single_process_run(workdir):
     output_dir = workdir / "run"
     args = ["--config", str(workdir / "tiny.yaml"), "--dataset_name", str(workdir / "images")]
     args += ["--eval_split", "validation"]
-    launch("train_vae.py", [*args, "--output_dir", str(output_dir)], 1, workdir)
+    result = launch("train_vae.py", [*args, "--output_dir", str(output_dir)], 1, workdir)
+    (workdir / "run_stdout.txt").write_text(result.stdout)
     return output_dir, args
+
+
+def test_the_run_ends_by_saying_what_it_wrote(single_process_run, workdir):
+    output_dir, _ = single_process_run
+    last_line = (workdir / "run_stdout.txt").read_text().strip().splitlines()[-1]
+    assert last_line.startswith(f"wrote {output_dir / 'vae'} ")
+    assert (output_dir / "vae" / "config.json").is_file()
 
 
 def test_single_process_run_trains_and_saves(single_process_run):
@@ -110,10 +118,14 @@ def test_resume_matches_uninterrupted_run(single_process_run, workdir):
     copy_checkpoint(output_dir, 4, resumed_dir)
     (resumed_dir / ".partial-checkpoint-6").mkdir()  # what a run killed while saving leaves behind
     resume_args = [*args, "--output_dir", str(resumed_dir), "--resume_from_checkpoint", "latest"]
-    launch("train_vae.py", resume_args, 1, workdir, launcher="python")
+    result = launch("train_vae.py", resume_args, 1, workdir, launcher="python")
     (reference,) = read_summaries(output_dir)
     (resumed,) = read_summaries(resumed_dir)
     assert resumed["start_step"] == 4 and resumed["final_step"] == MAX_STEPS
+    # A plain single-process run: no warning from accelerate (its launcher's "defaults used instead" included).
+    console = result.stdout + result.stderr
+    assert "WARNING accelerate" not in console and "had defaults used instead" not in console
+    assert result.stdout.strip().splitlines()[-1].startswith(f"wrote {resumed_dir / 'vae'} ")
     assert resumed["history"] == reference["history"][4:]  # step for step, every metric
     for key in ("model_checksum", "ema_checksum", "discriminator_checksum", "scaling_factor"):
         assert resumed[key] == reference[key]

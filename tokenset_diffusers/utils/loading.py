@@ -383,7 +383,16 @@ class PipelineLoadingMixin:
                 kwargs.pop(name, None)
         check_model_index(cls, path, cls._component_classes)
         check_component_folders(path, cls._component_classes, kwargs)
-        return super().from_pretrained(path, **kwargs)
+        # One bar ("Loading pipeline components"), not transformers' "Loading weights" bar nested inside it.
+        from transformers.utils import logging as transformers_logging
+
+        bars_enabled = transformers_logging.is_progress_bar_enabled()
+        transformers_logging.disable_progress_bar()
+        try:
+            return super().from_pretrained(path, **kwargs)
+        finally:
+            if bars_enabled:
+                transformers_logging.enable_progress_bar()
 
     @classmethod
     def load_config(cls, pretrained_model_name_or_path, *args, **kwargs):
