@@ -28,7 +28,6 @@ if TYPE_CHECKING:  # the heavy modules are imported where used, so that `--help`
     from tokenset_diffusers import TokenBridgePipeline
 
 
-
 # Released sizes by encoder width.
 RELEASED_SIZES = {1024: "L", 1280: "H"}
 

@@ -14,14 +14,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import PIL.Image
-import torch
 
-from tokenset_diffusers import TokenBridgeInpaintPipeline, TokenBridgePipeline
-from tokenset_diffusers.class_labels import class_caption
-from tokenset_diffusers.visualization import labelled_grid
+
+if TYPE_CHECKING:  # torch and the pipelines are imported where used, so that `--help` comes before torch
+    from tokenset_diffusers import TokenBridgeInpaintPipeline
 
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "docs" / "tokenbridge_editing.png"
@@ -75,7 +75,7 @@ def mask_overlay(image: PIL.Image.Image, mask: PIL.Image.Image) -> PIL.Image.Ima
 
 
 def inpainting_figure(
-    pipeline: TokenBridgeInpaintPipeline,
+    pipeline: "TokenBridgeInpaintPipeline",
     image: PIL.Image.Image,
     mask: PIL.Image.Image,
     class_ids: Sequence[int],
@@ -88,6 +88,11 @@ def inpainting_figure(
 ) -> PIL.Image.Image:
     """A row per class: `image`, its `mask` (the regenerated region tinted), then `completions_per_class` completions
     (completion j seeded with `seed + j`, in every row)."""
+    import torch
+
+    from tokenset_diffusers.class_labels import class_caption
+    from tokenset_diffusers.visualization import labelled_grid
+
     labels = [class_id for class_id in class_ids for _ in range(completions_per_class)]
     generators = [torch.Generator().manual_seed(seed + j) for _ in class_ids for j in range(completions_per_class)]
     completions = pipeline(
@@ -148,6 +153,9 @@ def write_png_atomically(image: PIL.Image.Image, path: str | os.PathLike) -> Non
 
 def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
+    import torch
+
+    from tokenset_diffusers import TokenBridgeInpaintPipeline, TokenBridgePipeline
     from tokenset_diffusers.bundled import resolve_pipeline
 
     try:

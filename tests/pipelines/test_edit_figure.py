@@ -34,7 +34,7 @@ def test_figure_rows_are_the_image_its_mask_and_the_completions(tmp_path):
     overlay = figure_script.mask_overlay(image, PIL.Image.fromarray(mask))
     expected = labelled_grid(
         [[image, overlay, *completions[:2]], [image, overlay, *completions[2:]]],
-        row_labels=["7: 7", "1: 1"], column_labels=["image", "mask", "seed 4", "seed 5"],
+        row_labels=["7", "1"], column_labels=["image", "mask", "seed 4", "seed 5"],
     )  # fmt: skip
     np.testing.assert_array_equal(np.asarray(PIL.Image.open(output).convert("RGB")), np.asarray(expected))
 
