@@ -37,6 +37,9 @@ class ClassConditionalPipelineMixin:
     - `_callback_tensor_inputs` (`list[str]`): what a step callback may ask for, `"latents"` among them, and
       `_callback_latents_aliases` (`tuple[str, ...]`): the other names of the same tensor (e.g. `("sample",)`).
 
+    - `_from_pipe_modules` / `_from_pipe_config` (`tuple[str, ...]`), on the system's generation pipeline: the
+      components and config values that [`from_pipe`] shares with the system's other pipelines.
+
     and defines `_check_callback_latents(replaced, latents, name)` (a tensor a callback returned must be valid
     latents) and `_request_memory(num_images, chunk_size, output_type, guided)` (the lower bounds of the bytes needed,
     see [`check_request_fits`]).
@@ -48,6 +51,34 @@ class ClassConditionalPipelineMixin:
     _guidance_scale = None  # set by every call, read at every step
     _num_timesteps = None
     _interrupt = False  # reset by every call, read at every step
+    _from_pipe_modules: tuple[str, ...] = ()
+    _from_pipe_config: tuple[str, ...] = ()
+
+    @classmethod
+    def from_pipe(cls, pipeline: "ClassConditionalPipelineMixin", **components):
+        """A pipeline of this class (e.g. image variations or inpainting) on the same components as `pipeline`, a
+        pipeline of the same system: no copy, no cast, the same modules.
+
+        Unlike `DiffusionPipeline.from_pipe`, which moves the shared modules to one dtype (float32 by default) and so
+        would also change `pipeline` (and undo a bf16 transformer's float32 conditioning layers), this only shares.
+
+        Args:
+            pipeline: a pipeline of this system (its generation pipeline or one of its subclasses).
+            components: any of the shared components or config values to replace (`_from_pipe_modules`,
+                `_from_pipe_config`).
+        """
+        system = next(klass for klass in cls.__mro__ if "_from_pipe_modules" in vars(klass))
+        if not isinstance(pipeline, system):
+            raise ValueError(f"`pipeline` must be a {system.__name__}, got {type(pipeline).__name__}.")
+        names = cls._from_pipe_modules + cls._from_pipe_config
+        unknown = set(components) - set(names)
+        if unknown:
+            raise ValueError(f"`from_pipe` can replace only {names}, got {sorted(unknown)}.")
+        shared = {name: getattr(pipeline, name) for name in cls._from_pipe_modules}
+        shared |= {name: pipeline.config.get(name) for name in cls._from_pipe_config}
+        new = cls(**(shared | components))
+        new.register_to_config(_name_or_path=pipeline.config.get("_name_or_path"))
+        return new
 
     @property
     def guidance_scale(self) -> float | list[float] | None:

@@ -34,18 +34,6 @@ RELEASED_SAMPLING_DEFAULTS = {
 }
 
 
-# What `from_pipe` shares: the modules, then the config values.
-_SHARED = (
-    "transformer",
-    "vae",
-    "scheduler",
-    "id2label",
-    "default_num_inference_steps",
-    "default_guidance_scale",
-    "default_temperature",
-)
-
-
 @dataclass
 class TokenBridgePipelineOutput(BaseOutput):
     """Output of [`TokenBridgePipeline`].
@@ -85,6 +73,9 @@ class TokenBridgePipeline(PipelineLoadingMixin, ClassLabelsMixin, ClassCondition
     _callback_tensor_inputs = ["latents", "indices", "mask"]
     _callback_latents_aliases = ("indices",)
     latent_output_types = ("latent", "indices")
+    # What `from_pipe` shares with the inpainting and variation pipelines.
+    _from_pipe_modules = ("transformer", "vae", "scheduler")
+    _from_pipe_config = ("id2label", "default_num_inference_steps", "default_guidance_scale", "default_temperature")
 
     def __init__(
         self,
@@ -119,29 +110,6 @@ class TokenBridgePipeline(PipelineLoadingMixin, ClassLabelsMixin, ClassCondition
             default_temperature=default_temperature,
         )
         self.labels = label_to_id(id2label)
-
-    @classmethod
-    def from_pipe(cls, pipeline: "TokenBridgePipeline", **components) -> "TokenBridgePipeline":
-        """A TokenBridge pipeline of this class (generation, inpainting, variations) on the same components as
-        `pipeline`: no copy, no cast, the same modules.
-
-        Unlike `DiffusionPipeline.from_pipe`, which moves the shared modules to one dtype, this only shares.
-
-        Args:
-            pipeline ([`TokenBridgePipeline`] or a subclass): the pipeline to share `transformer`, `vae`,
-                `scheduler`, `id2label` and the sampling defaults with.
-            components: any of those to replace.
-        """
-        if not isinstance(pipeline, TokenBridgePipeline):
-            raise ValueError(f"`pipeline` must be a TokenBridgePipeline, got {type(pipeline).__name__}.")
-        unknown = set(components) - set(_SHARED)
-        if unknown:
-            raise ValueError(f"`from_pipe` can replace only {_SHARED}, got {sorted(unknown)}.")
-        shared = {name: getattr(pipeline, name) for name in _SHARED[:3]}
-        shared |= {name: pipeline.config.get(name) for name in _SHARED[3:]}
-        new = cls(**(shared | components))
-        new.register_to_config(_name_or_path=pipeline.config.get("_name_or_path"))
-        return new
 
     @property
     def image_size(self) -> int:

@@ -76,6 +76,9 @@ class TokenSetPipeline(PipelineLoadingMixin, ClassLabelsMixin, ClassConditionalP
     _callback_tensor_inputs = ["latents", "sample", "pred_original_sample"]
     _callback_latents_aliases = ("sample",)
     latent_output_types = ("counts", "latent")
+    # What `from_pipe` shares with the image-variation pipeline.
+    _from_pipe_modules = ("image_tokenizer", "transformer", "scheduler")
+    _from_pipe_config = ("id2label", "default_guidance_scale")
 
     def __init__(
         self,

@@ -11,9 +11,6 @@ from ..utils.validation import check_number
 from .pipeline_tokenset import TokenSetPipeline, TokenSetPipelineOutput
 
 
-_SHARED = ("image_tokenizer", "transformer", "scheduler", "id2label", "default_guidance_scale")
-
-
 class TokenSetImg2ImgPipeline(TokenSetPipeline):
     """Image variations with TokenSet (the diffusers img2img habit, on count vectors).
 
@@ -25,29 +22,6 @@ class TokenSetImg2ImgPipeline(TokenSetPipeline):
     Shares its components, loading and helpers with [`TokenSetPipeline`]; build one from a loaded pipeline with
     `TokenSetImg2ImgPipeline.from_pipe(pipeline)` or load a pipeline folder with `from_pretrained`.
     """
-
-    @classmethod
-    def from_pipe(cls, pipeline: TokenSetPipeline, **components) -> "TokenSetImg2ImgPipeline":
-        """An image-variations pipeline on the same components as `pipeline` (no copy, no cast).
-
-        Unlike `DiffusionPipeline.from_pipe`, which moves the shared modules to one dtype (float32 by default) and so
-        would also change `pipeline` and undo a bf16 transformer's float32 conditioning layers, this only shares.
-
-        Args:
-            pipeline ([`TokenSetPipeline`]): the pipeline to share `image_tokenizer`, `transformer`, `scheduler`,
-                `id2label` and `default_guidance_scale` with.
-            components: any of those to replace.
-        """
-        if not isinstance(pipeline, TokenSetPipeline):
-            raise ValueError(f"`pipeline` must be a TokenSetPipeline, got {type(pipeline).__name__}.")
-        unknown = set(components) - set(_SHARED)
-        if unknown:
-            raise ValueError(f"`from_pipe` can replace only {_SHARED}, got {sorted(unknown)}.")
-        shared = {name: getattr(pipeline, name) for name in _SHARED[:3]}
-        shared |= {name: pipeline.config.get(name) for name in _SHARED[3:]}
-        new = cls(**(shared | components))
-        new.register_to_config(_name_or_path=pipeline.config.get("_name_or_path"))
-        return new
 
     @torch.no_grad()
     def __call__(
