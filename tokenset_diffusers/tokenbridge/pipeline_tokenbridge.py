@@ -15,7 +15,7 @@ from ..image_processing import ImageInput, postprocess_images, preprocess_images
 from ..pipeline_utils import ClassConditionalPipelineMixin, image_output_bytes
 from ..utils.loading import PipelineLoadingMixin, check_loaded_component
 from ..utils.sampling import GeneratorType
-from ..utils.validation import check_choice, check_integer, check_number, checks_values
+from ..utils.validation import check_choice, check_integer, check_limit, check_number, checks_values
 from .scheduling_masked_ar import GUIDANCE_SCHEDULES, MaskedARScheduler
 from .transformer_tokenbridge import TokenBridgeTransformer2DModel
 
@@ -386,6 +386,7 @@ class TokenBridgePipeline(PipelineLoadingMixin, ClassLabelsMixin, ClassCondition
         first `num_generated` of each drawn order. Plain generation passes none of them: every position is generated.
         """
         num_images = len(labels) * int(num_images_per_class)
+        check_limit("num_images_per_class", num_images, "num_images", "images: class labels x num_images_per_class")
         chunk_size = self.plan_chunks(num_images, batch_size, generator, output_type, guidance_scale != 1.0)
         (labels,) = self.repeat_per_class(num_images_per_class, labels)  # (B,)
         if start_indices is not None:
@@ -497,6 +498,7 @@ class TokenBridgePipeline(PipelineLoadingMixin, ClassLabelsMixin, ClassCondition
                 )
             return self.prepare_labels(class_labels)
         num_images = 1 if num_images is None else check_integer("num_images", num_images, low=1)
+        check_limit("num_images", num_images, "num_images")  # before the labels are repeated
         return self.prepare_labels(None).repeat(num_images)
 
     def _check_callback_latents(self, replaced: Any, indices: torch.LongTensor, name: str) -> None:
