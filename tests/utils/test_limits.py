@@ -8,6 +8,7 @@ pipeline take about 1.1 GiB), so that a regression fails the test instead of tak
 import base64
 import io
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -30,8 +31,18 @@ ADDRESS_SPACE = 3 * 2**30
 REFUSED = "REFUSED: "
 
 PREAMBLE = """
+import json, shutil, tempfile
+from pathlib import Path
 import torch
 from tokenset_diffusers import bundled_pipeline_path
+
+def copy_with_config(source, config_file, **changes):
+    folder = Path(tempfile.mkdtemp()) / "model"
+    shutil.copytree(source, folder)
+    config = json.loads((folder / config_file).read_text())
+    config.update(changes)
+    (folder / config_file).write_text(json.dumps(config))
+    return folder
 """
 
 # (case, code that must raise ValueError, the argument the message must name)
@@ -90,6 +101,36 @@ CASES = [
         "preprocess_images(PIL.Image.open(buffer), 256)",
         "pil_image",
     ),
+    (
+        "tokenset_pipeline_num_classes",
+        "from tokenset_diffusers import TokenSetPipeline\n"
+        "folder = copy_with_config(bundled_pipeline_path(), 'transformer/config.json', num_classes=10**9)\n"
+        "TokenSetPipeline.from_pretrained(folder)",
+        "transformer/config.json",
+    ),
+    (
+        "tokenset_tokenizer_hidden_size",
+        "from tokenset_diffusers.tokenset.modeling_tokenset_vqvae import TokenSetVQVAE\n"
+        "folder = copy_with_config(bundled_pipeline_path(), 'image_tokenizer/config.json', encoder_hidden_size=10**6)\n"
+        "TokenSetVQVAE.from_pretrained(folder / 'image_tokenizer')",
+        "image_tokenizer/config.json",
+    ),
+    (
+        "tokenbridge_transformer_sample_size",
+        "from tokenset_diffusers.tokenbridge.transformer_tokenbridge import TokenBridgeTransformer2DModel\n"
+        "folder = copy_with_config(bundled_pipeline_path('tokenbridge-digits'), 'transformer/config.json', "
+        "sample_size=10**5)\n"
+        "TokenBridgeTransformer2DModel.from_pretrained(folder / 'transformer')",
+        "transformer/config.json",
+    ),
+    (
+        "tokenbridge_pipeline_vae_channels",
+        "from tokenset_diffusers.tokenbridge.pipeline_tokenbridge import TokenBridgePipeline\n"
+        "folder = copy_with_config(bundled_pipeline_path('tokenbridge-digits'), 'vae/config.json', "
+        "block_out_channels=[10**5, 10**5])\n"
+        "TokenBridgePipeline.from_pretrained(folder)",
+        "vae/config.json",
+    ),
 ]
 
 
@@ -122,7 +163,8 @@ def test_a_request_over_a_limit_is_refused_before_allocating(case, code, argumen
     assert result.returncode == 0, result.stderr[-3000:]
     refused = [line for line in result.stdout.splitlines() if line.startswith(REFUSED)]
     assert refused, f"no ValueError; stdout: {result.stdout[-2000:]}"
-    assert f"`{argument}`" in refused[0], refused[0]
+    # The argument, or for a config the path of its file, in backticks.
+    assert re.search(rf"`([^`]*/)?{re.escape(argument)}`", refused[0]), refused[0]
     assert "TOKENSET_DIFFUSERS_MAX_" in refused[0], refused[0]
 
 
