@@ -88,7 +88,14 @@ CASES = [
         "tokenbridge_images_per_class",
         "from tokenset_diffusers.tokenbridge.pipeline_tokenbridge import TokenBridgePipeline\n"
         "pipe = TokenBridgePipeline.from_pretrained(bundled_pipeline_path('tokenbridge-digits'))\n"
-        "pipe(class_labels=[0, 1], num_images_per_class=10**9, num_inference_steps=1, batch_size=1)",
+        "pipe(class_labels=[0, 1], num_images_per_class=150_000, num_inference_steps=1, batch_size=1, output_type='latent')",
+        "num_images_per_class",
+    ),
+    (
+        "tokenset_images_per_class",
+        "from tokenset_diffusers import TokenSetPipeline\n"
+        "pipe = TokenSetPipeline.from_pretrained(bundled_pipeline_path())\n"
+        "pipe(class_labels=[0, 1], num_images_per_class=150_000, num_inference_steps=1, batch_size=1, output_type='latent')",
         "num_images_per_class",
     ),
     (

@@ -386,7 +386,6 @@ class TokenBridgePipeline(PipelineLoadingMixin, ClassLabelsMixin, ClassCondition
         first `num_generated` of each drawn order. Plain generation passes none of them: every position is generated.
         """
         num_images = len(labels) * int(num_images_per_class)
-        check_limit("num_images_per_class", num_images, "num_images", "images: class labels x num_images_per_class")
         chunk_size = self.plan_chunks(num_images, batch_size, generator, output_type, guidance_scale != 1.0)
         (labels,) = self.repeat_per_class(num_images_per_class, labels)  # (B,)
         if start_indices is not None:
