@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .utils.validation import check_limit
+
 
 ImageInput = Image.Image | np.ndarray
 
@@ -25,12 +27,18 @@ def center_crop_arr(pil_image: Image.Image, image_size: int) -> Image.Image:
 
     Returns:
         `PIL.Image.Image` of size `(image_size, image_size)`, in the mode of the input.
+
+    Raises:
+        `ValueError` when the image, or the image step 2 scales it to, has more than `LIMITS["image_pixels"]` pixels
+        (8192 x 8192 by default, see `tokenset_diffusers/utils/validation.py`): a thin image (1 x 1,000,000 px, a 2 KB
+        PNG) would be scaled to gigabytes.
     """
     if not isinstance(pil_image, Image.Image):
         raise ValueError(f"`pil_image` must be a PIL.Image.Image, got {type(pil_image).__name__}.")
     _check_image_size(image_size)
     if min(pil_image.size) < 1:
         raise ValueError(f"`pil_image` must not be empty, got size {pil_image.size}.")
+    check_limit("pil_image", pil_image.size[0] * pil_image.size[1], "image_pixels", f"pixels, size {pil_image.size}")
     # 1. cheap anti-aliased halving while far above the target
     while min(pil_image.size) >= 2 * image_size:
         half_size = (pil_image.size[0] // 2, pil_image.size[1] // 2)
@@ -38,6 +46,8 @@ def center_crop_arr(pil_image: Image.Image, image_size: int) -> Image.Image:
     # 2. short side to image_size
     scale = image_size / min(pil_image.size)
     scaled_size = (round(pil_image.size[0] * scale), round(pil_image.size[1] * scale))
+    scaled_pixels = scaled_size[0] * scaled_size[1]
+    check_limit("pil_image", scaled_pixels, "image_pixels", f"pixels once scaled to {scaled_size} for the centre crop")
     pil_image = pil_image.resize(scaled_size, resample=Image.BICUBIC)
     # 3. centre square
     left = (pil_image.size[0] - image_size) // 2

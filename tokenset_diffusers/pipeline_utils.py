@@ -19,7 +19,7 @@ import PIL.Image
 import torch
 
 from .utils.sampling import GeneratorType
-from .utils.validation import check_generator, check_integer, described
+from .utils.validation import check_generator, check_integer, check_limit, described
 
 
 IMAGE_OUTPUT_TYPES = ("pil", "np", "pt")
@@ -171,10 +171,14 @@ class ClassConditionalPipelineMixin:
     ) -> int:
         """The chunk size for `num_images` images in chunks of at most `batch_size` (default: one chunk), after
         checking `generator` (`None`, one, or one per image) and, before anything of the request is allocated, that
-        it fits in memory ([`check_request_fits`])."""
+        it fits in memory ([`check_request_fits`]) and holds at most `LIMITS["num_images"]` images (100,000 by
+        default, see `tokenset_diffusers/utils/validation.py`)."""
         check_generator(generator, num_images)
         chunk_size = min(int(batch_size or num_images), num_images)
         self.check_request_fits(num_images, chunk_size, output_type, guided)
+        check_limit(
+            "num_images_per_class", num_images, "num_images", "images: labels or images x num_images_per_class"
+        )
         return chunk_size
 
     def generate_in_chunks(

@@ -21,6 +21,9 @@ step. Uploads are checked before they are decoded (not an image, or more than `M
 """
 
 import argparse
+import base64
+import binascii
+import io
 import numbers
 import os
 import queue
@@ -302,9 +305,10 @@ class StepwiseRun:
 # ---------------------------------------------------------------------- the "Set tokenizer" tab
 
 
-def check_uploaded_image(path: str | os.PathLike, max_pixels: int = MAX_UPLOAD_PIXELS) -> None:
-    """Raises `ValueError` unless `path` is an image PIL can read, of at most `max_pixels` pixels; the size is read
-    from the header, so a decompression bomb is refused before it is decoded."""
+def check_uploaded_image(path: str | os.PathLike | io.BytesIO, max_pixels: int = MAX_UPLOAD_PIXELS) -> None:
+    """Raises `ValueError` unless `path` (a file, or the bytes of one) is an image PIL can read, of at most
+    `max_pixels` pixels; the size is read from the header, so a decompression bomb is refused before it is
+    decoded."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
@@ -321,6 +325,8 @@ def check_uploaded_image(path: str | os.PathLike, max_pixels: int = MAX_UPLOAD_P
             f"The image is {width} x {height} px ({width * height / 1e6:.1f} megapixels); this demo takes images of "
             f"at most {max_pixels / 1e6:.1f} megapixels. Shrink it first."
         )
+    if isinstance(path, io.BytesIO):
+        path.seek(0)
     try:
         with PIL.Image.open(path) as image:
             image.load()
@@ -348,12 +354,32 @@ def guard_input(component: gr.components.Component, name: str, kind: str) -> gr.
     return component
 
 
+def data_url_bytes(url: str) -> io.BytesIO:
+    """The file in a `data:[<mime>][;base64],<data>` URL (how the API may send an upload instead of a file), as bytes
+    to check before Gradio decodes them; raises `ValueError` for a URL that is not one."""
+    header, separator, data = url.partition(",")
+    if not separator or not header.startswith("data:") or not header.endswith(";base64"):
+        raise ValueError("The uploaded image is not a base64 `data:` URL this demo can read.")
+    try:
+        return io.BytesIO(base64.b64decode(data, validate=True))
+    except (binascii.Error, ValueError) as error:
+        raise ValueError("The uploaded image's `data:` URL holds no valid base64 data.") from error
+
+
 def guard_uploads(image: gr.Image) -> gr.Image:
     """Makes `image` check every upload ([`check_uploaded_image`]) before Gradio decodes it (its `preprocess`
-    opens the file); a refused file is explained to the visitor."""
+    opens the file), whatever the transport: a file, or a `data:` URL (which Gradio decodes without a file); a
+    refused upload is explained to the visitor."""
     preprocess = image.preprocess
 
     def checked_preprocess(payload):
+        url = getattr(payload, "url", None)
+        if isinstance(url, str) and url.startswith("data:"):
+            try:
+                check_uploaded_image(data_url_bytes(url))
+            except ValueError as error:
+                raise _user_error(str(error)) from error
+            return preprocess(payload)
         path = getattr(payload, "path", None)
         if path:
             try:

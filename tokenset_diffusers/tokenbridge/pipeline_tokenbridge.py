@@ -15,7 +15,7 @@ from ..image_processing import ImageInput, postprocess_images, preprocess_images
 from ..pipeline_utils import ClassConditionalPipelineMixin, image_output_bytes
 from ..utils.loading import PipelineLoadingMixin, check_loaded_component
 from ..utils.sampling import GeneratorType
-from ..utils.validation import check_choice, check_integer, check_number, checks_values
+from ..utils.validation import check_choice, check_integer, check_limit, check_number, checks_values
 from .scheduling_masked_ar import GUIDANCE_SCHEDULES, MaskedARScheduler
 from .transformer_tokenbridge import TokenBridgeTransformer2DModel
 
@@ -465,6 +465,7 @@ class TokenBridgePipeline(PipelineLoadingMixin, ClassLabelsMixin, ClassCondition
                 )
             return self.prepare_labels(class_labels)
         num_images = 1 if num_images is None else check_integer("num_images", num_images, low=1)
+        check_limit("num_images", num_images, "num_images")  # before the labels are repeated
         return self.prepare_labels(None).repeat(num_images)
 
     def _check_callback_latents(self, replaced: Any, indices: torch.LongTensor, name: str) -> None:

@@ -16,13 +16,16 @@ import math
 import torch
 from torch import nn
 
+from ..utils.validation import check_integer, check_limit
+
 
 class TokenBridgeQuantizer(nn.Module):
     """
     Per-channel scalar quantizer with Gaussian-quantile levels (TokenBridge, arXiv 2503.16430, section 3.1).
 
     Args:
-        bits (`int`, defaults to 6): the number of levels is `2**bits` (64 released).
+        bits (`int`, defaults to 6): the number of levels is `2**bits` (64 released); at most
+            `LIMITS["quantizer_bits"]` (12 by default, see `tokenset_diffusers/utils/validation.py`).
         quant_min (`float`, defaults to -5.0): the latent value mapped to `-std_range` in normalised units.
         quant_max (`float`, defaults to 5.0): the latent value mapped to `+std_range`.
         std_range (`float`, defaults to 3.0): the normalised range; the outer boundaries are clamped to it.
@@ -34,8 +37,9 @@ class TokenBridgeQuantizer(nn.Module):
 
     def __init__(self, bits: int = 6, quant_min: float = -5.0, quant_max: float = 5.0, std_range: float = 3.0):
         super().__init__()
-        if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 16:
-            raise ValueError(f"`bits` must be an integer in [1, 16], got {bits!r}.")
+        bits = check_integer("bits", bits, low=1)
+        # Every masked position gets a logit per level and channel: 2**16 levels would take gigabytes per image.
+        check_limit("bits", bits, "quantizer_bits")
         if not (math.isfinite(quant_min) and math.isfinite(quant_max)) or not quant_min < quant_max:
             raise ValueError(f"`quant_min` must be below `quant_max`, got {quant_min!r} and {quant_max!r}.")
         if not (math.isfinite(std_range) and std_range > 0):

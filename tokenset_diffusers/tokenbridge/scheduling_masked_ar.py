@@ -17,7 +17,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 
 from ..utils.sampling import GeneratorType, uniform_tensor
-from ..utils.validation import check_choice, check_integer, check_number
+from ..utils.validation import check_choice, check_integer, check_limit, check_number
 
 
 GUIDANCE_SCHEDULES = ("linear", "constant")
@@ -90,7 +90,8 @@ class MaskedARScheduler(SchedulerMixin, ConfigMixin):
 
         Raises:
             `ValueError` unless `0 <= num_generated <= num_tokens` and `1 <= num_inference_steps <= num_generated`
-            (`num_inference_steps == 0` when `num_generated == 0`).
+            (`num_inference_steps == 0` when `num_generated == 0`), and `num_inference_steps <=
+            LIMITS["inference_steps"]` (10,000 by default, see `tokenset_diffusers/utils/validation.py`).
         """
         num_tokens = self.config.num_tokens
         if num_generated is None:
@@ -104,6 +105,7 @@ class MaskedARScheduler(SchedulerMixin, ConfigMixin):
             high=num_generated,
             high_name="num_tokens" if num_generated == num_tokens else "num_generated",
         )
+        check_limit("num_inference_steps", num_inference_steps, "inference_steps")
         mask_lengths, num_unknown = [], []
         unknown = num_generated
         for step in range(num_inference_steps):

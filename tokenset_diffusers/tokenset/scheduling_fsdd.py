@@ -15,7 +15,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.utils import BaseOutput
 
 from ..utils.sampling import GeneratorType, filter_probs, sample_categorical, sample_filtered
-from ..utils.validation import check_choice, check_integer, check_number, checks_values, described
+from ..utils.validation import check_choice, check_integer, check_limit, check_number, checks_values, described
 from .set_ops import (
     DiscretizedGaussian,
     active_positions,
@@ -126,8 +126,16 @@ class FSDDScheduler(SchedulerMixin, ConfigMixin):
     # ------------------------------------------------------------------ sampling
 
     def set_timesteps(self, num_inference_steps: int, device: Optional[Union[str, torch.device]] = None):
-        """Sets the N sampling times `timesteps = [0, 1/N, ..., (N-1)/N]` (t = 0 is noise), in sampling order."""
+        """Sets the N sampling times `timesteps = [0, 1/N, ..., (N-1)/N]` (t = 0 is noise), in sampling order.
+
+        The schedule costs about 0.1 ms per step (each step's collapse test), so N is bounded by
+        `LIMITS["inference_steps"]` (10,000 by default, see `tokenset_diffusers/utils/validation.py`).
+
+        Raises:
+            `ValueError` unless `num_inference_steps` is an integer in `[1, LIMITS["inference_steps"]]`.
+        """
         num_inference_steps = check_integer("num_inference_steps", num_inference_steps, low=1)
+        check_limit("num_inference_steps", num_inference_steps, "inference_steps")
         self.num_inference_steps = num_inference_steps
         # The original's grid: linspace(0, 1, N + 1) in float32; step i goes from grid[i] to grid[i + 1].
         self._time_grid = torch.linspace(0, 1, num_inference_steps + 1, dtype=torch.float32)

@@ -10,7 +10,7 @@ from diffusers.utils import BaseOutput
 from ..image_processing import ImageInput
 from ..pipeline_utils import IMAGE_OUTPUT_TYPES
 from ..utils.sampling import GeneratorType
-from ..utils.validation import check_choice, check_integer, check_number
+from ..utils.validation import check_choice, check_integer, check_limit, check_number
 from .set_ops import quantize_to_sum
 
 
@@ -34,8 +34,10 @@ class SetInterpolationOutput(BaseOutput):
 
 
 def interpolation_weights(num_points: int) -> torch.FloatTensor:
-    """`num_points` evenly spaced weights from 0 (the first end) to 1 (the second end), float64."""
+    """`num_points` evenly spaced weights from 0 (the first end) to 1 (the second end), float64. `num_points` is at
+    most `LIMITS["interpolation_points"]` (10,000 by default, see `tokenset_diffusers/utils/validation.py`)."""
     num_points = check_integer("num_points", num_points, low=2)  # the two ends at least
+    check_limit("num_points", num_points, "interpolation_points")
     return torch.linspace(0, 1, num_points, dtype=torch.float64)
 
 
@@ -72,6 +74,8 @@ def interpolate_counts(
     totals = torch.cat([counts_a.reshape(-1, counts_a.shape[-1]), counts_b.reshape(-1, counts_b.shape[-1])]).sum(-1)
     if (totals != totals[0]).any():
         raise ValueError(f"`counts_a` and `counts_b` must sum to the same M in every row, got sums {totals.tolist()}.")
+    if hasattr(weights, "__len__"):  # before any copy: a path is (batch_size, num_points, codebook_size) float64
+        check_limit("weights", len(weights), "interpolation_points", "points")
     weights = torch.as_tensor(weights, dtype=torch.float64)
     if weights.ndim != 1 or len(weights) == 0 or (weights < 0).any() or (weights > 1).any() or weights.isnan().any():
         raise ValueError(f"`weights` must be a non-empty 1-D sequence of numbers in [0, 1], got {weights.tolist()}.")

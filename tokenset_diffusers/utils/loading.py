@@ -11,7 +11,10 @@ concerned, instead of a deserialiser's error, a meta-device error, random weight
 - a missing `config.json` is reported as missing (instead of a default-sized model and a report of size mismatches);
 - a missing weights file, or a truncated, empty or garbage `.safetensors` file, is an `OSError` naming the file;
 - weights that do not fit the config (missing, unexpected or reshaped tensors: another layer count, another width)
-  are a `ValueError` listing the first keys, before any weight is loaded.
+  are a `ValueError` listing the first keys, before any weight is loaded;
+- a config that builds a model of more than `LIMITS["model_parameters"]` parameters (10 billion by default, see
+  `tokenset_diffusers/utils/validation.py`; e.g. `hidden_size=10**6`) is a `ValueError` naming the config file and the
+  largest tensor, before anything is allocated.
 
 Only local folders are checked by the models; a pipeline downloads a Hub repo id first and checks the download. Nothing
 here loads a weight: the safetensors headers are read, and the model is built on the meta device.
@@ -19,6 +22,7 @@ here loads a weight: the safetensors headers are read, and the model is built on
 
 import difflib
 import json
+import math
 import os
 import pickle
 from collections.abc import Callable
@@ -33,6 +37,7 @@ from .remote_code import (
     read_as_package,
     write_remote_code_files,
 )
+from .validation import LIMITS, check_limit
 
 
 def looks_like_local_path(path: str) -> bool:
@@ -158,6 +163,17 @@ def check_component_folder(
         stem, extension = os.path.splitext(weights_name)
         weights_name = f"{stem}.{variant}{extension}"
     expected = {name: tuple(tensor.shape) for name, tensor in build_meta_model(folder).state_dict().items()}
+    # Counted on the meta device, before anything is allocated: a config with `hidden_size=10**6` is refused here.
+    num_parameters = sum(math.prod(shape) for shape in expected.values())
+    if num_parameters > LIMITS["model_parameters"]:
+        largest = max(expected, key=lambda name: math.prod(expected[name]))
+        check_limit(
+            os.path.join(folder, config_name),
+            num_parameters,
+            "model_parameters",
+            f"parameters in {component}; the largest tensor is {largest} of shape {expected[largest]}: which "
+            "config sizes make it so large?",
+        )
     needed = f"{len(expected)} tensors: {_examples(sorted(expected))}"
     files = [file for file in _weights_files(folder, weights_name) if os.path.isfile(file)]
     if not files:

@@ -3,10 +3,18 @@
 The public helpers check one argument each and raise `ValueError` with a message that names the argument, shows the
 value it got (type and repr) and says what is allowed: [`check_integer`], [`check_number`], [`check_choice`],
 [`check_generator`]. Numpy integers and floats count as numbers; `bool` never does.
+
+Size limits live here too, in one place: [`LIMITS`] holds the largest request or file size each system accepts, and
+[`check_limit`] checks an argument against one of them before anything is allocated, so that a small request (a
+million images, a 2 KB PNG of 1 x 1,000,000 px) fails with a `ValueError` naming the argument and the limit instead of
+exhausting memory or hanging. The limits are generous for real use; raise one with the environment variable
+`TOKENSET_DIFFUSERS_MAX_<NAME>` (read at import, e.g. `TOKENSET_DIFFUSERS_MAX_NUM_IMAGES=1000000`) or by setting
+`LIMITS["<name>"]` at run time.
 """
 
 import math
 import numbers
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,6 +89,64 @@ def check_number(
     return float(value)
 
 
+LIMIT_DEFAULTS = {
+    # Sampling steps of a scheduler (`num_inference_steps`); the released models use 25 (TokenSet) and 64 (TokenBridge).
+    "inference_steps": 10_000,
+    # Images of one pipeline call (`num_images`, `len(class_labels) * num_images_per_class`).
+    "num_images": 100_000,
+    # Points of a set interpolation path (`num_points`, `len(weights)`).
+    "interpolation_points": 10_000,
+    # `bits` of the TokenBridge quantizer: `2**bits` levels per channel, each a logit of every masked position (the
+    # released model uses 6; 12 gives 4096 levels).
+    "quantizer_bits": 12,
+    # Pixels of an input image, and of the image the centre crop scales it to (8192 x 8192).
+    "image_pixels": 8192 * 8192,
+    # Parameters of a model built from a config (before its weights are loaded): 10 billion (40 GB in float32).
+    "model_parameters": 10**10,
+}
+
+
+def _limits_from_environment() -> dict[str, int]:
+    limits = dict(LIMIT_DEFAULTS)
+    for key in limits:
+        variable = f"TOKENSET_DIFFUSERS_MAX_{key.upper()}"
+        text = os.environ.get(variable)
+        if text is not None:
+            try:
+                limits[key] = int(text)
+            except ValueError:
+                raise ValueError(f"`{variable}` must be an integer, got {text!r}.") from None
+            if limits[key] < 1:
+                raise ValueError(f"`{variable}` must be a positive integer, got {text!r}.")
+    return limits
+
+
+LIMITS: dict[str, int] = _limits_from_environment()
+"""The size limits in force: [`LIMIT_DEFAULTS`], overridden by `TOKENSET_DIFFUSERS_MAX_<NAME>` environment variables
+(read at import). Set an entry to change a limit at run time."""
+
+
+def check_limit(name: str, value: int, limit: str, what: str = "") -> int:
+    """Raises `ValueError` when `value` (an `int` already checked) exceeds `LIMITS[limit]`, naming the argument, the
+    limit and how to raise it; returns `value`.
+
+    Args:
+        name (`str`): the argument, shown in the message (e.g. `"num_images"`).
+        value (`int`): the size asked for.
+        limit (`str`): a key of [`LIMITS`] (e.g. `"num_images"`).
+        what (`str`, *optional*): what `value` counts, when it is not the argument itself (e.g. `"pixels"`).
+    """
+    maximum = LIMITS[limit]
+    if value > maximum:
+        counted = f" ({value} {what})" if what else f"={value}"
+        raise ValueError(
+            f"`{name}`{counted} exceeds the limit {limit}={maximum} (a guard against exhausting memory or hanging); "
+            f"raise it with the environment variable TOKENSET_DIFFUSERS_MAX_{limit.upper()} or "
+            f'`tokenset_diffusers.utils.validation.LIMITS["{limit}"]` if you need more.'
+        )
+    return value
+
+
 def check_choice(name: str, value: Any, choices: Sequence) -> Any:
     """`value`, if it is one of `choices`; else `ValueError` listing them."""
     if not any(type(value) is type(choice) and value == choice for choice in choices):
@@ -126,4 +192,14 @@ def _check_value_range(name: str, tensor: torch.Tensor, low: float, high: float,
         )
 
 
-__all__ = ["check_choice", "check_generator", "check_integer", "check_number", "checks_values", "short_repr"]
+__all__ = [
+    "LIMITS",
+    "LIMIT_DEFAULTS",
+    "check_choice",
+    "check_generator",
+    "check_integer",
+    "check_limit",
+    "check_number",
+    "checks_values",
+    "short_repr",
+]
