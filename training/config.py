@@ -123,6 +123,24 @@ def load_yaml_config(path: str) -> dict:
     return values
 
 
+def config_parser(dataclass_types: tuple) -> HfArgumentParser:
+    """The command-line parser of a script: one flag per field of `dataclass_types` (the script's argument groups),
+    plus `--config`."""
+    parser = HfArgumentParser(dataclass_types)
+    parser.add_argument("--config", type=str, default=None, help="YAML preset giving defaults; other flags win.")
+    return parser
+
+
+def answer_help(dataclass_types: tuple, args: Optional[list] = None) -> None:
+    """Prints the `--help` of [`parse_config`]`(dataclass_types)` and exits when the command line (`sys.argv[1:]` by
+    default) asks for it (`-h` or `--help`); returns otherwise. A training script calls it before its heavy imports
+    (torch, accelerate, diffusers), so that `--help` answers in the time Python and `transformers`' argument parser
+    take to start."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if "-h" in argv or "--help" in argv:
+        config_parser(dataclass_types).parse_args(["--help"])
+
+
 def parse_config(dataclass_types: tuple, args: Optional[list] = None) -> tuple:
     """Parses the typed configuration of a script.
 
@@ -138,8 +156,7 @@ def parse_config(dataclass_types: tuple, args: Optional[list] = None) -> tuple:
         One instance per type in `dataclass_types`, in order.
     """
     argv = sys.argv[1:] if args is None else list(args)
-    parser = HfArgumentParser(dataclass_types)
-    parser.add_argument("--config", type=str, default=None, help="YAML preset giving defaults; other flags win.")
+    parser = config_parser(dataclass_types)
     yaml_path = config_path(argv)
     if yaml_path is not None:
         values = load_yaml_config(yaml_path)
@@ -258,3 +275,40 @@ class AutoencoderTrainingArguments(RunArguments):
             "discriminator_start_step",
             allow_zero=True,
         )
+
+
+@dataclass
+class DataArguments:
+    """Where the images come from and how they are loaded."""
+
+    dataset_name: Optional[str] = arg(
+        None,
+        "A Hub dataset id (e.g. `ILSVRC/imagenet-1k`), a local image folder (`<split>/<class>/<image>` or "
+        "`<class>/<image>`) or a folder written by `datasets.save_to_disk`.",
+    )
+    dataset_config_name: Optional[str] = arg(None, "Configuration name of a Hub dataset.")
+    dataset_source: Literal["auto", "hub", "imagefolder", "disk"] = arg(
+        "auto", "How to read `dataset_name`; `auto`: a `save_to_disk` folder, else an image folder, else the Hub."
+    )
+    train_split: str = arg("train", "Split to train on.")
+    eval_split: Optional[str] = arg(None, "Held-out split for evaluation during training (tokenizer stage).")
+    image_column: str = arg("image", "Column holding the images.")
+    label_column: Optional[str] = arg("label", "Column holding integer class labels; None for unlabelled data.")
+    streaming: bool = arg(False, "Stream the dataset instead of reading it whole (for data that does not fit).")
+    shuffle_buffer_size: int = arg(10_000, "Shuffle buffer of a streamed dataset.")
+    max_train_samples: Optional[int] = arg(None, "Use only the first this many training examples.")
+    max_eval_samples: int = arg(1000, "Use only the first this many evaluation examples.")
+    cache_dir: Optional[str] = arg(None, "`datasets` cache folder.")
+    dataloader_num_workers: int = arg(0, "DataLoader worker processes (image decoding and cropping).")
+    pin_memory: bool = arg(True, "Pin DataLoader memory when training on CUDA.")
+    max_bad_samples: int = arg(
+        100,
+        "Unreadable images (corrupt, truncated, not an image) are skipped, counted and named in the log and the run "
+        "summary; the run stops with an error once more than this many were met (all processes together). 0 stops "
+        "at the first one.",
+    )
+
+    def __post_init__(self):
+        check_choices(self)
+        check_positive(self, "shuffle_buffer_size", "max_train_samples", "max_eval_samples")
+        check_positive(self, "dataloader_num_workers", "max_bad_samples", allow_zero=True)

@@ -24,10 +24,9 @@ import json
 import logging
 import os
 import struct
-from dataclasses import dataclass
 from itertools import count, islice
 from pathlib import Path
-from typing import Iterator, Literal, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -37,7 +36,7 @@ from datasets.distributed import split_dataset_by_node
 from PIL import Image
 
 from tokenset_diffusers.image_processing import preprocess_images
-from training.config import arg, check_choices, check_positive
+from training.config import DataArguments
 from training.training_utils import UnreadableSamples, derived_seed
 
 
@@ -48,43 +47,6 @@ PRETOKENIZED_INFO_NAME = "tokenset_pretokenized.json"
 UNREADABLE_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
 # How many random draws may replace one unreadable training example before the data is declared unusable.
 MAX_REPLACEMENT_DRAWS = 100
-
-
-@dataclass
-class DataArguments:
-    """Where the images come from and how they are loaded."""
-
-    dataset_name: Optional[str] = arg(
-        None,
-        "A Hub dataset id (e.g. `ILSVRC/imagenet-1k`), a local image folder (`<split>/<class>/<image>` or "
-        "`<class>/<image>`) or a folder written by `datasets.save_to_disk`.",
-    )
-    dataset_config_name: Optional[str] = arg(None, "Configuration name of a Hub dataset.")
-    dataset_source: Literal["auto", "hub", "imagefolder", "disk"] = arg(
-        "auto", "How to read `dataset_name`; `auto`: a `save_to_disk` folder, else an image folder, else the Hub."
-    )
-    train_split: str = arg("train", "Split to train on.")
-    eval_split: Optional[str] = arg(None, "Held-out split for evaluation during training (tokenizer stage).")
-    image_column: str = arg("image", "Column holding the images.")
-    label_column: Optional[str] = arg("label", "Column holding integer class labels; None for unlabelled data.")
-    streaming: bool = arg(False, "Stream the dataset instead of reading it whole (for data that does not fit).")
-    shuffle_buffer_size: int = arg(10_000, "Shuffle buffer of a streamed dataset.")
-    max_train_samples: Optional[int] = arg(None, "Use only the first this many training examples.")
-    max_eval_samples: int = arg(1000, "Use only the first this many evaluation examples.")
-    cache_dir: Optional[str] = arg(None, "`datasets` cache folder.")
-    dataloader_num_workers: int = arg(0, "DataLoader worker processes (image decoding and cropping).")
-    pin_memory: bool = arg(True, "Pin DataLoader memory when training on CUDA.")
-    max_bad_samples: int = arg(
-        100,
-        "Unreadable images (corrupt, truncated, not an image) are skipped, counted and named in the log and the run "
-        "summary; the run stops with an error once more than this many were met (all processes together). 0 stops "
-        "at the first one.",
-    )
-
-    def __post_init__(self):
-        check_choices(self)
-        check_positive(self, "shuffle_buffer_size", "max_train_samples", "max_eval_samples")
-        check_positive(self, "dataloader_num_workers", "max_bad_samples", allow_zero=True)
 
 
 # ------------------------------------------------------------------------------------------------------------ loading

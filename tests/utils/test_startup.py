@@ -51,7 +51,6 @@ STILL_IMPORT_TORCH = {
     "training/train_generator.py",
     "training/train_tokenbridge.py",
     "training/train_tokenizer.py",
-    "training/train_vae.py",
     "benchmarks/bench_dit_forward.py",
     "benchmarks/bench_sampling.py",
     "benchmarks/bench_scheduler.py",
