@@ -12,19 +12,27 @@ encodes only the shards that are missing, and the cache is marked complete (`lat
 every split exists. `train_tokenbridge.py --latents_dir output_dir` trains on it.
 """
 
+# ruff: noqa: E402 (`--help` answers before the heavy imports below: `answer_help`)
+
+from training.arguments import EncodeLatentsArguments
+from training.config import DataArguments, answer_help
+
+
+if __name__ == "__main__":
+    answer_help((DataArguments, EncodeLatentsArguments))
+
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 from accelerate import Accelerator
 from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
-from training.config import arg, check_choices, check_positive, parse_config
-from training.data import DataArguments, ImageExamples, class_names, load_split, num_classes_of
+from training.config import parse_config
+from training.data import ImageExamples, class_names, load_split, num_classes_of
 from training.latents import LATENTS_INFO_NAME, shard_path, shard_rows, write_latents_info, write_shard
 from training.training_utils import create_accelerator, setup_logging
 
@@ -32,30 +40,6 @@ from training.training_utils import create_accelerator, setup_logging
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-@dataclass
-class EncodeLatentsArguments:
-    vae_name_or_path: Optional[str] = arg(
-        None, "`AutoencoderKL` folder or Hub id (`train_vae.py`'s `output_dir/vae`)."
-    )
-    vae_subfolder: Optional[str] = arg(None, "Subfolder of `vae_name_or_path` holding the VAE (`vae` in a pipeline).")
-    output_dir: Optional[str] = arg(None, "Folder of the cache (created; an interrupted one is completed).")
-    image_size: Optional[int] = arg(None, "Image side fed to the VAE; None: the VAE's `sample_size`.")
-    shard_size: int = arg(1024, "Rows per shard (the unit of work and of resumption).")
-    batch_size: int = arg(64, "Images per process per forward pass (each is encoded with its mirror image).")
-    storage_dtype: Literal["float32", "float16", "bfloat16"] = arg("float32", "dtype of the stored moments.")
-    mixed_precision: Literal["no", "fp16", "bf16"] = arg("no", "Autocast precision of the VAE encoder.")
-    use_cpu: bool = arg(False, "Run on CPU even if an accelerator is available.")
-
-    def __post_init__(self):
-        check_choices(self)
-        check_positive(self, "shard_size", "batch_size", "image_size")
-        if self.vae_name_or_path is None or self.output_dir is None:
-            raise ValueError(
-                "`vae_name_or_path` and `output_dir` are required, got "
-                f"{self.vae_name_or_path!r} and {self.output_dir!r}."
-            )
 
 
 def cache_settings(

@@ -18,11 +18,19 @@ records the count and the first names per split in `tokenset_pretokenized.json` 
 an error once a process has met more than `--max_bad_samples`.
 """
 
+# ruff: noqa: E402 (`--help` answers before the heavy imports below: `answer_help`)
+
+from training.arguments import PretokenizeArguments
+from training.config import DataArguments, answer_help
+
+
+if __name__ == "__main__":
+    answer_help((DataArguments, PretokenizeArguments))
+
 import logging
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -34,9 +42,8 @@ from datasets.distributed import split_dataset_by_node
 from tqdm.auto import tqdm
 
 from tokenset_diffusers.tokenset.modeling_tokenset_vqvae import TokenSetVQVAE
-from training.config import arg, check_choices, check_positive, parse_config
+from training.config import parse_config
 from training.data import (
-    DataArguments,
     ImageExamples,
     StreamingImageExamples,
     UnreadableSampleError,
@@ -52,25 +59,6 @@ from training.training_utils import create_accelerator, launch_command, read_pro
 
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class PretokenizeArguments:
-    tokenizer_name_or_path: Optional[str] = arg(None, "Trained tokenizer folder (`output_dir/image_tokenizer`).")
-    output_dir: Optional[str] = arg(None, "Folder to write the token-set `DatasetDict` to.")
-    overwrite_output_dir: bool = arg(False, "Replace `output_dir` if it exists.")
-    batch_size: int = arg(64, "Images per process per forward pass (each is encoded with its mirror image).")
-    mixed_precision: Literal["no", "fp16", "bf16"] = arg("no", "Autocast precision of the tokenizer.")
-    use_cpu: bool = arg(False, "Run on CPU even if an accelerator is available.")
-
-    def __post_init__(self):
-        check_choices(self)
-        check_positive(self, "batch_size")
-        if self.tokenizer_name_or_path is None or self.output_dir is None:
-            raise ValueError(
-                "`tokenizer_name_or_path` and `output_dir` are required, got "
-                f"{self.tokenizer_name_or_path!r} and {self.output_dir!r}."
-            )
 
 
 def token_features(codebook_size: int, num_tokens: int, label_feature) -> Features:

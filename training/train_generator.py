@@ -23,11 +23,20 @@ and Hub upload) is `training.training_utils.run_training`'s; this file holds the
 ([`GeneratorTraining`]).
 """
 
+# ruff: noqa: E402 (`--help` answers before the heavy imports below: `answer_help`)
+
+from training.arguments import GeneratorModelArguments, GeneratorTrainingArguments
+from training.config import DataArguments, answer_help
+
+
+if __name__ == "__main__":
+    answer_help((DataArguments, GeneratorModelArguments, GeneratorTrainingArguments))
+
 import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +46,7 @@ from tokenset_diffusers.tokenset.modeling_tokenset_vqvae import TokenSetVQVAE
 from tokenset_diffusers.tokenset.scheduling_fsdd import FSDDScheduler
 from tokenset_diffusers.tokenset.set_ops import sample_fixed_sum_noise, tokens_to_counts
 from tokenset_diffusers.tokenset.transformer_tokenset import TokenSetTransformer1DModel
-from training.config import RunArguments, arg, check_choices, check_positive, parse_config
+from training.config import parse_config
 from training.data import (
     PRETOKENIZED_INFO_NAME,
     DataArguments,
@@ -61,85 +70,6 @@ from training.training_utils import (
     run_training,
     step_generator,
 )
-
-
-@dataclass
-class GeneratorModelArguments:
-    """The transformer's architecture, the data it models and the scheduler saved with it. The size defaults are the
-    paper's S model (`TRANSFORMER_PRESETS["S"]`); C, M and the number of classes come from the data when left unset."""
-
-    num_layers: int = arg(12, "Transformer blocks.")
-    num_attention_heads: int = arg(6, "Attention heads.")
-    attention_head_dim: int = arg(64, "Channels per head (width = heads x head_dim).")
-    mlp_ratio: float = arg(4.0, "MLP width as a multiple of the width.")
-    class_dropout_prob: float = arg(0.1, "Probability of replacing a label by the null class (for guidance).")
-    codebook_size: Optional[int] = arg(None, "C; default: the tokenizer's / the pre-tokenized data's.")
-    num_tokens: Optional[int] = arg(None, "M; default: the tokenizer's / the pre-tokenized data's.")
-    num_classes: Optional[int] = arg(None, "Number of classes; default: from the dataset's labels.")
-    tokenizer_name_or_path: Optional[str] = arg(
-        None, "Trained set tokenizer folder: tokenizes images on the fly, and makes the output a full pipeline."
-    )
-    pretokenized_dataset: Optional[str] = arg(None, "Output folder of `training/pretokenize.py` to train on.")
-    scheduler_exact_sum: bool = arg(False, "FSDDScheduler `exact_sum`: also used by `add_noise` during training.")
-    scheduler_sigma_schedule: Literal["sigmoid", "constant"] = arg("sigmoid", "FSDDScheduler `sigma_schedule`.")
-    scheduler_sigmoid_slope: float = arg(100.0, "FSDDScheduler `sigmoid_slope`.")
-    scheduler_sigmoid_midpoint: float = arg(0.8, "FSDDScheduler `sigmoid_midpoint`.")
-    scheduler_adjust_start: float = arg(0.65, "FSDDScheduler `adjust_start`.")
-    scheduler_x0_sampling: Literal["top_p", "top_k", "multinomial"] = arg("top_p", "FSDDScheduler `x0_sampling`.")
-    scheduler_top_p: float = arg(0.8, "FSDDScheduler `top_p`.")
-    scheduler_top_k: int = arg(2, "FSDDScheduler `top_k`.")
-    scheduler_xt_sampling: Literal["multinomial", "top_p", "top_k"] = arg(
-        "multinomial", "FSDDScheduler `xt_sampling`."
-    )
-    default_guidance_scale: Optional[list[float]] = arg(
-        None, "Guidance stored in the saved pipeline: one scale, or an interval schedule such as 4 50 55 (None: 1)."
-    )
-
-    def __post_init__(self):
-        check_choices(self)
-        if self.pretokenized_dataset is None and self.tokenizer_name_or_path is None:
-            raise ValueError(
-                "Set `pretokenized_dataset` (token sets from training/pretokenize.py) or `tokenizer_name_or_path` "
-                "(to tokenize `dataset_name`'s images on the fly); both are None."
-            )
-
-    def build_scheduler(self, codebook_size: int, num_tokens: int) -> FSDDScheduler:
-        return FSDDScheduler(
-            codebook_size=codebook_size,
-            num_tokens=num_tokens,
-            sigma_schedule=self.scheduler_sigma_schedule,
-            sigmoid_slope=self.scheduler_sigmoid_slope,
-            sigmoid_midpoint=self.scheduler_sigmoid_midpoint,
-            adjust_start=self.scheduler_adjust_start,
-            x0_sampling=self.scheduler_x0_sampling,
-            top_p=self.scheduler_top_p,
-            top_k=self.scheduler_top_k,
-            xt_sampling=self.scheduler_xt_sampling,
-            exact_sum=self.scheduler_exact_sum,
-        )
-
-
-@dataclass
-class GeneratorTrainingArguments(RunArguments):
-    """Run settings; the defaults are the paper's ImageNet recipe (the original `train.py`)."""
-
-    output_dir: str = arg("outputs/generator", "Folder for checkpoints, logs, `transformer/` and the pipeline.")
-    max_train_steps: int = arg(400_000, "Optimiser steps.")
-    train_batch_size: int = arg(32, "Token sets per process per micro-batch (the paper: 256 in total).")
-    weight_decay: float = arg(0.01, "AdamW weight decay (the original leaves torch's default, 0.01).")
-    ema_decay: float = arg(0.9999, "EMA decay of the saved weights.")
-    class_embedding_init_std: Optional[float] = arg(
-        None,
-        "Initialise the class embedding table from N(0, std^2) instead of DiT's N(0, 0.02^2). adaLN-Zero starts "
-        "every modulation at zero, so the class reaches the model only through its (tiny) share of the "
-        "conditioning; a table on the scale of the timestep embedding lets short runs use the class from the start.",
-    )
-    checkpointing_steps: int = arg(10_000, "Save a resumable checkpoint every this many steps.")
-    num_time_buckets: int = arg(4, "Log the loss separately for this many equal intervals of t.")
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_positive(self, "num_time_buckets", "class_embedding_init_std")
 
 
 @dataclass

@@ -20,10 +20,19 @@ and Hub upload) is `training.training_utils.run_training`'s; this file holds Tok
 ([`TokenBridgeTraining`]).
 """
 
+# ruff: noqa: E402 (`--help` answers before the heavy imports below: `answer_help`)
+
+from training.arguments import TokenBridgeModelArguments, TokenBridgeTrainingArguments
+from training.config import DataArguments, answer_help
+
+
+if __name__ == "__main__":
+    answer_help((DataArguments, TokenBridgeModelArguments, TokenBridgeTrainingArguments))
+
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 from accelerate import Accelerator
@@ -32,13 +41,10 @@ from diffusers import AutoencoderKL
 from tokenset_diffusers.tokenbridge.pipeline_tokenbridge import TokenBridgePipeline
 from tokenset_diffusers.tokenbridge.scheduling_masked_ar import MaskedARScheduler
 from tokenset_diffusers.tokenbridge.transformer_tokenbridge import (
-    RELEASED_CHANNEL_ORDER,
-    TokenBridgeTransformer2DModel,
     masked_token_loss,
 )
-from training.config import RunArguments, arg, check_choices, check_positive, parse_config
+from training.config import parse_config
 from training.data import (
-    DataArguments,
     build_train_examples,
     class_names,
     num_classes_of,
@@ -58,114 +64,6 @@ from training.training_utils import (
     run_training,
     step_generator,
 )
-
-
-@dataclass
-class TokenBridgeModelArguments:
-    """The generator's architecture (defaults: TokenBridge-L, `TOKENBRIDGE_PRESETS["L"]`), where its data come from,
-    and the sampling defaults stored in the saved pipeline. The grid size, channels and classes come from the data."""
-
-    buffer_size: int = arg(64, "Buffer rows of the MAE encoder and decoder.")
-    encoder_hidden_size: int = arg(1024, "MAE encoder width.")
-    encoder_num_layers: int = arg(16, "MAE encoder blocks.")
-    decoder_hidden_size: int = arg(1024, "MAE decoder width.")
-    decoder_num_layers: int = arg(16, "MAE decoder blocks.")
-    num_attention_heads: int = arg(16, "Attention heads of the encoder and decoder.")
-    head_hidden_size: int = arg(1024, "Channel head width.")
-    head_num_layers: int = arg(4, "Channel head blocks.")
-    head_num_attention_heads: int = arg(8, "Channel head attention heads.")
-    mlp_ratio: float = arg(4.0, "MLP width as a multiple of the block width.")
-    quantizer_bits: int = arg(6, "Quantizer levels per channel = 2 ** bits.")
-    quant_min: float = arg(-5.0, "Quantizer range, lower end (scaled latent units).")
-    quant_max: float = arg(5.0, "Quantizer range, upper end.")
-    std_range: float = arg(3.0, "Quantizer table clamp, in standard deviations.")
-    channel_order: Optional[list[int]] = arg(
-        None, "Head order of the VAE channels; None: the released order for 16 channels, else 0..C-1."
-    )
-    attention_dropout: float = arg(0.1, "Dropout on attention weights (training).")
-    dropout: float = arg(0.1, "Dropout after projections and in MLPs (training).")
-    label_dropout_prob: float = arg(0.1, "Probability of training a row as unconditional (for guidance).")
-    mask_ratio_min: float = arg(0.7, "Lower end of the truncated-normal mask ratio.")
-    mask_ratio_std: float = arg(0.25, "Standard deviation of the truncated-normal mask ratio (mean 1).")
-    latents_dir: Optional[str] = arg(None, "Latent cache of `training/encode_latents.py` to train on.")
-    vae_name_or_path: Optional[str] = arg(
-        None, "`AutoencoderKL` folder or Hub id; default: the latent cache's. Encodes images on the fly without one."
-    )
-    vae_subfolder: Optional[str] = arg(None, "Subfolder of `vae_name_or_path` holding the VAE.")
-    num_classes: Optional[int] = arg(None, "Number of classes; default: from the data.")
-    default_num_inference_steps: int = arg(64, "Sampling iterations stored in the pipeline (released: 256 / 64).")
-    default_guidance_scale: float = arg(1.0, "Guidance scale stored in the pipeline (released L: 3.1, H: 3.45).")
-    default_temperature: float = arg(1.0, "Temperature stored in the pipeline (released L: 0.96, H: 0.91).")
-
-    def __post_init__(self):
-        check_choices(self)
-        if self.latents_dir is None and self.vae_name_or_path is None:
-            raise ValueError(
-                "Set `latents_dir` (a cache from training/encode_latents.py) or `vae_name_or_path` (to encode "
-                "`dataset_name`'s images on the fly); both are None."
-            )
-        check_positive(self, "mask_ratio_std", "default_num_inference_steps", "default_guidance_scale")
-
-    def build_transformer(self, sample_size: int, latent_channels: int, num_classes: int):
-        config = {name: getattr(self, name) for name in TRANSFORMER_FIELDS}
-        channel_order = self.channel_order
-        if channel_order is None:
-            channel_order = RELEASED_CHANNEL_ORDER if latent_channels == 16 else list(range(latent_channels))
-        return TokenBridgeTransformer2DModel(
-            sample_size=sample_size,
-            latent_channels=latent_channels,
-            num_classes=num_classes,
-            channel_order=list(channel_order),
-            **config,
-        )
-
-
-TRANSFORMER_FIELDS = (
-    "buffer_size",
-    "encoder_hidden_size",
-    "encoder_num_layers",
-    "decoder_hidden_size",
-    "decoder_num_layers",
-    "num_attention_heads",
-    "head_hidden_size",
-    "head_num_layers",
-    "head_num_attention_heads",
-    "mlp_ratio",
-    "quantizer_bits",
-    "quant_min",
-    "quant_max",
-    "std_range",
-    "attention_dropout",
-    "dropout",
-    "label_dropout_prob",
-    "mask_ratio_min",
-)
-
-
-@dataclass
-class TokenBridgeTrainingArguments(RunArguments):
-    """Run settings; the defaults are the original's ImageNet recipe for TokenBridge-L
-    (docs/tokenbridge.md#training-recipe)."""
-
-    output_dir: str = arg("outputs/tokenbridge", "Folder for checkpoints, logs, `transformer/` and the pipeline.")
-    max_train_steps: int = arg(250_228, "Optimiser steps (400 epochs of ImageNet at global batch 2048).")
-    train_batch_size: int = arg(64, "Latents per process per micro-batch (the original: 64 x 32 GPUs).")
-    base_learning_rate: Optional[float] = arg(
-        5e-5, "If set, learning_rate = base_learning_rate x global batch / 256 (the original's rule)."
-    )
-    lr_scheduler: Literal["constant", "constant_with_warmup", "cosine"] = arg(
-        "cosine", "Linear warm-up, then this schedule (cosine: half a cosine down to 0)."
-    )
-    lr_warmup_steps: int = arg(62_557, "Linear warm-up steps (the original: 100 epochs).")
-    weight_decay: float = arg(0.02, "AdamW weight decay of tensors with >= 2 dimensions (others: none).")
-    adam_beta2: float = arg(0.95, "AdamW beta2.")
-    max_grad_norm: Optional[float] = arg(3.0, "Gradient clipping norm.")
-    ema_decay: float = arg(0.9999, "EMA decay of the saved weights.")
-    checkpointing_steps: int = arg(5_000, "Save a resumable checkpoint every this many steps.")
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_positive(self, "base_learning_rate")
 
 
 @dataclass

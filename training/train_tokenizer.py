@@ -15,20 +15,28 @@ The loop (resume, logging, evaluation every `eval_steps`, checkpoints, unreadabl
 the tokenizer's part ([`TokenizerTraining`]).
 """
 
+# ruff: noqa: E402 (`--help` answers before the heavy imports below: `answer_help`)
+
+from training.arguments import TokenizerModelArguments, TokenizerTrainingArguments
+from training.config import DataArguments, answer_help
+
+
+if __name__ == "__main__":
+    answer_help((DataArguments, TokenizerModelArguments, TokenizerTrainingArguments))
+
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 
-from tokenset_diffusers.tokenset.configuration_tokenset_vqvae import TokenSetVQVAEConfig
 from tokenset_diffusers.tokenset.modeling_tokenset_vqvae import TokenSetVQVAE
 from training.checkpointing import parameters_checksum
-from training.config import AutoencoderTrainingArguments, arg, check_positive, parse_config
-from training.data import DataArguments, build_eval_dataloader, build_train_examples, random_horizontal_flip
+from training.config import parse_config
+from training.data import build_eval_dataloader, build_train_examples, random_horizontal_flip
 from training.discriminator import (
     AutoencoderTrainingState,
     adversarial_loss,
@@ -53,75 +61,6 @@ from training.training_utils import (
 
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class TokenizerModelArguments:
-    """Architecture of the tokenizer; the names and defaults are `TokenSetVQVAEConfig`'s (the released model)."""
-
-    image_size: int = arg(256, "Image side in pixels.")
-    patch_size: int = arg(16, "Patch side of the encoder's patch embedding.")
-    encoder_hidden_size: int = arg(768, "Encoder ViT width.")
-    encoder_num_hidden_layers: int = arg(12, "Encoder ViT blocks.")
-    encoder_num_attention_heads: int = arg(12, "Encoder attention heads.")
-    decoder_hidden_size: int = arg(768, "Decoder ViT width.")
-    decoder_num_hidden_layers: int = arg(12, "Decoder ViT blocks.")
-    decoder_num_attention_heads: int = arg(12, "Decoder attention heads.")
-    mlp_ratio: float = arg(4.0, "ViT MLP width as a multiple of the block width.")
-    decoder_ffn_hidden_size: int = arg(1536, "Hidden channels of the decoder's output projection.")
-    codebook_size: int = arg(4096, "Codebook entries C.")
-    num_tokens: int = arg(128, "Tokens per image M.")
-    code_dim: int = arg(12, "Dimension of a codebook vector.")
-    z_channels: int = arg(256, "Channels of the decoder ViT's feature map (the pixel decoder's input).")
-    pixel_decoder_hidden_channels: int = arg(128, "Base channels of the pixel decoder.")
-    pixel_decoder_channel_mult: list[int] = arg([1, 1, 2, 2, 4], "Pixel decoder channel multiplier per level.")
-    num_res_blocks: int = arg(2, "Residual blocks per pixel decoder level.")
-    norm_num_groups: int = arg(32, "GroupNorm groups of the pixel decoder.")
-
-    def to_config(self) -> TokenSetVQVAEConfig:
-        return TokenSetVQVAEConfig(**asdict(self))
-
-
-@dataclass
-class TokenizerTrainingArguments(AutoencoderTrainingArguments):
-    """Run and loss settings; the defaults are the paper's ImageNet recipe (TiTok's)."""
-
-    output_dir: str = arg("outputs/tokenizer", "Folder for checkpoints, logs and `image_tokenizer/`.")
-    max_train_steps: int = arg(1_000_000, "Optimiser steps.")
-    train_batch_size: int = arg(32, "Images per process per micro-batch.")
-    lr_scheduler: Literal["constant", "constant_with_warmup", "cosine"] = arg("cosine", "Learning-rate schedule.")
-    lr_warmup_steps: int = arg(10_000, "Linear warm-up steps.")
-    weight_decay: float = arg(1e-4, "AdamW weight decay.")
-    max_grad_norm: Optional[float] = arg(1.0, "Gradient clipping norm; None disables clipping.")
-    ema_decay: float = arg(0.999, "EMA decay of the saved weights.")
-    checkpointing_steps: int = arg(10_000, "Save a resumable checkpoint every this many steps.")
-    reconstruction_loss: Literal["l1", "l2"] = arg("l2", "Pixel reconstruction loss (mean over pixels).")
-    codebook_weight: float = arg(1.0, "Weight of the codebook loss.")
-    commitment_weight: float = arg(0.25, "Weight of the commitment loss.")
-    shuffle_tokens: bool = arg(True, "Permute the latent tokens before the decoder, as in the paper's training.")
-    discriminator_start_step: Optional[int] = arg(20_000, "Step at which the GAN loss starts; None: no GAN.")
-    discriminator_weight: float = arg(0.1, "Weight of the adaptively scaled GAN loss.")
-    decoder_only_start_step: Optional[int] = arg(500_000, "Step from which only the decoder trains; None: never.")
-    bootstrap_steps: int = arg(
-        0,
-        "For this many first steps, a linear readout of the encoder's codes (before quantisation) must also "
-        "reconstruct the image. From random weights the ViT decoder starts at the mean image and passes the encoder "
-        "almost no image-specific gradient, so small models can stall there; the readout gives the encoder a direct "
-        "signal (the role TiTok's proxy codes play). 0: off.",
-    )
-    bootstrap_weight: float = arg(1.0, "Weight of the bootstrap readout loss.")
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_positive(
-            self,
-            "codebook_weight",
-            "commitment_weight",
-            "decoder_only_start_step",
-            "bootstrap_steps",
-            "bootstrap_weight",
-            allow_zero=True,
-        )
 
 
 @dataclass
