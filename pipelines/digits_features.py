@@ -15,9 +15,22 @@ Command line: writes the held-out digits as PNGs (the FID reference folder) and 
     python pipelines/digits_features.py --output_dir digits_held_out --image_size 32
 """
 
+# ruff: noqa: E402 (`--help` and argument errors answer before the heavy imports below)
+
 import argparse
 from pathlib import Path
 from typing import Literal
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", required=True, help="folder for the held-out digits as PNGs")
+    parser.add_argument("--image_size", type=int, default=32, help="side of the written PNGs (nearest enlargement)")
+    return parser
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # `--help` and argument errors, before torch is imported
 
 import numpy as np
 import torch
@@ -164,10 +177,7 @@ def write_reference_images(output_dir: str, image_size: int, split: Literal["tra
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output_dir", required=True, help="folder for the held-out digits as PNGs")
-    parser.add_argument("--image_size", type=int, default=32, help="side of the written PNGs (nearest enlargement)")
-    args = parser.parse_args()
+    args = build_parser().parse_args()
     count = write_reference_images(args.output_dir, args.image_size)
     accuracy = held_out_accuracy(build(), args.image_size)
     print(f"wrote {count} held-out digits to {args.output_dir}; classifier held-out accuracy {accuracy:.4f}")

@@ -19,11 +19,39 @@ stage saw in training, after the same 32 px -> 8x8 reduction that every image he
   classifier (`pipelines/digits_features.py`).
 """
 
+# ruff: noqa: E402 (`--help` and argument errors answer before the heavy imports below)
+
 import argparse
 import json
 import sys
 import time
 from pathlib import Path
+
+from tokenset_diffusers.bundled import BUNDLED_MODELS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="a digits pipeline folder (TokenSet or TokenBridge), a bundled model's name "
+        f"({', '.join(sorted(BUNDLED_MODELS))}) or a Hub repo id; default: the bundled TokenSet model",
+    )
+    parser.add_argument("--num_samples_per_class", type=int, default=50)
+    parser.add_argument(
+        "--num_inference_steps",
+        type=int,
+        default=None,
+        help="default: 25 for TokenSet, the stored default for TokenBridge",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default=None, help="write the results as JSON here")
+    return parser
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # `--help` and argument errors, before torch is imported
 
 import numpy as np
 import torch
@@ -36,7 +64,7 @@ from tokenset_diffusers import (
     frechet_distance,
     preprocess_images,
 )
-from tokenset_diffusers.bundled import BUNDLED_MODELS, resolve_pipeline
+from tokenset_diffusers.bundled import resolve_pipeline
 from tokenset_diffusers.utils.import_utils import require
 
 
@@ -269,22 +297,7 @@ def tokenbridge_markdown_table(results: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--model",
-        default=None,
-        help="a digits pipeline folder (TokenSet or TokenBridge), a bundled model's name "
-        f"({', '.join(sorted(BUNDLED_MODELS))}) or a Hub repo id; default: the bundled TokenSet model",
-    )
-    parser.add_argument("--num_samples_per_class", type=int, default=50)
-    parser.add_argument(
-        "--num_inference_steps",
-        type=int,
-        default=None,
-        help="default: 25 for TokenSet, the stored default for TokenBridge",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default=None, help="write the results as JSON here")
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.num_samples_per_class < 2:
         parser.error("--num_samples_per_class must be at least 2 (the FID needs a covariance)")

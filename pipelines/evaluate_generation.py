@@ -26,6 +26,8 @@ Features come from `--feature_extractor`: `inception` (torch-fidelity's `incepti
 On CPU, several processes need `ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes N ...`.
 """
 
+# ruff: noqa: E402 (`--help` answers before the heavy imports below)
+
 import json
 import os
 import platform
@@ -35,24 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, List, Literal, Optional
 
-import numpy as np
-import torch
-from accelerate import Accelerator
-from accelerate.utils import gather_object
-from PIL import Image
 from transformers import HfArgumentParser
-
-import tokenset_diffusers
-from tokenset_diffusers.image_processing import center_crop_arr, postprocess_images
-from tokenset_diffusers.metrics import (
-    FeatureStatistics,
-    extract_features,
-    frechet_distance,
-    images_to_uint8,
-    inception_score,
-    load_feature_extractor,
-    load_statistics,
-)
 
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -143,6 +128,29 @@ class EvaluateConfig:
         for name in ("inception_score_splits", "max_images", "image_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"`--{name}` must be a positive integer, got {getattr(self, name)}.")
+
+
+if __name__ == "__main__" and {"-h", "--help"} & set(sys.argv[1:]):
+    HfArgumentParser(EvaluateConfig).parse_args(["--help"])  # before the heavy imports below
+
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from PIL import Image
+
+import tokenset_diffusers
+from tokenset_diffusers.image_processing import center_crop_arr, postprocess_images
+from tokenset_diffusers.metrics import (
+    FeatureStatistics,
+    extract_features,
+    frechet_distance,
+    images_to_uint8,
+    inception_score,
+    load_feature_extractor,
+    load_statistics,
+)
 
 
 # ---------------------------------------------------------------------------------------------- image sources

@@ -42,9 +42,6 @@ SCRIPTS = sorted(
 # Scripts whose `--help` still imports torch (issue 26, item 2, not done for these yet). They are left out of the
 # `--help` check below (each would spend seconds importing torch only to confirm it); a new script is checked.
 STILL_IMPORT_TORCH = {
-    "pipelines/digits_features.py",
-    "pipelines/digits_quality.py",
-    "pipelines/evaluate_generation.py",
     "pipelines/space/app.py",
     "benchmarks/bench_dit_forward.py",
     "benchmarks/bench_sampling.py",
