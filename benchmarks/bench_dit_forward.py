@@ -8,6 +8,8 @@ and converted with the project's converter, so both sides hold the same numbers.
     python benchmarks/bench_dit_forward.py [--preset small] [--batch_size 2] [--runs 5] [--threads 0]
 """
 
+# ruff: noqa: E402 (`--help` and argument errors answer before the heavy imports below)
+
 import argparse
 import json
 import os
@@ -15,14 +17,27 @@ import statistics
 import time
 from pathlib import Path
 
+
+ROOT = Path(__file__).resolve().parent.parent
+CHECKPOINTS = {"small": ("fsdd_small_128_4096.pth", 6), "base": ("fsdd_base_128_4096.pth", 12)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(CHECKPOINTS), default="small")
+    parser.add_argument("--batch_size", type=int, default=2, help="rows of one forward (2 = one guided image)")
+    parser.add_argument("--runs", type=int, default=5, help="interleaved timed runs of each side")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    return parser
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # `--help` and argument errors, before torch is imported
+
 import torch
 
 from benchmarks.baseline import original_dit_forward
 from conversion.transformer_conversion import convert_transformer
-
-
-ROOT = Path(__file__).resolve().parent.parent
-CHECKPOINTS = {"small": ("fsdd_small_128_4096.pth", 6), "base": ("fsdd_base_128_4096.pth", 12)}
 
 
 def random_original_state_dict(preset: str, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -50,11 +65,7 @@ def forward_sides(preset: str, batch_size: int, generator: torch.Generator, devi
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(CHECKPOINTS), default="small")
-    parser.add_argument("--batch_size", type=int, default=2, help="rows of one forward (2 = one guided image)")
-    parser.add_argument("--runs", type=int, default=5, help="interleaved timed runs of each side")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser = build_parser()
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -6,9 +6,36 @@ printed, so that a machine whose speed drifts favours neither.
 python benchmarks/bench_scheduler.py [--batch_sizes 8 64] [--step_indices 5 12 22] [--repeats 3] [--device cpu]
 """
 
+# ruff: noqa: E402 (`--help` and argument errors answer before the heavy imports below)
+
 import argparse
 import os
 from functools import partial
+
+
+def build_parser(cuda: bool = False) -> argparse.ArgumentParser:
+    """The command line; `cuda` (whether torch sees a GPU) picks the defaults, which `--help` does not show."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch_sizes", nargs="+", type=int, default=[8, 64])
+    parser.add_argument("--step_indices", nargs="+", type=int, default=[5, 12, 22], help="of 25 steps")
+    parser.add_argument("--codebook_size", type=int, default=4096)
+    parser.add_argument("--num_tokens", type=int, default=128)
+    parser.add_argument("--exact_sum", action="store_true", help="the exact fixed-sum mode instead of the original's")
+    parser.add_argument("--device", default="cuda" if cuda else "cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--skip_memory", action="store_true")
+    parser.add_argument(
+        "--accelerator_path",
+        action="store_true",
+        help="the x_t draw and add_noise as on an accelerator (nothing read back: the x_t draw once per pair (z, x0), "
+        "add_noise at a fixed width of 2M positions, no value checks); the x0 draw stays the CPU's",
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # `--help` and argument errors, before torch is imported
 
 import torch
 
@@ -63,22 +90,7 @@ def calls_for_batch(scheduler: FSDDScheduler, batch_size: int, step_indices, dev
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch_sizes", nargs="+", type=int, default=[8, 64])
-    parser.add_argument("--step_indices", nargs="+", type=int, default=[5, 12, 22], help="of 25 steps")
-    parser.add_argument("--codebook_size", type=int, default=4096)
-    parser.add_argument("--num_tokens", type=int, default=128)
-    parser.add_argument("--exact_sum", action="store_true", help="the exact fixed-sum mode instead of the original's")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    parser.add_argument("--skip_memory", action="store_true")
-    parser.add_argument(
-        "--accelerator_path",
-        action="store_true",
-        help="the x_t draw and add_noise as on an accelerator (nothing read back: the x_t draw once per pair (z, x0), "
-        "add_noise at a fixed width of 2M positions, no value checks); the x0 draw stays the CPU's",
-    )
+    parser = build_parser(torch.cuda.is_available())
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

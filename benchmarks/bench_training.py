@@ -12,9 +12,29 @@ matmul rate (`benchmarks/hardware.py`). The generator's C and M come from the to
 On the 2-core CPU of this project, the defaults (the digits presets) take about a minute.
 """
 
+# ruff: noqa: E402 (`--help` and argument errors answer before the heavy imports below)
+
 import argparse
 import tempfile
 import time
+
+
+def build_parser(cuda: bool = False) -> argparse.ArgumentParser:
+    """The command line; `cuda` (whether torch sees a GPU) picks the defaults, which `--help` does not show."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if cuda else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--mixed_precision", default="no", choices=["no", "bf16", "fp16"])
+    parser.add_argument("--tokenizer_config", default="training/configs/digits_tokenizer.yaml")
+    parser.add_argument("--generator_config", default="training/configs/digits_generator.yaml")
+    parser.add_argument("--batch_size", type=int, default=None, help="Override the presets' per-process batch size.")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--stages", nargs="+", default=["tokenizer", "generator"], choices=["tokenizer", "generator"])
+    return parser
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # `--help` and argument errors, before torch is imported
 
 import torch
 from accelerate.state import AcceleratorState
@@ -110,15 +130,7 @@ def bench_generator(options, output_dir: str, codebook_size: int, num_tokens: in
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--mixed_precision", default="no", choices=["no", "bf16", "fp16"])
-    parser.add_argument("--tokenizer_config", default="training/configs/digits_tokenizer.yaml")
-    parser.add_argument("--generator_config", default="training/configs/digits_generator.yaml")
-    parser.add_argument("--batch_size", type=int, default=None, help="Override the presets' per-process batch size.")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--stages", nargs="+", default=["tokenizer", "generator"], choices=["tokenizer", "generator"])
+    parser = build_parser(torch.cuda.is_available())
     options = parser.parse_args()
     device = torch.device(options.device)
     dtype = torch.bfloat16 if options.mixed_precision == "bf16" else torch.float32

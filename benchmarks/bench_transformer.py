@@ -9,11 +9,28 @@ Prints one table row per (device, precision, preset, batch size):
 Weights are random (timings do not depend on them). Run: `python benchmarks/bench_transformer.py [--presets S B]`.
 """
 
+# ruff: noqa: E402 (`--help` and argument errors answer before the heavy imports below)
+
 import argparse
 import contextlib
 import platform
 import statistics
 import time
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["S", "B"], choices=["S", "B"])
+    parser.add_argument("--cpu_batch_sizes", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--cuda_batch_sizes", nargs="+", type=int, default=[1, 2, 32, 64])
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--skip_cpu", action="store_true")
+    parser.add_argument("--num_threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    return parser
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # `--help` and argument errors, before torch is imported
 
 import torch
 
@@ -127,13 +144,7 @@ def format_row(row: dict) -> str:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", nargs="+", default=["S", "B"], choices=["S", "B"])
-    parser.add_argument("--cpu_batch_sizes", nargs="+", type=int, default=[1, 2])
-    parser.add_argument("--cuda_batch_sizes", nargs="+", type=int, default=[1, 2, 32, 64])
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--skip_cpu", action="store_true")
-    parser.add_argument("--num_threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    parser = build_parser()
     args = parser.parse_args()
     if args.num_threads is not None:
         torch.set_num_threads(args.num_threads)

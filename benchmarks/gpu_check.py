@@ -13,10 +13,27 @@ Measurements run in order of importance and are skipped, with a line saying so, 
     bash benchmarks/gpu_check.sh        # on the GPU machine; or: python benchmarks/gpu_check.py [--budget_s 140]
 """
 
+# ruff: noqa: E402 (`--help` and argument errors answer before the heavy imports below)
+
 import argparse
 import statistics
 import time
 from functools import partial
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget_s", type=float, default=140.0)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--num_inference_steps", type=int, default=25)
+    parser.add_argument("--presets", nargs="+", default=["B", "S"], choices=["S", "B"])
+    parser.add_argument("--device", default="cuda", help="cpu only to try the script itself out")
+    parser.add_argument("--skip_compile", action="store_true")
+    return parser
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # `--help` and argument errors, before torch is imported
 
 import torch
 
@@ -91,13 +108,7 @@ def check_preset(preset: str, args, device: torch.device, labels: torch.Tensor, 
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget_s", type=float, default=140.0)
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--num_inference_steps", type=int, default=25)
-    parser.add_argument("--presets", nargs="+", default=["B", "S"], choices=["S", "B"])
-    parser.add_argument("--device", default="cuda", help="cpu only to try the script itself out")
-    parser.add_argument("--skip_compile", action="store_true")
+    parser = build_parser()
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = True

@@ -43,14 +43,9 @@ SCRIPTS = sorted(
 # `--help` check below (each would spend seconds importing torch only to confirm it); a new script is checked.
 STILL_IMPORT_TORCH = {
     "pipelines/space/app.py",
-    "benchmarks/bench_dit_forward.py",
     "benchmarks/bench_sampling.py",
-    "benchmarks/bench_scheduler.py",
     "benchmarks/bench_tokenbridge.py",
     "benchmarks/bench_tokenizer.py",
-    "benchmarks/bench_training.py",
-    "benchmarks/bench_transformer.py",
-    "benchmarks/gpu_check.py",
 }
 
 
