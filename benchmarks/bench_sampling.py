@@ -25,10 +25,41 @@ decode is `bench_tokenizer.py`'s). Tables:
    at any batch size, in no time): the (B, C, M) tensors against O(B x C).
 """
 
+# ruff: noqa: E402 (`--help` and argument errors answer before the heavy imports below)
+
 import argparse
 import os
 import weakref
 from functools import partial
+
+
+DTYPE_NAMES = ("float32", "bfloat16")
+
+
+def build_parser(cuda: bool = False) -> argparse.ArgumentParser:
+    """The command line; `cuda` (whether torch sees a GPU) picks the defaults, which `--help` does not show."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if cuda else "cpu")
+    parser.add_argument("--presets", nargs="+", default=["S", "B"], choices=["S", "B"])
+    parser.add_argument("--batch_sizes", nargs="+", type=int, default=[1, 16, 64])
+    parser.add_argument("--num_inference_steps", type=int, default=25)
+    parser.add_argument("--dtype", default="bfloat16" if cuda else "float32", choices=sorted(DTYPE_NAMES))
+    parser.add_argument("--compile", action="store_true", help="torch.compile the fast path's repeated blocks")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--skip_sampling", action="store_true", help="only the scheduler memory table")
+    parser.add_argument("--whole", action="store_true", help="time whole sampling runs (table 1; default on CUDA)")
+    parser.add_argument("--per_step", action="store_true", help="the per-step table (table 0; default on CPUs)")
+    parser.add_argument("--step_batch_sizes", nargs="+", type=int, default=[8, 64], help="table 0's batch sizes")
+    parser.add_argument("--step_indices", nargs="+", type=int, default=[5, 12, 22], help="table 0's steps, of 25")
+    parser.add_argument("--forward_preset", default="small", choices=["small", "base"], help="table 0's forward")
+    parser.add_argument("--skip_forward", action="store_true", help="table 0 without the forward and the estimate")
+    parser.add_argument("--skip_memory", action="store_true", help="table 0 without the peak MiB")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    return parser
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # `--help` and argument errors, before torch is imported
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -64,7 +95,7 @@ from tokenset_diffusers.utils.testing_utils import TINY_TOKENIZER
 
 CODEBOOK_SIZE, NUM_TOKENS, NUM_CLASSES = 4096, 128, 1000
 GUIDANCE = (4.0, 50.0, 55.0)
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 def build_pipeline(transformer: TokenSetTransformer1DModel, device: torch.device) -> TokenSetPipeline:
@@ -342,24 +373,7 @@ def scheduler_memory_rows(batch_sizes) -> list[dict]:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cuda = torch.cuda.is_available()
-    parser.add_argument("--device", default="cuda" if cuda else "cpu")
-    parser.add_argument("--presets", nargs="+", default=["S", "B"], choices=["S", "B"])
-    parser.add_argument("--batch_sizes", nargs="+", type=int, default=[1, 16, 64])
-    parser.add_argument("--num_inference_steps", type=int, default=25)
-    parser.add_argument("--dtype", default="bfloat16" if cuda else "float32", choices=sorted(DTYPES))
-    parser.add_argument("--compile", action="store_true", help="torch.compile the fast path's repeated blocks")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--skip_sampling", action="store_true", help="only the scheduler memory table")
-    parser.add_argument("--whole", action="store_true", help="time whole sampling runs (table 1; default on CUDA)")
-    parser.add_argument("--per_step", action="store_true", help="the per-step table (table 0; default on CPUs)")
-    parser.add_argument("--step_batch_sizes", nargs="+", type=int, default=[8, 64], help="table 0's batch sizes")
-    parser.add_argument("--step_indices", nargs="+", type=int, default=[5, 12, 22], help="table 0's steps, of 25")
-    parser.add_argument("--forward_preset", default="small", choices=["small", "base"], help="table 0's forward")
-    parser.add_argument("--skip_forward", action="store_true", help="table 0 without the forward and the estimate")
-    parser.add_argument("--skip_memory", action="store_true", help="table 0 without the peak MiB")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    parser = build_parser(torch.cuda.is_available())
     options = parser.parse_args()
     if options.threads:
         torch.set_num_threads(options.threads)

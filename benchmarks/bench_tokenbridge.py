@@ -13,9 +13,35 @@ settings: L (guidance 3.1, temperature 0.96) and H (3.45, 0.91) with random weig
 `bundled` is the trained `tokenbridge-digits` pipeline with its stored defaults.
 """
 
+# ruff: noqa: E402 (`--help` and argument errors answer before the heavy imports below)
+
 import argparse
 import json
 import time
+
+
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # --dtype -> torch dtype name
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPE_NAMES), default="fp32")
+    parser.add_argument("--configs", nargs="+", default=["L", "bundled"], help="L, H and/or bundled")
+    parser.add_argument("--batch_size", type=int, default=1)
+    parser.add_argument("--bundled_batch_size", type=int, default=100)
+    parser.add_argument("--num_inference_steps", type=int, nargs="+", default=[4])
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--warmup_steps", type=int, default=4, help="iterations of the untimed first run; 0: none")
+    parser.add_argument(
+        "--no_token_loop", action="store_true", help="skip timing the token loops alone and the same-tokens check"
+    )
+    parser.add_argument("--output", default=None, help="append each row as a JSON line here")
+    return parser
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # `--help` and argument errors, before torch is imported
 
 import torch
 from diffusers import AutoencoderKL
@@ -36,7 +62,7 @@ KL16_CONFIG = dict(
     down_block_types=["DownEncoderBlock2D"] * 4 + ["AttnDownEncoderBlock2D"], up_block_types=["UpDecoderBlock2D"] * 5,
     block_out_channels=[128, 128, 256, 256, 512], layers_per_block=2, norm_num_groups=32, scaling_factor=0.2325,
 )  # fmt: skip
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {flag: getattr(torch, name) for flag, name in DTYPE_NAMES.items()}
 
 
 def build_pipeline(name: str, device: torch.device, dtype: torch.dtype) -> TokenBridgePipeline:
@@ -110,19 +136,7 @@ def format_row(row: dict) -> str:
 
 
 def main(argv=None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    parser.add_argument("--configs", nargs="+", default=["L", "bundled"], help="L, H and/or bundled")
-    parser.add_argument("--batch_size", type=int, default=1)
-    parser.add_argument("--bundled_batch_size", type=int, default=100)
-    parser.add_argument("--num_inference_steps", type=int, nargs="+", default=[4])
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--warmup_steps", type=int, default=4, help="iterations of the untimed first run; 0: none")
-    parser.add_argument(
-        "--no_token_loop", action="store_true", help="skip timing the token loops alone and the same-tokens check"
-    )
-    parser.add_argument("--output", default=None, help="append each row as a JSON line here")
+    parser = build_parser()
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     print(describe(device), f"dtype {args.dtype}", flush=True)

@@ -6,8 +6,31 @@ Random weights (timing does not depend on them). Prints a table; on CUDA also im
     PYTHONPATH=. python benchmarks/bench_tokenizer.py --device cuda --batch_sizes 1 8 32
 """
 
+# ruff: noqa: E402 (`--help` and argument errors answer before the heavy imports below)
+
 import argparse
 from functools import partial
+
+
+DTYPE_NAMES = ("float32", "bfloat16")
+
+
+def build_parser(cuda: bool = False) -> argparse.ArgumentParser:
+    """The command line; `cuda` (whether torch sees a GPU) picks the defaults, which `--help` does not show."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if cuda else "cpu")
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPE_NAMES), default=["float32", "bfloat16"])
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per entry (the median is printed)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument(
+        "--channels_last", action="store_true", help="channels_last memory format for the pixel decoder's convolutions"
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # `--help` and argument errors, before torch is imported
 
 import torch
 
@@ -16,20 +39,11 @@ from tokenset_diffusers.tokenset.configuration_tokenset_vqvae import TokenSetVQV
 from tokenset_diffusers.tokenset.modeling_tokenset_vqvae import TokenSetVQVAE
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--dtypes", nargs="+", choices=sorted(DTYPES), default=["float32", "bfloat16"])
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per entry (the median is printed)")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument(
-        "--channels_last", action="store_true", help="channels_last memory format for the pixel decoder's convolutions"
-    )
-    return parser.parse_args()
+    return build_parser(torch.cuda.is_available()).parse_args()
 
 
 @torch.inference_mode()

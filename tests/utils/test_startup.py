@@ -43,9 +43,6 @@ SCRIPTS = sorted(
 # `--help` check below (each would spend seconds importing torch only to confirm it); a new script is checked.
 STILL_IMPORT_TORCH = {
     "pipelines/space/app.py",
-    "benchmarks/bench_sampling.py",
-    "benchmarks/bench_tokenbridge.py",
-    "benchmarks/bench_tokenizer.py",
 }
 
 
