@@ -47,6 +47,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from pipelines.space.class_choosers import class_choices, class_chooser, class_name, parse_class_choices
 from pipelines.space.tab_tokenbridge import (
     build_tokenbridge_edit_tab,
     build_tokenbridge_tab,
@@ -55,7 +56,6 @@ from pipelines.space.tab_tokenbridge import (
 from pipelines.space.tabs_sets import build_set_tabs
 from tokenset_diffusers import TokenSetPipeline, bundled_pipeline_path, postprocess_images, preprocess_images
 from tokenset_diffusers.bundled import resolve_pipeline
-from tokenset_diffusers.class_labels import class_caption
 from tokenset_diffusers.tokenset.pipeline_tokenset import MAX_GUIDANCE_SCALE
 from tokenset_diffusers.visualization import class_rows_grid, count_histogram, labelled_grid
 
@@ -117,30 +117,6 @@ def split_models(
 
 
 # ---------------------------------------------------------------------- the "Generate" tab
-
-
-def class_choices(pipeline: TokenSetPipeline) -> list[tuple[str, int]]:
-    """`(display name, class id)` pairs for the class picker, e.g. `("207: golden retriever", 207)`."""
-    return [(class_name(pipeline, i), i) for i in range(pipeline.transformer.config.num_classes)]
-
-
-def class_name(pipeline: TokenSetPipeline, class_id: int) -> str:
-    """`"<id>: <first name>"`, or the bare id for a pipeline without `id2label`."""
-    return class_caption(pipeline.config.id2label, class_id)
-
-
-def resolve_class_choice(pipeline: TokenSetPipeline, choice: int | str) -> int:
-    """A class id from what a visitor or `gradio_client` sends: an id (`3`, `"3"`), a picker entry (`"3: three"`) or a
-    class name (`"three"`); raises `ValueError` for anything else."""
-    if isinstance(choice, str):
-        text = choice.strip()
-        head = text.split(":", 1)[0].strip()
-        if head.isdigit() and (text == head or text == class_name(pipeline, int(head))):
-            return int(head)
-        if pipeline.labels and text in pipeline.labels:
-            return pipeline.labels[text]
-        raise ValueError(f"Unknown class {choice!r}: pass a class id, a name, or an entry of the class picker.")
-    return choice  # ints (and anything else) are checked by `check_generation_request`
 
 
 def default_guidance(pipeline: TokenSetPipeline) -> tuple[str, float, tuple[float, float, float]]:
@@ -525,11 +501,7 @@ def build_generate_tab(pipeline: TokenSetPipeline, settings: DemoSettings) -> No
         progress=gr.Progress(),  # noqa: B008
     ):
         try:
-            if class_ids is not None and not isinstance(class_ids, (list, tuple)):
-                raise ValueError(
-                    f"The classes must be a list of class ids or names, got {type(class_ids).__name__} {class_ids!r}."
-                )
-            class_ids = [resolve_class_choice(pipeline, c) for c in class_ids or []]
+            class_ids = parse_class_choices(pipeline, class_ids)
             class_ids, images_per_class, steps, seed = check_generation_request(
                 class_ids, images_per_class, steps, seed, num_classes, max_images, max_steps
             )
@@ -567,15 +539,11 @@ def build_generate_tab(pipeline: TokenSetPipeline, settings: DemoSettings) -> No
     with gr.Tab("Generate"):
         with gr.Row():
             with gr.Column(scale=1):
-                classes = gr.Dropdown(
-                    choices=choices,
-                    value=initial_classes,
+                classes = class_chooser(
+                    pipeline,
+                    initial_classes,
+                    "Classes",
                     multiselect=True,
-                    filterable=True,
-                    # gradio_client documents the choices as strings: let "3", "3: three" and "three" through to
-                    # `resolve_class_choice`, beside the ids the picker sends.
-                    allow_custom_value=True,
-                    label="Classes",
                     info="Type to search by name; one row of images per class.",
                     elem_id="classes",
                 )
