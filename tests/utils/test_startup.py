@@ -45,7 +45,6 @@ STILL_IMPORT_TORCH = {
     "pipelines/digits_features.py",
     "pipelines/digits_quality.py",
     "pipelines/evaluate_generation.py",
-    "pipelines/space/app.py",
     "training/encode_latents.py",
     "training/pretokenize.py",
     "training/train_generator.py",
