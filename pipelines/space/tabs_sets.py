@@ -55,7 +55,8 @@ def vary_image(
     pixel_values = preprocess_images(image, pipeline.image_tokenizer.config.image_size)  # (1, 3, S, S)
     output = pipeline(
         pixel_values.to(pipeline.device),
-        class_labels=None if label is None else [label] * count,
+        class_labels=label,  # `None`: no class (unconditional)
+        num_images_per_class=count,
         strength=float(strength),
         num_inference_steps=steps,
         generator=[torch.Generator(pipeline.device).manual_seed(seed + i) for i in range(count)],
@@ -164,10 +165,15 @@ def build_set_tabs(
                 count = gr.Slider(1, MAX_VARIATIONS, value=4, step=1, label="Variations")
                 vary_button = gr.Button("Vary", variant="primary", elem_id="vary-button")
                 if examples:
-                    gr.Examples(examples=[[path] for path in examples], inputs=[image], label="Examples")
+                    gr.Examples(
+                        examples=[[path] for path in examples],
+                        inputs=[image],
+                        label="Examples",
+                        elem_id="vary-examples",
+                    )
             with gr.Column(scale=2):
                 vary_figure = gr.Image(type="pil", format="png", show_label=False, elem_id="vary-figure")
-                vary_info = gr.Markdown()
+                vary_info = gr.Markdown(elem_id="vary-info")
         vary_button.click(
             on_vary,
             inputs=[image, target, strength, steps, seed, count],
