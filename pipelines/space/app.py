@@ -38,28 +38,6 @@ from typing import Any
 from tokenset_diffusers.utils.import_utils import install_line
 
 
-try:
-    import gradio as gr
-except ImportError as error:
-    raise ImportError(f"The Space needs gradio, which is not installed: {install_line('gradio')}") from error
-
-import numpy as np
-import PIL.Image
-import torch
-
-from pipelines.space.tab_tokenbridge import (
-    build_tokenbridge_edit_tab,
-    build_tokenbridge_tab,
-    load_tokenbridge_pipeline,
-)
-from pipelines.space.tabs_sets import build_set_tabs
-from tokenset_diffusers import TokenSetPipeline, bundled_pipeline_path, postprocess_images, preprocess_images
-from tokenset_diffusers.bundled import resolve_pipeline
-from tokenset_diffusers.class_labels import class_caption
-from tokenset_diffusers.tokenset.pipeline_tokenset import MAX_GUIDANCE_SCALE
-from tokenset_diffusers.visualization import class_rows_grid, count_histogram, labelled_grid
-
-
 MODEL_ENV_VAR = "TOKENSET_MODEL"
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 # Per-request limits, so that one visitor cannot hold a CPU Space for minutes.
@@ -73,7 +51,67 @@ STEP_WAIT_SECONDS = 60.0
 RELEASED_GUIDANCE_SCHEDULE = (4.0, 50.0, 55.0)
 GUIDANCE_MODES = ("constant", "interval schedule")
 ORDERS = ("encoder order", "reversed", "shuffled", "sorted")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DTYPE_NAMES = ("bfloat16", "float32")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="pipeline folder, bundled model (digits, tokenbridge-digits) or Hub repo id; a TokenBridge one serves "
+        f"the TokenBridge tab (default: ${MODEL_ENV_VAR}, else the bundled digits model)",
+    )
+    parser.add_argument(
+        "--tokenbridge_model",
+        default=None,
+        help="TokenBridge tab's pipeline: folder, bundled model or Hub repo id (default: $TOKENBRIDGE_MODEL, else "
+        "tokenbridge-digits)",
+    )
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default="float32")
+    parser.add_argument("--max_images", type=int, default=MAX_IMAGES, help="most images per request")
+    parser.add_argument("--max_steps", type=int, default=MAX_STEPS, help="most FSDD steps per request")
+    parser.add_argument("--max_queue_size", type=int, default=MAX_QUEUE_SIZE, help="most requests waiting at once")
+    parser.add_argument("--server_name", default=None, help="e.g. 0.0.0.0 to listen on all interfaces")
+    parser.add_argument("--server_port", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.max_images < 1 or args.max_steps < 1 or args.max_queue_size < 1:
+        parser.error(
+            "--max_images, --max_steps and --max_queue_size must be at least 1, got "
+            f"{args.max_images}, {args.max_steps} and {args.max_queue_size}"
+        )
+    return args
+
+
+if __name__ == "__main__":
+    # `--help` and argument errors answer here, before gradio and torch are imported (seconds); `main` parses again.
+    parse_args()
+
+
+try:
+    import gradio as gr
+except ImportError as error:
+    raise ImportError(f"The Space needs gradio, which is not installed: {install_line('gradio')}") from error
+
+import numpy as np  # noqa: E402
+import PIL.Image  # noqa: E402
+import torch  # noqa: E402
+
+from pipelines.space.class_choosers import class_choices, class_chooser, class_name, parse_class_choices  # noqa: E402
+from pipelines.space.tab_tokenbridge import (  # noqa: E402
+    build_tokenbridge_edit_tab,
+    build_tokenbridge_tab,
+    load_tokenbridge_pipeline,
+)
+from pipelines.space.tabs_sets import build_set_tabs  # noqa: E402
+from tokenset_diffusers import TokenSetPipeline, bundled_pipeline_path, postprocess_images, preprocess_images  # noqa: E402
+from tokenset_diffusers.bundled import resolve_pipeline  # noqa: E402
+from tokenset_diffusers.tokenset.pipeline_tokenset import MAX_GUIDANCE_SCALE  # noqa: E402
+from tokenset_diffusers.visualization import class_rows_grid, count_histogram, labelled_grid  # noqa: E402
+
+
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 # ---------------------------------------------------------------------- loading
@@ -117,30 +155,6 @@ def split_models(
 
 
 # ---------------------------------------------------------------------- the "Generate" tab
-
-
-def class_choices(pipeline: TokenSetPipeline) -> list[tuple[str, int]]:
-    """`(display name, class id)` pairs for the class picker, e.g. `("207: golden retriever", 207)`."""
-    return [(class_name(pipeline, i), i) for i in range(pipeline.transformer.config.num_classes)]
-
-
-def class_name(pipeline: TokenSetPipeline, class_id: int) -> str:
-    """`"<id>: <first name>"`, or the bare id for a pipeline without `id2label`."""
-    return class_caption(pipeline.config.id2label, class_id)
-
-
-def resolve_class_choice(pipeline: TokenSetPipeline, choice: int | str) -> int:
-    """A class id from what a visitor or `gradio_client` sends: an id (`3`, `"3"`), a picker entry (`"3: three"`) or a
-    class name (`"three"`); raises `ValueError` for anything else."""
-    if isinstance(choice, str):
-        text = choice.strip()
-        head = text.split(":", 1)[0].strip()
-        if head.isdigit() and (text == head or text == class_name(pipeline, int(head))):
-            return int(head)
-        if pipeline.labels and text in pipeline.labels:
-            return pipeline.labels[text]
-        raise ValueError(f"Unknown class {choice!r}: pass a class id, a name, or an entry of the class picker.")
-    return choice  # ints (and anything else) are checked by `check_generation_request`
 
 
 def default_guidance(pipeline: TokenSetPipeline) -> tuple[str, float, tuple[float, float, float]]:
@@ -525,11 +539,7 @@ def build_generate_tab(pipeline: TokenSetPipeline, settings: DemoSettings) -> No
         progress=gr.Progress(),  # noqa: B008
     ):
         try:
-            if class_ids is not None and not isinstance(class_ids, (list, tuple)):
-                raise ValueError(
-                    f"The classes must be a list of class ids or names, got {type(class_ids).__name__} {class_ids!r}."
-                )
-            class_ids = [resolve_class_choice(pipeline, c) for c in class_ids or []]
+            class_ids = parse_class_choices(pipeline, class_ids)
             class_ids, images_per_class, steps, seed = check_generation_request(
                 class_ids, images_per_class, steps, seed, num_classes, max_images, max_steps
             )
@@ -567,15 +577,11 @@ def build_generate_tab(pipeline: TokenSetPipeline, settings: DemoSettings) -> No
     with gr.Tab("Generate"):
         with gr.Row():
             with gr.Column(scale=1):
-                classes = gr.Dropdown(
-                    choices=choices,
-                    value=initial_classes,
+                classes = class_chooser(
+                    pipeline,
+                    initial_classes,
+                    "Classes",
                     multiselect=True,
-                    filterable=True,
-                    # gradio_client documents the choices as strings: let "3", "3: three" and "three" through to
-                    # `resolve_class_choice`, beside the ids the picker sends.
-                    allow_custom_value=True,
-                    label="Classes",
                     info="Type to search by name; one row of images per class.",
                     elem_id="classes",
                 )
@@ -783,42 +789,13 @@ def build_demo(
 # ---------------------------------------------------------------------- command line
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--model",
-        default=None,
-        help="pipeline folder, bundled model (digits, tokenbridge-digits) or Hub repo id; a TokenBridge one serves "
-        f"the TokenBridge tab (default: ${MODEL_ENV_VAR}, else the bundled digits model)",
-    )
-    parser.add_argument(
-        "--tokenbridge_model",
-        default=None,
-        help="TokenBridge tab's pipeline: folder, bundled model or Hub repo id (default: $TOKENBRIDGE_MODEL, else "
-        "tokenbridge-digits)",
-    )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    parser.add_argument("--max_images", type=int, default=MAX_IMAGES, help="most images per request")
-    parser.add_argument("--max_steps", type=int, default=MAX_STEPS, help="most FSDD steps per request")
-    parser.add_argument("--max_queue_size", type=int, default=MAX_QUEUE_SIZE, help="most requests waiting at once")
-    parser.add_argument("--server_name", default=None, help="e.g. 0.0.0.0 to listen on all interfaces")
-    parser.add_argument("--server_port", type=int, default=None)
-    args = parser.parse_args(argv)
-    if args.max_images < 1 or args.max_steps < 1 or args.max_queue_size < 1:
-        parser.error(
-            "--max_images, --max_steps and --max_queue_size must be at least 1, got "
-            f"{args.max_images}, {args.max_steps} and {args.max_queue_size}"
-        )
-    return args
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     try:
         model, tokenbridge_model = split_models(args.model, args.tokenbridge_model)
-        pipeline = load_pipeline(model, args.device, DTYPES[args.dtype])
-        tokenbridge = load_tokenbridge_pipeline(tokenbridge_model, args.device, DTYPES[args.dtype])
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        pipeline = load_pipeline(model, device, DTYPES[args.dtype])
+        tokenbridge = load_tokenbridge_pipeline(tokenbridge_model, device, DTYPES[args.dtype])
     except FileNotFoundError as error:
         raise SystemExit(f"error: {error} (set --model or ${MODEL_ENV_VAR})") from error
     except ValueError as error:

@@ -33,6 +33,7 @@ SPACE_FILES = ("app.py", "README.md")
 SPACE_MODULES = (
     "pipelines/__init__.py",
     "pipelines/space/__init__.py",
+    "pipelines/space/class_choosers.py",
     "pipelines/space/tabs_sets.py",
     "pipelines/space/tab_tokenbridge.py",
     "pipelines/edit_figure.py",

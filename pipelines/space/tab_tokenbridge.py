@@ -29,9 +29,9 @@ from pipelines.edit_figure import (
     inpainting_figure,
     preset_cells,
 )
+from pipelines.space.class_choosers import class_chooser, class_name, parse_class_choice, parse_class_choices
 from tokenset_diffusers import TokenBridgeInpaintPipeline, TokenBridgePipeline, postprocess_images, preprocess_images
 from tokenset_diffusers.bundled import resolve_pipeline
-from tokenset_diffusers.class_labels import class_caption
 from tokenset_diffusers.visualization import class_rows_grid
 
 
@@ -49,21 +49,12 @@ def load_tokenbridge_pipeline(
     return TokenBridgePipeline.from_pretrained(resolved.folder, dtype=dtype).to(device)
 
 
-def class_name(pipeline: TokenBridgePipeline, class_id: int) -> str:
-    """`"<id>: <first name>"`, or the bare id for a pipeline without `id2label`."""
-    return class_caption(pipeline.config.id2label, class_id)
-
-
 def check_request(
     class_ids, images_per_class, guidance_scale, temperature, steps, seed, pipeline, max_images: int
 ) -> tuple[list[int], int, float, float, int, int]:
     """The request as Python numbers, or `ValueError` naming the bad input and what is allowed."""
-    num_classes, num_tokens = pipeline.transformer.config.num_classes, pipeline.transformer.num_tokens
-    if not class_ids:
-        raise ValueError("Pick at least one class.")
-    class_ids = [int(class_id) for class_id in class_ids]
-    if any(not 0 <= class_id < num_classes for class_id in class_ids):
-        raise ValueError(f"Classes must be ids in [0, {num_classes}), got {class_ids}.")
+    num_tokens = pipeline.transformer.num_tokens
+    class_ids = parse_class_choices(pipeline, class_ids)
     for name, value in (("images per class", images_per_class), ("iterations", steps), ("seed", seed)):
         if value is None or not float(value).is_integer():
             raise ValueError(f"The {name} must be a whole number, got {value}.")
@@ -109,8 +100,7 @@ def build_tokenbridge_tab(pipeline: TokenBridgePipeline, max_images: int = 16) -
         raise ValueError(f"`max_images` must be at least 1, got {max_images}.")
     pipeline.set_progress_bar_config(disable=False, desc="masked-AR iterations")
     num_classes, num_tokens = pipeline.transformer.config.num_classes, pipeline.transformer.num_tokens
-    choices = [(class_name(pipeline, i), i) for i in range(num_classes)]
-    initial = [class_id for _, class_id in choices] if num_classes <= max_images else [0]
+    initial = list(range(num_classes)) if num_classes <= max_images else [0]
     config = pipeline.config
 
     def on_generate(class_ids, images_per_class, guidance_scale, temperature, steps, seed, progress=gr.Progress()):  # noqa: B008
@@ -141,12 +131,11 @@ def build_tokenbridge_tab(pipeline: TokenBridgePipeline, max_images: int = 16) -
         )
         with gr.Row():
             with gr.Column(scale=1):
-                classes = gr.Dropdown(
-                    choices=choices,
-                    value=initial,
+                classes = class_chooser(
+                    pipeline,
+                    initial,
+                    "Classes",
                     multiselect=True,
-                    filterable=True,
-                    label="Classes",
                     info="One row of images per class.",
                     elem_id="tokenbridge-classes",
                 )
@@ -193,7 +182,6 @@ def build_tokenbridge_edit_tab(pipeline: TokenBridgePipeline, max_images: int = 
     inpaint.set_progress_bar_config(disable=False, desc="masked-AR iterations")
     num_classes, num_tokens = pipeline.transformer.config.num_classes, pipeline.transformer.num_tokens
     grid_size, image_size = pipeline.transformer.config.sample_size, pipeline.image_size
-    choices = [(class_name(pipeline, i), i) for i in range(num_classes)]
     all_cells = [cell_name(row, column) for row in range(grid_size) for column in range(grid_size)]
     config = pipeline.config
 
@@ -207,13 +195,13 @@ def build_tokenbridge_edit_tab(pipeline: TokenBridgePipeline, max_images: int = 
             )
             if source_seed is None or not float(source_seed).is_integer() or source_seed < 0:
                 raise ValueError(f"The source seed must be a whole number >= 0, got {source_seed}.")
-            if upload is None and not 0 <= int(source_class) < num_classes:
-                raise ValueError(f"The source class must be an id in [0, {num_classes}), got {source_class}.")
+            if upload is None:
+                source_class = parse_class_choice(pipeline, source_class)
             mask = cells_to_mask(cells or [], grid_size, image_size)
         except ValueError as error:
             raise gr.Error(str(error), print_exception=False) from error
         start = time.perf_counter()
-        image = source_image(pipeline, upload, int(source_class), int(source_seed))
+        image = source_image(pipeline, upload, source_class, int(source_seed))
         figure = inpainting_figure(
             inpaint, image, mask, class_ids, completions, seed, guidance_scale, temperature, steps
         )
@@ -238,8 +226,8 @@ def build_tokenbridge_edit_tab(pipeline: TokenBridgePipeline, max_images: int = 
                     label=f"Image to edit (optional; centre-cropped to {image_size} px)",
                     sources=["upload"],
                 )
-                source_class = gr.Dropdown(
-                    choices=choices, value=choices[min(3, num_classes - 1)][1], label="Without an upload: the class"
+                source_class = class_chooser(
+                    pipeline, min(3, num_classes - 1), "Without an upload: the class", elem_id="edit-source-class"
                 )
                 source_seed = gr.Number(value=0, precision=0, minimum=0, label="Without an upload: the seed")
                 preset = gr.Dropdown(
@@ -251,11 +239,11 @@ def build_tokenbridge_edit_tab(pipeline: TokenBridgePipeline, max_images: int = 
                     label="Cells to regenerate (the mask on the latent grid, row by row)",
                     elem_id="edit-cells",
                 )
-                classes = gr.Dropdown(
-                    choices=choices,
-                    value=[choices[min(3, num_classes - 1)][1], choices[min(8, num_classes - 1)][1]],
+                classes = class_chooser(
+                    pipeline,
+                    [min(3, num_classes - 1), min(8, num_classes - 1)],
+                    "Classes",
                     multiselect=True,
-                    label="Classes",
                     info="One row of completions per class.",
                     elem_id="edit-classes",
                 )

@@ -17,23 +17,14 @@ import gradio as gr
 import PIL.Image
 import torch
 
+from pipelines.space.class_choosers import NO_CLASS, class_chooser, parse_class_choice
 from tokenset_diffusers import TokenSetImg2ImgPipeline, TokenSetPipeline, interpolate_images, postprocess_images
-from tokenset_diffusers.class_labels import class_caption
 from tokenset_diffusers.image_processing import preprocess_images
 from tokenset_diffusers.visualization import labelled_grid
 
 
-NO_CLASS = -1  # the class picker's value for "no class" (the null class, unconditional)
 MAX_VARIATIONS = 8
 MAX_POINTS = 12
-
-
-def class_options(pipeline: TokenSetPipeline) -> list[tuple[str, int]]:
-    """`(display name, class id)` pairs, "no class" first; the names are the other tabs' captions
-    ([`~tokenset_diffusers.class_labels.class_caption`])."""
-    id2label = pipeline.config.id2label
-    names = [(class_caption(id2label, i), i) for i in range(pipeline.transformer.config.num_classes)]
-    return [("no class (unconditional)", NO_CLASS), *names]
 
 
 def _whole_number(name: str, value, low: int, high: int) -> int:
@@ -42,15 +33,10 @@ def _whole_number(name: str, value, low: int, high: int) -> int:
     return int(value)
 
 
-def _class_label(class_id, num_classes: int) -> int | None:
-    class_id = _whole_number("The class", class_id, NO_CLASS, num_classes - 1)
-    return None if class_id == NO_CLASS else class_id
-
-
 def vary_image(
     pipeline: TokenSetImg2ImgPipeline,
     image: PIL.Image.Image,
-    class_id: int,
+    class_id: int | str | None,
     strength: float,
     num_inference_steps: int,
     seed: int,
@@ -62,14 +48,15 @@ def vary_image(
         raise ValueError("Upload an image, or pick one of the examples.")
     if strength is None or not 0.0 <= strength <= 1.0:
         raise ValueError(f"The strength must be in [0, 1], got {strength}.")
-    label = _class_label(class_id, pipeline.transformer.config.num_classes)
+    label = parse_class_choice(pipeline, class_id, no_class=True)
     steps = _whole_number("The number of steps", num_inference_steps, 1, 10_000)
     seed = _whole_number("The seed", seed, 0, 2**63 - 1)
     count = _whole_number("The number of variations", num_variations, 1, MAX_VARIATIONS)
     pixel_values = preprocess_images(image, pipeline.image_tokenizer.config.image_size)  # (1, 3, S, S)
     output = pipeline(
         pixel_values.to(pipeline.device),
-        class_labels=None if label is None else [label] * count,
+        class_labels=label,  # `None`: no class (unconditional)
+        num_images_per_class=count,
         strength=float(strength),
         num_inference_steps=steps,
         generator=[torch.Generator(pipeline.device).manual_seed(seed + i) for i in range(count)],
@@ -87,7 +74,7 @@ def interpolation_strip(
     image_b: PIL.Image.Image,
     num_points: int,
     redenoise_strength: float,
-    class_id: int,
+    class_id: int | str | None,
     num_inference_steps: int,
     seed: int,
 ) -> tuple[PIL.Image.Image, torch.LongTensor]:
@@ -97,7 +84,7 @@ def interpolation_strip(
     points = _whole_number("The number of points", num_points, 2, MAX_POINTS)
     if redenoise_strength is None or not 0.0 <= redenoise_strength <= 1.0:
         raise ValueError(f"The re-denoising strength must be in [0, 1], got {redenoise_strength}.")
-    label = _class_label(class_id, pipeline.transformer.config.num_classes)
+    label = parse_class_choice(pipeline, class_id, no_class=True)
     steps = _whole_number("The number of steps", num_inference_steps, 1, 10_000)
     seed = _whole_number("The seed", seed, 0, 2**63 - 1)
     plain = interpolate_images(pipeline, image_a, image_b, num_points=points)
@@ -134,7 +121,6 @@ def build_set_tabs(
     """
     variations = TokenSetImg2ImgPipeline.from_pipe(pipeline)
     variations.set_progress_bar_config(disable=False, desc="FSDD steps")
-    choices = class_options(pipeline)
 
     def on_vary(image, class_id, strength, steps, seed, count, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
         start = time.perf_counter()
@@ -170,17 +156,24 @@ def build_set_tabs(
         with gr.Row():
             with gr.Column(scale=1):
                 image = guard_image(gr.Image(label="Image", elem_id="vary-input", **image_input))
-                target = gr.Dropdown(choices=choices, value=NO_CLASS, label="Denoise towards class")
+                target = class_chooser(
+                    pipeline, NO_CLASS, "Denoise towards class", no_class=True, elem_id="vary-class"
+                )
                 strength = gr.Slider(0, 1, value=0.6, step=0.05, label="Strength (0 = reconstruction, 1 = new)")
                 steps = gr.Slider(1, max_steps, value=min(25, max_steps), step=1, label="FSDD steps (full schedule)")
                 seed = gr.Number(value=0, precision=0, minimum=0, label="Seed (variation i uses seed + i)")
                 count = gr.Slider(1, MAX_VARIATIONS, value=4, step=1, label="Variations")
                 vary_button = gr.Button("Vary", variant="primary", elem_id="vary-button")
                 if examples:
-                    gr.Examples(examples=[[path] for path in examples], inputs=[image], label="Examples")
+                    gr.Examples(
+                        examples=[[path] for path in examples],
+                        inputs=[image],
+                        label="Examples",
+                        elem_id="vary-examples",
+                    )
             with gr.Column(scale=2):
                 vary_figure = gr.Image(type="pil", format="png", show_label=False, elem_id="vary-figure")
-                vary_info = gr.Markdown()
+                vary_info = gr.Markdown(elem_id="vary-info")
         vary_button.click(
             on_vary,
             inputs=[image, target, strength, steps, seed, count],
@@ -197,7 +190,9 @@ def build_set_tabs(
                     gr.Examples(examples=[[p, q] for p, q in zip(examples, examples[1:])], inputs=[image_a, image_b])
                 points = gr.Slider(2, MAX_POINTS, value=8, step=1, label="Points (both ends included)")
                 redenoise = gr.Slider(0, 1, value=0.0, step=0.05, label="Re-denoise inner points (strength; 0 = off)")
-                redenoise_class = gr.Dropdown(choices=choices, value=NO_CLASS, label="Class for re-denoising")
+                redenoise_class = class_chooser(
+                    pipeline, NO_CLASS, "Class for re-denoising", no_class=True, elem_id="interpolate-class"
+                )
                 redenoise_steps = gr.Slider(1, max_steps, value=min(25, max_steps), step=1, label="FSDD steps")
                 interpolate_seed = gr.Number(value=0, precision=0, minimum=0, label="Seed")
                 interpolate_button = gr.Button("Interpolate", variant="primary", elem_id="interpolate-button")

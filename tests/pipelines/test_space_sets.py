@@ -3,6 +3,7 @@ pipeline, driven through gradio_client, and checked against the library called d
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ def _load(name: str):
 
 app = _load("app")
 tabs = _load("tabs_sets")
+choosers = sys.modules["pipelines.space.class_choosers"]  # the module the tabs import
 EXAMPLES = [app.EXAMPLES_DIR / "digit_3.png", app.EXAMPLES_DIR / "digit_7.png"]
 
 
@@ -67,19 +69,19 @@ def _image(path) -> np.ndarray:
     return np.asarray(PIL.Image.open(path).convert("RGB"))
 
 
-def test_class_options_put_no_class_first(pipeline):
-    options = tabs.class_options(pipeline)
-    assert options[0] == ("no class (unconditional)", tabs.NO_CLASS)
+def test_class_choices_put_no_class_first(pipeline):
+    options = choosers.class_choices(pipeline, no_class=True)
+    assert options[0] == ("no class (unconditional)", choosers.NO_CLASS)
     assert options[4] == ("3: three", 3) and len(options) == 11
 
 
-def test_class_options_caption_as_the_other_tabs():
+def test_class_choices_caption_as_the_other_tabs():
     """One caption for a class on every tab: the bundled digits (named "0" ... "9") read "3", not "3: 3"."""
     from tokenset_diffusers import bundled_pipeline_path
 
     digits = TokenSetPipeline.from_pretrained(bundled_pipeline_path("digits"))
-    options = tabs.class_options(digits)
-    assert options[1:] == [(app.class_name(digits, i), i) for i in range(10)]
+    options = choosers.class_choices(digits, no_class=True)
+    assert options[1:] == [(app.class_name(digits, i), i) for i in range(10)] == choosers.class_choices(digits)
     assert options[4] == ("3", 3)
 
 
@@ -103,7 +105,7 @@ def test_interpolation_tab_returns_the_strip(served, pipeline):
         *(gradio_client.handle_file(str(path)) for path in EXAMPLES),
         4,
         0.0,
-        tabs.NO_CLASS,
+        choosers.NO_CLASS,
         4,
         0,
         api_name="/interpolate",

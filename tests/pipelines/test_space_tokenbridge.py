@@ -98,7 +98,7 @@ def test_loading_defaults_to_the_bundled_model(tokenbridge, tokenbridge_dir, mon
     "request_, message",
     [
         (([], 1, 2.0, 1.0, 4, 0), "at least one class"),
-        (([10], 1, 2.0, 1.0, 4, 0), r"ids in \[0, 10\)"),
+        (([10], 1, 2.0, 1.0, 4, 0), r"Unknown class 10: pick a class id in \[0, 10\)"),
         (([1, 2], 9, 2.0, 1.0, 4, 0), "At most 16 images"),
         (([1], 1, 2.0, 1.0, 17, 0), r"iterations must be in \[1, 16\]"),
         (([1], 1, 2.0, 1.0, 2.5, 0), "iterations must be a whole number"),
