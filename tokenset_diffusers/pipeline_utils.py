@@ -315,4 +315,30 @@ def image_output_bytes(output_type: str, image_size: int) -> int:
     return {"pil": 3, "np": 12, "pt": 12}.get(output_type, 0) * image_size * image_size
 
 
-__all__ = ["IMAGE_OUTPUT_TYPES", "ClassConditionalPipelineMixin", "available_host_memory", "join_chunks"]
+def broadcast_batch(tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """
+    Tensors of batch sizes 1 or N -> all of batch size N (rows repeated), in the order given: one image with several
+    labels, several images with one label, or as many of each (the edit and variation pipelines of both systems).
+
+    Args:
+        tensors (`dict[str, torch.Tensor]`): by what they hold in the plural (`"images"`, `"class labels"`), for the
+            error message.
+
+    Raises:
+        `ValueError` when two of them have different batch sizes, neither of them 1.
+    """
+    sizes = {name: len(tensor) for name, tensor in tensors.items()}
+    size = max(sizes.values())
+    if any(value not in (1, size) for value in sizes.values()):
+        described = " and ".join(f"{value} {name}" for name, value in sizes.items())
+        raise ValueError(f"Got {described}; pass one of each, or as many of each.")
+    return tuple(tensor.expand(size, *tensor.shape[1:]).contiguous() for tensor in tensors.values())
+
+
+__all__ = [
+    "IMAGE_OUTPUT_TYPES",
+    "ClassConditionalPipelineMixin",
+    "broadcast_batch",
+    "available_host_memory",
+    "join_chunks",
+]

@@ -8,10 +8,10 @@ from typing import Any, Literal
 import torch
 
 from ..image_processing import ImageInput
+from ..pipeline_utils import broadcast_batch
 from ..utils.sampling import GeneratorType
 from ..utils.validation import check_number
 from .pipeline_tokenbridge import TokenBridgePipeline, TokenBridgePipelineOutput
-from .pipeline_tokenbridge_inpaint import broadcast_batch
 
 
 class TokenBridgeImg2ImgPipeline(TokenBridgePipeline):
@@ -79,7 +79,7 @@ class TokenBridgeImg2ImgPipeline(TokenBridgePipeline):
         num_generated = min(math.floor(strength * num_tokens + 1e-9), num_tokens)
         start_indices = self.encode_images(image)  # (N_img, L, C)
         labels = self._labels_or_unconditional(class_labels, None)  # (N_labels,)
-        start_indices, labels = broadcast_batch({"image": start_indices, "class_labels": labels})
+        start_indices, labels = broadcast_batch({"images": start_indices, "class labels": labels})
         return self._sample(
             labels,
             num_images_per_class,

@@ -7,6 +7,7 @@ from typing import Any, Literal
 import torch
 
 from ..image_processing import ImageInput, MaskInput, image_input_size, mask_to_latent_grid, preprocess_masks
+from ..pipeline_utils import broadcast_batch
 from ..utils.sampling import GeneratorType
 from .pipeline_tokenbridge import TokenBridgePipeline, TokenBridgePipelineOutput
 
@@ -84,7 +85,7 @@ class TokenBridgeInpaintPipeline(TokenBridgePipeline):
         start_indices, regenerate = self.prepare_inpainting(image, mask_image)  # (N_img, L, C), (N_mask, L)
         labels = self._labels_or_unconditional(class_labels, None)  # (N_labels,)
         start_indices, regenerate, labels = broadcast_batch(
-            {"image": start_indices, "mask_image": regenerate, "class_labels": labels}
+            {"images": start_indices, "masks": regenerate, "class labels": labels}
         )
         num_generated = int(regenerate[0].sum())
         if not bool((regenerate.sum(dim=1) == num_generated).all()):
@@ -148,24 +149,6 @@ def _as_list(images: Any) -> list:
     if isinstance(images, torch.Tensor) and images.ndim == 4:
         return list(images)
     return [images]
-
-
-def broadcast_batch(tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """
-    Tensors of batch sizes 1 or N -> all of batch size N (rows repeated), in the order given.
-
-    Args:
-        tensors (`dict[str, torch.Tensor]`): by argument name, for the error message.
-
-    Raises:
-        `ValueError` when two of them have different batch sizes, neither of them 1.
-    """
-    sizes = {name: len(tensor) for name, tensor in tensors.items()}
-    size = max(sizes.values())
-    if any(value not in (1, size) for value in sizes.values()):
-        described = ", ".join(f"{value} for `{name}`" for name, value in sizes.items())
-        raise ValueError(f"Got batch sizes {described}; pass one, or as many as the others, of each.")
-    return tuple(tensor.expand(size, *tensor.shape[1:]).contiguous() for tensor in tensors.values())
 
 
 __all__ = ["TokenBridgeInpaintPipeline"]

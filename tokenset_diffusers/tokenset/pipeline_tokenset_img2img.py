@@ -6,6 +6,7 @@ from typing import Any
 import torch
 
 from ..image_processing import ImageInput, preprocess_images
+from ..pipeline_utils import broadcast_batch
 from ..utils.sampling import GeneratorType
 from ..utils.validation import check_number
 from .pipeline_tokenset import TokenSetPipeline, TokenSetPipelineOutput
@@ -83,7 +84,9 @@ class TokenSetImg2ImgPipeline(TokenSetPipeline):
         strength = check_number("strength", strength, low=0.0, high=1.0)
         original_counts = self.prepare_counts(image, counts)  # (B_img, C)
         labels = self.prepare_labels(class_labels)  # (B_labels,)
-        original_counts, labels = _broadcast_batch(original_counts, labels.to(original_counts.device))  # (N, C), (N,)
+        original_counts, labels = broadcast_batch(
+            {"images": original_counts, "class labels": labels.to(original_counts.device)}
+        )  # (N, C), (N,)
         return self._sample(
             labels,
             original_counts,
@@ -127,16 +130,3 @@ class TokenSetImg2ImgPipeline(TokenSetPipeline):
             pixel_values = preprocess_images(image, image_size)  # (B, 3, S, S)
         tokenizer = self.image_tokenizer
         return tokenizer.encode_to_counts(pixel_values.to(tokenizer.device, tokenizer.dtype))  # (B, C)
-
-
-def _broadcast_batch(counts: torch.LongTensor, labels: torch.LongTensor) -> tuple[torch.LongTensor, torch.LongTensor]:
-    """One image with several labels, several images with one label, or as many of each."""
-    if len(counts) == len(labels):
-        return counts, labels
-    if len(counts) == 1:
-        return counts.expand(len(labels), -1).contiguous(), labels
-    if len(labels) == 1:
-        return counts, labels.expand(len(counts)).contiguous()
-    raise ValueError(
-        f"Got {len(counts)} images and {len(labels)} class labels; pass one label, one image, or as many of each."
-    )
